@@ -1,0 +1,1 @@
+"""core layer (see docs/architecture.md for what it may import)."""

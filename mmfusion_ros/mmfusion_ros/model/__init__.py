@@ -1,0 +1,1 @@
+"""model layer (see docs/architecture.md for what it may import)."""

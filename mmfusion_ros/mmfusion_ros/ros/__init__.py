@@ -1,0 +1,1 @@
+"""ros layer (see docs/architecture.md for what it may import)."""

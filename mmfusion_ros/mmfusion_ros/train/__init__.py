@@ -1,0 +1,1 @@
+"""train layer (see docs/architecture.md for what it may import)."""
