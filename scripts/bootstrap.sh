@@ -23,6 +23,9 @@ fi
 # 2. The virtual environment and pip packages.
 [ -x "$VENV/bin/python" ] || { log "creating .venv"; python3 -m venv "$VENV"; }
 mkdir -p "$STAMPS"
+# one bootstrap at a time (parallel `make` calls share the venv)
+exec 9>"$VENV/.bootstrap.lock"
+flock 9
 PY=$VENV/bin/python
 req_hash=$(cat requirements.txt requirements-ros.txt requirements-dev.txt | sha1sum | cut -c1-16)
 if [ "$(cat "$STAMPS/pip" 2>/dev/null)" != "$req_hash" ]; then
