@@ -1,0 +1,147 @@
+"""Perception step timings (`mmfusion bench`): a 20k-point and a full 120k-point LiDAR sweep.
+
+Sweeps are ray cast with open3d's RaycastingScene from a spinning multi-beam LiDAR over a street-like
+scene (ground, optionally sloped; cars, people, poles and walls at random poses), so point density,
+ground share and cluster count look like a real sweep rather than uniform noise. ``make_sweep`` is
+also what the perception tests use for clouds with known objects.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+import open3d as o3d
+
+from ..core.perception import Perception, PerceptionConfig
+
+#: object kind -> (length, width, height) in metres
+KINDS = {"car": (4.3, 1.8, 1.5), "person": (0.6, 0.5, 1.75), "pole": (0.3, 0.3, 3.0), "wall": (12.0, 0.4, 2.5)}
+
+
+@dataclass
+class SceneBox:
+    """A ground-truth box of a synthetic sweep (LiDAR frame, centre at half height)."""
+
+    kind: str
+    center: np.ndarray  # (3,)
+    size: np.ndarray  # (3,) length, width, height
+    yaw: float
+
+
+def ground_height(xy: np.ndarray, lidar_height: float, slope: float, slope_start: float) -> np.ndarray:
+    """Ground z under (M,2) points: flat at -lidar_height, rising with ``slope`` beyond x = slope_start."""
+    return -lidar_height + slope * np.maximum(np.asarray(xy)[..., 0] - slope_start, 0.0)
+
+
+def make_scene_boxes(rng: np.random.Generator, n_cars: int, n_people: int, n_poles: int, n_walls: int,
+                     max_range: float, lidar_height: float, slope: float, slope_start: float,
+                     min_gap: float = 1.0) -> List[SceneBox]:
+    """Random non-overlapping objects standing on the ground within ``max_range``."""
+    boxes: List[SceneBox] = []
+    for kind, n in (("wall", n_walls), ("car", n_cars), ("person", n_people), ("pole", n_poles)):
+        for _ in range(n):
+            size = np.array(KINDS[kind], float)
+            for _try in range(100):
+                r = rng.uniform(4.0, max_range)
+                a = rng.uniform(-np.pi, np.pi)
+                xy = np.array([r * np.cos(a), r * np.sin(a)])
+                radius = 0.5 * np.hypot(size[0], size[1])
+                if all(np.linalg.norm(xy - b.center[:2]) > radius + 0.5 * np.hypot(*b.size[:2]) + min_gap for b in boxes):
+                    break
+            else:
+                continue
+            z0 = float(ground_height(xy[None], lidar_height, slope, slope_start)[0])
+            boxes.append(SceneBox(kind, np.array([xy[0], xy[1], z0 + size[2] / 2]), size, float(rng.uniform(-np.pi, np.pi))))
+    return boxes
+
+
+def make_sweep(
+    beams: int = 64,
+    columns: int = 2048,
+    seed: int = 0,
+    n_cars: int = 8,
+    n_people: int = 12,
+    n_poles: int = 6,
+    n_walls: int = 2,
+    slope: float = 0.0,
+    slope_start: float = 5.0,
+    lidar_height: float = 1.7,
+    fov: Tuple[float, float] = (-24.9, 2.0),
+    max_range: float = 60.0,
+    noise: float = 0.01,
+    boxes: Optional[List[SceneBox]] = None,
+) -> Tuple[np.ndarray, List[SceneBox]]:
+    """Ray-cast one sweep -> ((N,4) float32 x,y,z,intensity in the LiDAR frame, the scene's boxes)."""
+    rng = np.random.default_rng(seed)
+    if boxes is None:
+        boxes = make_scene_boxes(rng, n_cars, n_people, n_poles, n_walls, max_range * 0.8, lidar_height, slope, slope_start)
+    scene = o3d.t.geometry.RaycastingScene()
+    # ground: a grid mesh following ground_height (piecewise planar, so 1 m cells represent it exactly)
+    g = np.arange(-max_range - 5, max_range + 5.1, 1.0)
+    X, Y = np.meshgrid(g, g, indexing="ij")
+    Z = ground_height(np.stack([X, Y], -1), lidar_height, slope, slope_start)
+    V = np.stack([X.ravel(), Y.ravel(), Z.ravel()], 1).astype(np.float32)  # (G*G, 3)
+    n = len(g)
+    i, j = np.meshgrid(np.arange(n - 1), np.arange(n - 1), indexing="ij")
+    a = (i * n + j).ravel()
+    tris = np.concatenate([np.stack([a, a + n, a + 1], 1), np.stack([a + 1, a + n, a + n + 1], 1)]).astype(np.uint32)
+    scene.add_triangles(o3d.core.Tensor(V), o3d.core.Tensor(tris))
+    for b in boxes:
+        m = o3d.geometry.TriangleMesh.create_box(*b.size)
+        m.translate(-b.size / 2)
+        m.rotate(o3d.geometry.get_rotation_matrix_from_xyz((0, 0, b.yaw)), center=(0, 0, 0))
+        m.translate(b.center)
+        scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(m))
+    el = np.deg2rad(np.linspace(fov[0], fov[1], beams))
+    az = np.linspace(-np.pi, np.pi, columns, endpoint=False)
+    E, A = np.meshgrid(el, az, indexing="ij")
+    d = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)  # (R, 3)
+    rays = np.concatenate([np.zeros_like(d), d], 1).astype(np.float32)  # (R, 6)
+    t = scene.cast_rays(o3d.core.Tensor(rays), nthreads=1)["t_hit"].numpy()  # (R,)
+    ok = np.isfinite(t) & (t < max_range)
+    rng_t = t[ok] + rng.normal(0, noise, ok.sum())
+    pts = d[ok] * rng_t[:, None]  # (N, 3)
+    inten = rng.uniform(0, 1, (len(pts), 1))
+    return np.hstack([pts, inten]).astype(np.float32), boxes
+
+
+def _stage_stats(samples: List[dict], key: str) -> float:
+    return float(np.median([s.get(key, 0.0) for s in samples]))
+
+
+def run(quick: bool = False) -> List[dict]:
+    """Median and p99 perception time per sweep size, with per-stage medians."""
+    from . import machine, pct, section
+
+    iters = 10 if quick else 40
+    rows = []
+    cases = [("20k (32 beams)", dict(beams=32, columns=680)), ("120k (64 beams)", dict(beams=64, columns=1950))]
+    stages = ["filter", "voxel", "ground", "cluster", "boxes", "camera", "tracking"]
+    for name, kw in cases:
+        sweeps = [make_sweep(seed=s, **kw)[0] for s in range(3)]
+        per = Perception(PerceptionConfig())
+        for s in sweeps:  # warm-up
+            per.process(s, 0.0)
+        totals, samples = [], []
+        for k in range(iters):
+            t0 = time.perf_counter()
+            objs = per.process(sweeps[k % len(sweeps)], 0.1 * (k + 1))
+            totals.append((time.perf_counter() - t0) * 1e3)
+            samples.append(dict(per.timings_ms))
+        p50 = pct(totals, 50)
+        target = 30.0 if len(sweeps[0]) < 60000 else 80.0
+        rows.append([name, int(np.mean([len(s) for s in sweeps])), len(objs), f"{p50:.1f}", f"{pct(totals, 99):.1f}",
+                     f"{target:g}", f"{p50 / target:.2f}"]
+                    + [f"{_stage_stats(samples, st):.1f}" for st in stages])
+    m = machine()
+    return [section(
+        "Perception step per LiDAR sweep (ms)",
+        ["sweep", "points", "objects", "p50", "p99", "target p50", "p50/target"] + [f"{s} p50" for s in stages],
+        rows,
+        f"{iters} sweeps each, ray-cast street scenes (bench/perception.py make_sweep), PerceptionConfig defaults, "
+        f"no camera labelling (the encoder call is timed in the model benchmarks); machine: {m.get('cpu', '?')}, "
+        f"{m.get('cores', '?')} cores.",
+    )]

@@ -1,0 +1,403 @@
+"""3D objects from one LiDAR sweep, labelled through the camera when they are in its view.
+
+Stages (each timed into ``Perception.timings_ms``):
+  1. filter: drop non-finite points and points outside [min_range, max_range] (BEV distance);
+  2. voxel: open3d voxel-grid downsampling;
+  3. ground: a grid ground model that follows slopes (below);
+  4. cluster: open3d DBSCAN on the non-ground points;
+  5. boxes: one oriented box per cluster, yaw from OpenCV's minimum-area rectangle of the BEV footprint;
+  6. camera: project each box into the image, embed all crops in one encoder call, label by prompt
+     similarity; boxes out of view keep a geometric (size) label and say so;
+  7. tracking: ``core.tracking.Tracker`` gives stable ids and velocities.
+
+Ground model. A single RANSAC plane fails on ramps, crowned roads and kerbs: the plane fits the
+dominant surface and everything on the other slope becomes "obstacle" (or vanishes). Instead the lowest
+point of each ``ground_cell`` grid cell is taken, empty cells borrow their nearest neighbour's value, and a
+grey-scale morphological opening with a ``ground_window``-wide window removes every bump narrower than
+the window (cars, people, poles) while leaving planar slopes unchanged (opening reproduces a linear
+ramp exactly). This is the progressive-morphological-filter idea (Zhang et al., 2003) in one pass;
+scipy.ndimage does the filtering, open3d has no ground model of this kind.
+
+Frames. Points and boxes are in the LiDAR/robot frame: x forward, y left, z up (REP 103).
+``T_cam_lidar`` (4,4) maps LiDAR-frame points into the camera optical frame: x right, y down,
+z forward (REP 103 ``_optical``), which ``CameraIntrinsics.project`` turns into pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import open3d as o3d
+from scipy import ndimage
+
+from .tracking import Tracker, TrackerConfig
+from .types import CameraIntrinsics, DetectedObject
+
+#: Geometric labels for clusters the camera cannot see: name -> typical (length, width, height) in metres.
+GEOMETRIC_PROTOTYPES: Dict[str, Tuple[float, float, float]] = {
+    "small object": (0.5, 0.4, 0.5),
+    "person-sized object": (0.7, 0.6, 1.7),
+    "vehicle-sized object": (4.3, 1.8, 1.6),
+    "wall/structure": (8.0, 1.0, 3.0),
+}
+
+
+@dataclass
+class PerceptionConfig:
+    """Perception defaults, chosen for a 64-beam spinning LiDAR on a robot or car (SI units)."""
+
+    min_range: float = 1.0  # points closer than this in BEV (robot body, sensor mount) are ignored, m
+    max_range: float = 60.0  # points farther than this in BEV are ignored (too sparse to cluster), m
+    voxel_size: float = 0.15  # voxel-grid downsampling edge, m (0 disables): a 64-beam ring gap at 20 m, 1/3 of a person
+    ground_cell: float = 0.5  # ground grid cell edge, m
+    ground_window: float = 8.0  # opening window, m: bumps narrower than this (vehicles, people) are not ground
+    ground_threshold: float = 0.25  # points less than this above the ground surface are ground, m
+    max_height: float = 4.0  # points higher than this above ground (canopy, overhangs) are ignored, m
+    cluster_eps: float = 0.5  # DBSCAN neighbourhood radius, m (a 64-beam's vertical gap is < 0.3 m at 40 m)
+    cluster_z_scale: float = 0.5  # heights are multiplied by this before DBSCAN: vertical ring gaps (~0.4 deg) are ~5x the horizontal ones
+    cluster_min_points: int = 3  # DBSCAN core-point density (neighbours within eps, itself included)
+    min_cluster_points: int = 5  # clusters with fewer (downsampled) points are dropped as noise
+    max_cluster_points: int = 20000  # clusters with more points are dropped (a whole facade), keeps timing bounded
+    min_cluster_height: float = 0.2  # clusters whose box is lower than this are dropped (kerbs, debris), m
+    ground_snap: float = 0.6  # a box whose lowest point is this close to the ground is extended down to it, m
+    min_depth: float = 0.5  # every box corner must be this far in front of the camera to project it, m
+    min_crop_px: int = 8  # projected boxes narrower or lower than this (pixels, after clipping) are not labelled
+    min_visible_fraction: float = 0.3  # share of the projected box that must lie inside the image to label it
+    crop_margin: float = 0.1  # crops grow by this fraction of their size on each side (context for the encoder)
+    label_temperature: float = 0.05  # softmax temperature over prompt cosine similarities
+    geometric_temperature: float = 0.3  # softmax temperature over geometric-prototype log-size distances
+    tracking: TrackerConfig = None  # tracker settings (None = TrackerConfig defaults)
+
+    def __post_init__(self) -> None:
+        if self.tracking is None:
+            self.tracking = TrackerConfig()
+        for name in ("voxel_size", "ground_threshold", "max_height", "cluster_eps", "ground_snap", "crop_margin"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"perception.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        for name in ("ground_cell", "ground_window", "max_range", "cluster_z_scale", "label_temperature", "geometric_temperature"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ValueError(f"perception.{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.min_range < self.max_range:
+            raise ValueError(f"perception.min_range must be in [0, max_range), got {self.min_range!r}")
+        if self.cluster_min_points < 1 or self.min_cluster_points < 1:
+            raise ValueError("perception.cluster_min_points and min_cluster_points must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PerceptionConfig":
+        """Build from a (YAML) dict; unknown keys are an error so a typo never goes unnoticed."""
+        d = dict(d or {})
+        tr = d.pop("tracking", None) or {}
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"unknown perception parameter(s): {', '.join(bad)}")
+        bad_tr = sorted(set(tr) - set(TrackerConfig.__dataclass_fields__))
+        if bad_tr:
+            raise ValueError(f"unknown perception.tracking parameter(s): {', '.join(bad_tr)}")
+        return cls(**d, tracking=TrackerConfig(**tr))
+
+
+# ---- geometry helpers (pure) ----
+
+
+def ground_model(xyz: np.ndarray, cfg: PerceptionConfig) -> Tuple[np.ndarray, np.ndarray, float]:
+    """(N,3) points -> (N,) height above the ground surface, the (G,G) ground height grid and its origin.
+
+    The grid covers [-max_range, max_range]^2 with ``ground_cell`` cells; see the module docstring.
+    """
+    c = cfg.ground_cell
+    g = int(math.ceil(2 * cfg.max_range / c))
+    origin = -g * c / 2.0
+    ij = np.floor((xyz[:, :2] - origin) / c).astype(np.int64)  # (N, 2)
+    np.clip(ij, 0, g - 1, out=ij)
+    flat = ij[:, 0] * g + ij[:, 1]  # (N,)
+    zmin = np.full(g * g, np.inf)
+    np.minimum.at(zmin, flat, xyz[:, 2])
+    zmin = zmin.reshape(g, g)
+    empty = ~np.isfinite(zmin)
+    if empty.all():
+        grid = np.zeros((g, g))
+    else:
+        if empty.any():
+            idx = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
+            zmin = zmin[idx[0], idx[1]]
+        w = max(1, int(round(cfg.ground_window / c)))
+        grid = ndimage.grey_opening(zmin, size=(w, w), mode="nearest")
+    height = xyz[:, 2] - grid.reshape(-1)[flat]  # (N,)
+    return height, grid, origin
+
+
+def ground_height_at(grid: np.ndarray, origin: float, cell: float, xy: np.ndarray) -> np.ndarray:
+    """Ground height (M,) under (M,2) BEV positions, from ``ground_model``'s grid."""
+    g = grid.shape[0]
+    ij = np.clip(np.floor((np.asarray(xy).reshape(-1, 2) - origin) / cell).astype(np.int64), 0, g - 1)
+    return grid[ij[:, 0], ij[:, 1]]
+
+
+def fit_box(xyz: np.ndarray, min_size: float = 0.05) -> Tuple[np.ndarray, np.ndarray, float]:
+    """(M,3) cluster points -> centre (3,), size (3,) length >= width, height, and yaw in (-pi/2, pi/2].
+
+    The BEV footprint's minimum-area rectangle (cv2.minAreaRect) gives centre, extent and heading;
+    the longer side is the length. Its corners are read with cv2.boxPoints so the result does not
+    depend on OpenCV's angle convention, which changed between versions.
+    """
+    mean = xyz[:, :2].mean(axis=0)
+    rect = cv2.minAreaRect((xyz[:, :2] - mean).astype(np.float32))
+    pts = cv2.boxPoints(rect).astype(np.float64)  # (4, 2)
+    e1, e2 = pts[1] - pts[0], pts[2] - pts[1]
+    l1, l2 = float(np.hypot(*e1)), float(np.hypot(*e2))
+    along = e1 if l1 >= l2 else e2
+    yaw = math.atan2(along[1], along[0])
+    if yaw > math.pi / 2:
+        yaw -= math.pi
+    elif yaw <= -math.pi / 2:
+        yaw += math.pi
+    zlo, zhi = float(xyz[:, 2].min()), float(xyz[:, 2].max())
+    centre = np.array([rect[0][0] + mean[0], rect[0][1] + mean[1], 0.5 * (zlo + zhi)])
+    size = np.array([max(l1, l2, min_size), max(min(l1, l2), min_size), max(zhi - zlo, min_size)])
+    return centre, size, yaw
+
+
+def box_corners(center: np.ndarray, size: np.ndarray, yaw: float) -> np.ndarray:
+    """Oriented box -> (8,3) corners: bottom face then top face, counter-clockwise from (+l/2, +w/2)."""
+    l, w, h = (float(s) / 2 for s in size)
+    local = np.array(
+        [[l, w, -h], [-l, w, -h], [-l, -w, -h], [l, -w, -h], [l, w, h], [-l, w, h], [-l, -w, h], [l, -w, h]]
+    )  # (8, 3)
+    c, s = math.cos(yaw), math.sin(yaw)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    return local @ rot.T + np.asarray(center, np.float64)
+
+
+def project_box(
+    corners: np.ndarray, T_cam_lidar: np.ndarray, camera: CameraIntrinsics, min_depth: float = 0.5
+) -> Optional[Tuple[np.ndarray, float]]:
+    """(8,3) LiDAR-frame corners -> (clipped x1,y1,x2,y2 pixels, fraction inside the image), or None.
+
+    None when any corner is closer than ``min_depth`` in front of the camera (behind it or grazing)
+    or when the box lies entirely outside the image.
+    """
+    pc = corners @ T_cam_lidar[:3, :3].T + T_cam_lidar[:3, 3]  # (8, 3) optical frame
+    if np.any(pc[:, 2] < min_depth):
+        return None
+    uv = camera.project(pc)  # (8, 2)
+    x1, y1 = uv.min(axis=0)
+    x2, y2 = uv.max(axis=0)
+    full = max((x2 - x1) * (y2 - y1), 1e-9)
+    cx1, cy1 = max(x1, 0.0), max(y1, 0.0)
+    cx2, cy2 = min(x2, float(camera.width)), min(y2, float(camera.height))
+    if cx2 <= cx1 or cy2 <= cy1:
+        return None
+    return np.array([cx1, cy1, cx2, cy2]), float((cx2 - cx1) * (cy2 - cy1) / full)
+
+
+def geometric_label(size: np.ndarray, temperature: float = 0.3) -> Tuple[str, float]:
+    """Label a box by its size: the nearest prototype in log-size, scored by a softmax over prototypes."""
+    s = np.maximum(np.asarray(size, np.float64), 0.05)
+    names = list(GEOMETRIC_PROTOTYPES)
+    protos = np.array([GEOMETRIC_PROTOTYPES[n] for n in names])  # (P, 3)
+    d = np.sqrt(np.mean(np.log(s[None, :] / protos) ** 2, axis=1))  # (P,)
+    logits = -d / temperature
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    k = int(np.argmax(p))
+    return names[k], float(p[k])
+
+
+def label_embeddings(
+    crop_embeddings: np.ndarray, prompt_embeddings: np.ndarray, prompts: Sequence[str], temperature: float
+) -> List[Tuple[str, float]]:
+    """(K,D) crop and (P,D) prompt embeddings -> best (prompt, softmax probability) per crop."""
+    a = np.asarray(crop_embeddings, np.float64)
+    b = np.asarray(prompt_embeddings, np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    logits = (a @ b.T) / temperature  # (K, P)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    best = p.argmax(axis=1)
+    return [(str(prompts[j]), float(p[i, j])) for i, j in enumerate(best)]
+
+
+# ---- the perception step ----
+
+
+class Perception:
+    """One instance per sensor stream: holds the config and the tracker (state across sweeps)."""
+
+    def __init__(self, cfg: Optional[PerceptionConfig] = None):
+        self.cfg = cfg or PerceptionConfig()
+        self.tracker = Tracker(self.cfg.tracking)
+        self.timings_ms: Dict[str, float] = {}  # stage -> milliseconds of the last process() call
+        self.stats: Dict[str, int] = {"sweeps": 0, "nonfinite_points_dropped": 0, "crops_labelled": 0}
+        self.last_ground_grid: Optional[Tuple[np.ndarray, float, float]] = None  # (grid, origin, cell)
+
+    def reset(self) -> None:
+        """Forget tracks (a new bag, a jump in time)."""
+        self.tracker.reset()
+
+    def segment(self, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N,>=3) raw points -> downsampled (M,3) points, (M,) height above ground, (M,) cluster id (-1 none)."""
+        cfg, tm = self.cfg, self.timings_ms
+        t0 = time.perf_counter()
+        pts = np.asarray(points)
+        if pts.ndim != 2 or pts.shape[1] < 3:
+            raise ValueError(f"points must be an (N, >=3) array of x,y,z[,...], got shape {pts.shape}")
+        xyz = pts[:, :3].astype(np.float64)  # (N, 3)
+        finite = np.isfinite(xyz).all(axis=1)
+        self.stats["nonfinite_points_dropped"] += int((~finite).sum())
+        r2 = xyz[:, 0] ** 2 + xyz[:, 1] ** 2
+        keep = finite & (r2 >= cfg.min_range**2) & (r2 <= cfg.max_range**2)
+        xyz = xyz[keep]
+        t1 = time.perf_counter()
+        tm["filter"] = (t1 - t0) * 1e3
+        if len(xyz) and cfg.voxel_size > 0:
+            pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+            xyz = np.asarray(pcd.voxel_down_sample(cfg.voxel_size).points)  # (M, 3)
+        t2 = time.perf_counter()
+        tm["voxel"] = (t2 - t1) * 1e3
+        if len(xyz) == 0:
+            self.last_ground_grid = None
+            tm["ground"] = tm["cluster"] = 0.0
+            return xyz, np.zeros(0), np.zeros(0, np.int64)
+        height, grid, origin = ground_model(xyz, cfg)
+        self.last_ground_grid = (grid, origin, cfg.ground_cell)
+        t3 = time.perf_counter()
+        tm["ground"] = (t3 - t2) * 1e3
+        obstacle = (height >= cfg.ground_threshold) & (height <= cfg.max_height)
+        labels = np.full(len(xyz), -1, np.int64)
+        if obstacle.sum() >= cfg.cluster_min_points:
+            scaled = xyz[obstacle] * np.array([1.0, 1.0, cfg.cluster_z_scale])  # (K, 3)
+            pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(scaled))
+            labels[obstacle] = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps, cfg.cluster_min_points, False))
+        tm["cluster"] = (time.perf_counter() - t3) * 1e3
+        return xyz, height, labels
+
+    def boxes(self, xyz: np.ndarray, labels: np.ndarray) -> List[DetectedObject]:
+        """Clustered points -> one oriented, geometrically labelled box per valid cluster."""
+        cfg = self.cfg
+        objs: List[DetectedObject] = []
+        ids = labels[labels >= 0]
+        if len(ids) == 0:
+            return objs
+        order = np.argsort(labels, kind="stable")
+        sorted_labels = labels[order]
+        starts = np.searchsorted(sorted_labels, np.arange(ids.max() + 1))
+        ends = np.searchsorted(sorted_labels, np.arange(ids.max() + 1), side="right")
+        for s, e in zip(starts, ends):
+            n = e - s
+            if n < cfg.min_cluster_points or n > cfg.max_cluster_points:
+                continue
+            pts = xyz[order[s:e]]  # (n, 3)
+            center, size, yaw = fit_box(pts)
+            zlo, zhi = center[2] - size[2] / 2, center[2] + size[2] / 2
+            if self.last_ground_grid is not None:
+                grid, origin, cell = self.last_ground_grid
+                gz = float(ground_height_at(grid, origin, cell, center[:2])[0])
+                if zlo - gz <= cfg.ground_snap:
+                    zlo = min(zlo, gz)  # the part of the object inside the ground band was removed with it
+            if zhi - zlo < cfg.min_cluster_height:
+                continue
+            center[2] = 0.5 * (zlo + zhi)
+            size[2] = zhi - zlo
+            label, score = geometric_label(size, cfg.geometric_temperature)
+            objs.append(
+                DetectedObject(
+                    center=center.astype(np.float32),
+                    size=size.astype(np.float32),
+                    yaw=float(yaw),
+                    label=label,
+                    score=score,
+                    label_from_camera=False,
+                    point_count=int(n),
+                )
+            )
+        return objs
+
+    def label_with_camera(
+        self,
+        objs: List[DetectedObject],
+        image: Optional[np.ndarray],
+        camera: Optional[CameraIntrinsics],
+        T_cam_lidar: Optional[np.ndarray],
+        embed_crops: Optional[Callable[[List[np.ndarray]], np.ndarray]],
+        prompt_embeddings: Optional[np.ndarray],
+        prompts: Optional[Sequence[str]],
+    ) -> None:
+        """Set ``box2d`` for boxes in view and, when an encoder and prompts are given, camera labels."""
+        cfg = self.cfg
+        if camera is None or T_cam_lidar is None:
+            return
+        T = np.asarray(T_cam_lidar, np.float64)
+        if T.shape != (4, 4) or not np.isfinite(T).all():
+            raise ValueError(f"T_cam_lidar must be a finite (4, 4) matrix, got shape {T.shape}")
+        crops, owners = [], []
+        if image is not None:
+            ih, iw = image.shape[:2]
+            if (iw, ih) != (camera.width, camera.height):
+                raise ValueError(f"image is {iw}x{ih} but CameraInfo says {camera.width}x{camera.height}")
+        for o in objs:
+            proj = project_box(box_corners(o.center, o.size, o.yaw), T, camera, cfg.min_depth)
+            if proj is None:
+                continue
+            box, visible = proj
+            if visible < cfg.min_visible_fraction:
+                continue
+            if box[2] - box[0] < cfg.min_crop_px or box[3] - box[1] < cfg.min_crop_px:
+                continue
+            o.box2d = box.astype(np.float32)
+            if image is not None:
+                mx, my = cfg.crop_margin * (box[2] - box[0]), cfg.crop_margin * (box[3] - box[1])
+                x1, y1 = int(max(0, box[0] - mx)), int(max(0, box[1] - my))
+                x2, y2 = int(min(camera.width, box[2] + mx + 1)), int(min(camera.height, box[3] + my + 1))
+                crops.append(np.ascontiguousarray(image[y1:y2, x1:x2, :3]))
+                owners.append(o)
+        if not crops or embed_crops is None or prompt_embeddings is None or not prompts:
+            return
+        if len(prompts) != len(prompt_embeddings):
+            raise ValueError(f"{len(prompts)} prompts but {len(prompt_embeddings)} prompt embeddings")
+        emb = np.asarray(embed_crops(crops))  # (K, D) one encoder call for every crop
+        if emb.shape[0] != len(crops):
+            raise ValueError(f"embed_crops returned {emb.shape[0]} embeddings for {len(crops)} crops")
+        for o, (label, score) in zip(owners, label_embeddings(emb, prompt_embeddings, prompts, cfg.label_temperature)):
+            o.label, o.score, o.label_from_camera = label, score, True
+        self.stats["crops_labelled"] += len(crops)
+
+    def process(
+        self,
+        points: np.ndarray,
+        stamp: float,
+        image: Optional[np.ndarray] = None,
+        camera: Optional[CameraIntrinsics] = None,
+        T_cam_lidar: Optional[np.ndarray] = None,
+        embed_crops: Optional[Callable[[List[np.ndarray]], np.ndarray]] = None,
+        prompt_embeddings: Optional[np.ndarray] = None,
+        prompts: Optional[Sequence[str]] = None,
+    ) -> List[DetectedObject]:
+        """One sweep (N,>=3) x,y,z[,intensity] in the LiDAR frame -> tracked, labelled 3D objects.
+
+        ``embed_crops(list of (H,W,3) uint8 RGB) -> (K,384)`` is called once per sweep with every crop;
+        ``prompt_embeddings`` (P,384) are the cached text embeddings of ``prompts``.
+        """
+        t0 = time.perf_counter()
+        self.timings_ms = {}
+        xyz, _, labels = self.segment(points)
+        t1 = time.perf_counter()
+        objs = self.boxes(xyz, labels)
+        t2 = time.perf_counter()
+        self.timings_ms["boxes"] = (t2 - t1) * 1e3
+        self.label_with_camera(objs, image, camera, T_cam_lidar, embed_crops, prompt_embeddings, prompts)
+        t3 = time.perf_counter()
+        self.timings_ms["camera"] = (t3 - t2) * 1e3
+        self.tracker.update(objs, float(stamp))
+        t4 = time.perf_counter()
+        self.timings_ms["tracking"] = (t4 - t3) * 1e3
+        self.timings_ms["total"] = (t4 - t0) * 1e3
+        self.stats["sweeps"] += 1
+        return objs

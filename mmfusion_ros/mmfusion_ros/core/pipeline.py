@@ -1,0 +1,261 @@
+"""One SensorFrame -> one FusionResult: the pure pipeline shared by the node, offline processing,
+benchmarks and tests.
+
+It knows nothing of ROS or of how the model runs: it calls a backend that obeys the runtime API
+(docs/architecture.md) and keeps the little state that spans frames (caption reuse, the history of
+fused embeddings the event head looks at, the event tracker).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
+from mmfusion_ros.core.preprocess import PreprocessConfig, model_inputs, preprocess_image
+from mmfusion_ros.core.types import EMBED_DIM, SENSOR_MODALITIES, DetectedObject, FusionResult, SensorFrame
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline computes per frame; model geometry comes from the backend's manifest."""
+
+    top_k: int = 5  # open-vocabulary labels reported per frame
+    label_temperature: float = 1.0  # label softmax over logit_scale * cosine / temperature
+    caption_every_n: int = 5  # decode a caption every n-th frame (reused in between); 0 = no captions
+    enable_events: bool = True  # run the event head and the event tracker
+    event_history_len: Optional[int] = None  # fused embeddings the event head sees; None = manifest's
+    event_history_step: Optional[float] = None  # seconds between them; None = manifest's
+    event_alpha: float = 0.5  # EMA weight of the newest event probabilities
+    event_off_ratio: float = 0.7  # event off-threshold as a fraction of its on-threshold
+    enable_perception: bool = True  # run the perception hook (3D objects) when one is given and LiDAR is present
+
+    def validate(self) -> "PipelineConfig":
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"pipeline.top_k: must be an integer >= 0, got {self.top_k!r}")
+        if not isinstance(self.caption_every_n, int) or self.caption_every_n < 0:
+            raise ValueError(f"pipeline.caption_every_n: must be an integer >= 0, got {self.caption_every_n!r}")
+        t = self.label_temperature
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"pipeline.label_temperature: must be a finite number > 0, got {t!r}")
+        if self.event_history_len is not None and (not isinstance(self.event_history_len, int)
+                                                   or self.event_history_len < 1):
+            raise ValueError(f"pipeline.event_history_len: must be an integer >= 1, got {self.event_history_len!r}")
+        s = self.event_history_step
+        if s is not None and (not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0):
+            raise ValueError(f"pipeline.event_history_step: must be a finite number > 0, got {s!r}")
+        EventTrackerConfig(alpha=self.event_alpha, off_ratio=self.event_off_ratio).validate()
+        return self
+
+
+def preprocess_config_from_manifest(manifest: Dict[str, Any]) -> PreprocessConfig:
+    """The bundle's PreprocessConfig (unknown keys are an error: they would mean a newer model format)."""
+    given = dict(manifest.get("preprocess") or {})
+    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    unknown = set(given) - known
+    if unknown:
+        raise ValueError(f"manifest.preprocess: unknown fields {sorted(unknown)}")
+    return PreprocessConfig(**given)
+
+
+class _Timer:
+    """Accumulates per-stage wall time in milliseconds."""
+
+    def __init__(self):
+        self.ms: Dict[str, float] = {}
+
+    def add(self, key: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.ms[key] = self.ms.get(key, 0.0) + (t1 - t0) * 1e3
+        return t1
+
+
+class Pipeline:
+    """Preprocess -> encode per present modality -> fuse -> labels, caption, events, objects.
+
+    `prompt_embeddings` are computed once by the caller (TextEncoder or the bundle's prompts.json),
+    never per frame. `perception` is any object with the core/perception.py `process` signature.
+    """
+
+    def __init__(self, backend, cfg: Optional[PipelineConfig] = None, prompts: Sequence[str] = (),
+                 prompt_embeddings: Optional[np.ndarray] = None, perception=None,
+                 T_cam_lidar: Optional[np.ndarray] = None):
+        self.backend = backend
+        self.cfg = (cfg or PipelineConfig()).validate()
+        man = backend.manifest
+        self.embed_dim = int(man.get("embed_dim", EMBED_DIM))
+        self.modalities = [str(m) for m in man.get("modalities", [m.value for m in SENSOR_MODALITIES])]
+        if self.modalities != [m.value for m in SENSOR_MODALITIES]:
+            raise ValueError(f"manifest.modalities: expected {[m.value for m in SENSOR_MODALITIES]}, "
+                             f"got {self.modalities}")
+        self.preprocess = preprocess_config_from_manifest(man)
+        self.logit_scale = float(man.get("logit_scale", 1.0))
+        if not math.isfinite(self.logit_scale) or self.logit_scale <= 0:
+            raise ValueError(f"manifest.logit_scale: must be a finite number > 0, got {self.logit_scale}")
+        self.history_len = int(self.cfg.event_history_len or man.get("event_history_len", 1))
+        self.history_step = float(self.cfg.event_history_step or man.get("event_history_step", 0.1))
+        self.event_tracker: Optional[EventTracker] = None
+        if self.cfg.enable_events:
+            self.event_tracker = EventTracker(
+                man["event_types"], man["horizons"], man.get("event_thresholds") or {},
+                EventTrackerConfig(alpha=self.cfg.event_alpha, off_ratio=self.cfg.event_off_ratio))
+        self.perception = perception
+        self.T_cam_lidar = T_cam_lidar
+        self.set_prompts(list(prompts), prompt_embeddings)
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget cross-frame state (caption, embedding history, event states)."""
+        self._frames = 0
+        self._caption: Optional[tuple] = None
+        self._hist_t: List[float] = []
+        self._hist_e: List[np.ndarray] = []
+        if self.event_tracker is not None:
+            self.event_tracker.reset()
+
+    def set_prompts(self, prompts: Sequence[str], embeddings: Optional[np.ndarray]) -> None:
+        """Replace the label vocabulary; embeddings (P,D) are row-normalised here (a copy)."""
+        prompts = [str(p) for p in prompts]
+        if embeddings is None:
+            if prompts:
+                raise ValueError("set_prompts: prompts given without their embeddings")
+            emb = np.zeros((0, self.embed_dim), np.float32)
+        else:
+            emb = np.array(embeddings, np.float32)  # (P, D) copy
+            if emb.ndim != 2 or emb.shape != (len(prompts), self.embed_dim):
+                raise ValueError(f"set_prompts: embeddings must be ({len(prompts)}, {self.embed_dim}), "
+                                 f"got {emb.shape}")
+            if not np.all(np.isfinite(emb)):
+                raise ValueError("set_prompts: embeddings contain NaN or inf")
+            norm = np.linalg.norm(emb, axis=1, keepdims=True)  # (P, 1)
+            if np.any(norm == 0):
+                raise ValueError("set_prompts: an embedding is all zeros")
+            emb /= norm
+        self.prompts = prompts
+        self.prompt_embeddings = emb  # (P, D)
+
+    # ---- the frame ---------------------------------------------------------------------------------
+    def process(self, frame: SensorFrame) -> FusionResult:
+        """Fuse one frame. Raises ValueError for a frame with no modality present."""
+        timer = _Timer()
+        t_start = t = time.perf_counter()
+        present_mask = frame.presence_mask()  # (4,)
+        if not present_mask.any():
+            raise ValueError("pipeline: frame has no modality present")
+        inputs = model_inputs(frame, self.preprocess)
+        t = timer.add("preprocess", t)
+
+        tokens = np.zeros((1, len(SENSOR_MODALITIES), self.embed_dim), np.float32)  # (1, 4, D)
+        for k, m in enumerate(SENSOR_MODALITIES):
+            if m.value in inputs:
+                t0 = time.perf_counter()
+                emb = np.asarray(self.backend.encode(m.value, inputs[m.value][None]), np.float32)  # (1, D)
+                tokens[0, k] = emb[0]
+                timer.add(f"encode_{m.value}", t0)
+        t = timer.add("encode", t)
+
+        fused, weights = self.backend.fuse(tokens, present_mask[None])
+        fused = np.asarray(fused, np.float32)[0]  # (D,)
+        weights = np.asarray(weights, np.float32)[0] * present_mask  # (4,), 0 for absent (message contract)
+        t = timer.add("fuse", t)
+
+        labels = self._labels(fused)
+        t = timer.add("labels", t)
+
+        caption, conf = None, 0.0
+        timer.ms["caption_reused"] = 0.0
+        n = self.cfg.caption_every_n
+        if n > 0:
+            if self._caption is None or self._frames % n == 0:
+                text, conf = self.backend.caption(fused)
+                self._caption = (str(text), float(conf))
+                t = timer.add("caption", t)
+            else:
+                timer.ms["caption"] = 0.0
+                timer.ms["caption_reused"] = 1.0
+            caption, conf = self._caption
+
+        events = []
+        if self.event_tracker is not None:
+            history = self._history(frame.stamp, fused)  # (1, T, D)
+            probs = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
+            events = self.event_tracker.update(probs)
+            t = timer.add("events", t)
+
+        objects: List[DetectedObject] = []
+        if self.perception is not None and self.cfg.enable_perception and frame.lidar is not None:
+            objects = list(self.perception.process(
+                frame.lidar, frame.stamp, image=frame.image, camera=frame.camera, T_cam_lidar=self.T_cam_lidar,
+                embed_crops=self.embed_crops, prompt_embeddings=self.prompt_embeddings, prompts=self.prompts))
+            t = timer.add("perception", t)
+
+        ms = timer.ms
+        ms["inference"] = sum(ms.get(k, 0.0) for k in ("encode", "fuse", "caption", "events"))
+        ms["total"] = (time.perf_counter() - t_start) * 1e3
+        self._frames += 1
+        return FusionResult(
+            stamp=frame.stamp,
+            present=[m for m, ok in frame.present.items() if ok],
+            embedding=fused,
+            modality_weights=weights,
+            labels=labels,
+            objects=objects,
+            caption=caption,
+            caption_confidence=float(conf),
+            events=events,
+            timings_ms=ms,
+            frame_id=frame.frame_id,
+        )
+
+    def embed_crops(self, crops) -> np.ndarray:
+        """Camera-encoder embeddings of image crops: a list of (h,w,3) uint8 RGB crops or a preprocessed
+        (B,3,S,S) float32 batch -> (B,D). The perception hook labels objects with these."""
+        if isinstance(crops, np.ndarray) and crops.ndim == 4 and crops.dtype == np.float32:
+            batch = crops  # (B, 3, S, S) already preprocessed
+        else:
+            crops = list(crops)
+            if not crops:
+                return np.zeros((0, self.embed_dim), np.float32)
+            batch = np.stack([preprocess_image(np.asarray(c, np.uint8), self.preprocess) for c in crops])  # (B,3,S,S)
+        if len(batch) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.asarray(self.backend.encode("camera", batch), np.float32)  # (B, D)
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _labels(self, fused: np.ndarray) -> List[tuple]:
+        if len(self.prompts) == 0 or self.cfg.top_k == 0:
+            return []
+        cos = self.prompt_embeddings @ fused  # (P,)
+        z = self.logit_scale * cos / self.cfg.label_temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()  # (P,) softmax
+        order = np.argsort(-p, kind="stable")[: self.cfg.top_k]
+        return [(self.prompts[i], float(p[i])) for i in order]
+
+    def _history(self, stamp: float, fused: np.ndarray) -> np.ndarray:
+        """(1,T,D) fused embeddings at stamp - (T-1-k)*step, oldest first: the newest embedding at or
+        before each time, the oldest one we have where the history is shorter than T*step."""
+        if self._hist_t and stamp < self._hist_t[-1]:  # time went backwards: a new recording
+            self._hist_t.clear()
+            self._hist_e.clear()
+            if self.event_tracker is not None:
+                self.event_tracker.reset()
+        self._hist_t.append(float(stamp))
+        self._hist_e.append(fused)
+        span = (self.history_len - 1) * self.history_step
+        keep = bisect.bisect_right(self._hist_t, stamp - span - self.history_step) - 1  # one before the span
+        if keep > 0:
+            del self._hist_t[:keep]
+            del self._hist_e[:keep]
+        targets = stamp - np.arange(self.history_len)[::-1] * self.history_step  # (T,) oldest first
+        idx = np.searchsorted(np.asarray(self._hist_t), targets + 1e-6, side="right") - 1  # (T,)
+        idx = np.clip(idx, 0, None)
+        return np.stack([self._hist_e[i] for i in idx])[None].astype(np.float32)  # (1, T, D)
+

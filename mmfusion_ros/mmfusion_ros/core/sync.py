@@ -1,0 +1,388 @@
+"""Time-window buffers and the sync policy that turns sensor streams into SensorFrames.
+
+The Collector is driven by the caller's clock (`poll(now)`), so the same code runs on wall time, on
+a ROS clock under use_sim_time, and on a bag's recorded timeline in offline processing. A late sensor
+never blocks a frame: after its timeout the frame goes out without it and its presence mask says so
+(the Autoware fusion-collector policy, not an exact/approximate time synchroniser that waits forever).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mmfusion_ros.core.preprocess import audio_resample, resample
+from mmfusion_ros.core.types import SENSOR_MODALITIES, CameraIntrinsics, Modality, SensorFrame
+
+#: Trigger values besides a modality name.
+RATE_TRIGGER = "rate"
+#: Audio chunks whose stamps differ from the end of the previous chunk by less than this many seconds
+#: are joined into one continuous run (microphone stamps jitter by a few milliseconds).
+AUDIO_JOIN_TOLERANCE_S = 0.01
+
+
+@dataclass
+class SyncConfig:
+    """How frames are cut from the sensor streams. Times are seconds on the caller's clock."""
+
+    trigger: str = RATE_TRIGGER  # "rate" (fixed rate on the poll clock) or a modality: camera, lidar, audio, imu
+    rate_hz: float = 10.0  # frame rate when trigger == "rate"
+    camera_timeout_s: float = 0.5  # a camera image older than this (vs the frame time) is left out
+    lidar_timeout_s: float = 0.5  # same for a LiDAR sweep
+    audio_timeout_s: float = 0.5  # same for the end of the newest audio chunk
+    imu_timeout_s: float = 0.25  # same for the newest IMU sample
+    audio_window_s: float = 1.0  # length of the audio window handed to the model
+    imu_window_s: float = 2.0  # length of the IMU window handed to the model
+    audio_rate: int = 16000  # model audio rate, Hz: windows are resampled to it
+    imu_rate: float = 200.0  # model IMU rate, Hz: windows are resampled to it
+    buffer_s: float = 5.0  # history kept per modality, behind its newest message
+    max_messages: int = 16  # most camera images / LiDAR sweeps kept (older ones only help reordering)
+    lookahead_s: float = 0.05  # data stamped up to this long after the frame time still belongs to it
+    delay_s: float = 0.05  # a frame is emitted once now >= frame time + delay_s (lets late messages arrive)
+    reset_jump_s: float = 1.0  # time going back by more than this (a bag looping) resets every buffer
+    frame_id: str = "base_link"  # frame_id of frames without a LiDAR sweep (a sweep's own frame_id wins)
+
+    def timeout(self, modality: Modality) -> float:
+        return float(getattr(self, f"{Modality(modality).value}_timeout_s"))
+
+    def validate(self) -> "SyncConfig":
+        """Raise ValueError naming the first bad field; returns self so calls chain."""
+        names = [m.value for m in SENSOR_MODALITIES]
+        if self.trigger != RATE_TRIGGER and self.trigger not in names:
+            raise ValueError(f"sync.trigger: {self.trigger!r} is not 'rate' or one of {names}")
+        positive = ["rate_hz", "audio_window_s", "imu_window_s", "audio_rate", "imu_rate", "buffer_s",
+                     "reset_jump_s"] + [f"{n}_timeout_s" for n in names]
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"sync.{name}: must be a finite number > 0, got {v!r}")
+        for name in ("lookahead_s", "delay_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"sync.{name}: must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.max_messages, int) or self.max_messages < 1:
+            raise ValueError(f"sync.max_messages: must be an integer >= 1, got {self.max_messages!r}")
+        longest = max(self.audio_window_s, self.imu_window_s)
+        if self.buffer_s < longest:
+            raise ValueError(f"sync.buffer_s: {self.buffer_s} is shorter than the longest window ({longest} s)")
+        return self
+
+
+@dataclass
+class _Counters:
+    received: int = 0  # messages accepted into the buffer
+    duplicates: int = 0  # messages with the stamp of one already buffered, dropped
+    out_of_order: int = 0  # messages older than the newest buffered one, inserted in order
+    dropped_old: int = 0  # out-of-order messages older than the buffer keeps, dropped
+    frames_without: int = 0  # frames emitted without this modality (timed out or never seen)
+
+
+class _TimeBuffer:
+    """Items sorted by stamp; pruned to `keep_s` behind the newest and to `max_items`."""
+
+    def __init__(self, keep_s: float, max_items: Optional[int] = None):
+        self.keep_s = keep_s
+        self.max_items = max_items
+        self.stamps: List[float] = []
+        self.items: List[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    @property
+    def newest(self) -> Optional[float]:
+        return self.stamps[-1] if self.stamps else None
+
+    def insert(self, stamp: float, item: Any) -> str:
+        """Insert in stamp order; returns "ok", "out_of_order", "duplicate" or "old"."""
+        newest = self.newest
+        if newest is not None and stamp < newest - self.keep_s:
+            return "old"
+        i = bisect.bisect_left(self.stamps, stamp)
+        if i < len(self.stamps) and self.stamps[i] == stamp:
+            return "duplicate"
+        self.stamps.insert(i, stamp)
+        self.items.insert(i, item)
+        self._prune()
+        return "ok" if i == len(self.stamps) - 1 else "out_of_order"
+
+    def _prune(self) -> None:
+        cut = bisect.bisect_left(self.stamps, self.stamps[-1] - self.keep_s)
+        if self.max_items is not None:
+            cut = max(cut, len(self.stamps) - self.max_items)
+        if cut > 0:
+            del self.stamps[:cut]
+            del self.items[:cut]
+
+    def index_at_or_before(self, t: float) -> int:
+        """Index of the newest item with stamp <= t, -1 when none."""
+        return bisect.bisect_right(self.stamps, t) - 1
+
+    def clear(self) -> None:
+        self.stamps.clear()
+        self.items.clear()
+
+
+def _as_logger(log) -> Callable[[str], None]:
+    """Accept a logging.Logger, an rclpy logger (both have .warning) or a plain callable."""
+    if log is None:
+        return logging.getLogger(__name__).warning
+    if hasattr(log, "warning"):
+        return log.warning
+    if callable(log):
+        return log
+    raise TypeError(f"log must be a logger or a callable, got {type(log).__name__}")
+
+
+class Collector:
+    """Per-modality buffers plus the trigger policy; not thread-safe (the node serialises calls)."""
+
+    def __init__(self, cfg: Optional[SyncConfig] = None, log=None):
+        self.cfg = (cfg or SyncConfig()).validate()
+        self._warn = _as_logger(log)
+        c = self.cfg
+        self._buf: Dict[Modality, _TimeBuffer] = {
+            Modality.CAMERA: _TimeBuffer(c.buffer_s, c.max_messages),
+            Modality.LIDAR: _TimeBuffer(c.buffer_s, c.max_messages),
+            Modality.AUDIO: _TimeBuffer(c.buffer_s),
+            Modality.IMU: _TimeBuffer(c.buffer_s),
+        }
+        self._camera_info: Optional[CameraIntrinsics] = None
+        self._counters: Dict[Modality, _Counters] = {m: _Counters() for m in SENSOR_MODALITIES}
+        self._trigger = None if c.trigger == RATE_TRIGGER else Modality(c.trigger)
+        self._pending: List[float] = []  # frame times of trigger messages waiting for their delay
+        self._last_trigger: Optional[float] = None
+        self._next_tick: Optional[int] = None  # index k of the next rate tick at k / rate_hz
+        self._last_now: Optional[float] = None
+        self._resets = 0
+        self._frames = 0
+        self._empty = 0  # ticks where no modality had data (no frame emitted)
+        self._audio_rate: Optional[int] = None
+
+    # ---- input -------------------------------------------------------------------------------------
+    def add_image(self, stamp: float, rgb: np.ndarray, camera: Optional[CameraIntrinsics] = None) -> bool:
+        """(H,W,3) uint8 RGB image; `camera` optionally updates the intrinsics. Returns True if buffered."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise ValueError(f"image: expected (H,W,3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        if camera is not None:
+            self._camera_info = camera
+        return self._insert(Modality.CAMERA, stamp, rgb)
+
+    def add_camera_info(self, stamp: float, camera: CameraIntrinsics) -> None:
+        """Intrinsics are static in practice: the newest one is attached to every frame with an image."""
+        self._check_stamp(Modality.CAMERA, stamp)
+        self._camera_info = camera
+
+    def add_lidar(self, stamp: float, points: np.ndarray, frame_id: Optional[str] = None) -> bool:
+        """(N,4) float32 x,y,z,intensity in the LiDAR frame (N may be 0: an empty sweep is still a sweep)."""
+        pts = np.asarray(points)
+        if pts.ndim != 2 or pts.shape[1] != 4:
+            raise ValueError(f"lidar: expected (N,4) x,y,z,intensity, got shape {pts.shape}")
+        return self._insert(Modality.LIDAR, stamp, (pts.astype(np.float32, copy=False), frame_id))
+
+    def add_audio(self, stamp: float, samples: np.ndarray, rate: int) -> bool:
+        """(S,C) or (S,) float32 samples in [-1,1] at `rate` Hz; stamp = time of the first sample."""
+        a = np.asarray(samples, np.float32)
+        if a.ndim == 1:
+            a = a[:, None]
+        if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(f"audio: expected (S,C) samples with S,C >= 1, got shape {np.shape(samples)}")
+        if not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise ValueError(f"audio: sample rate must be a positive integer, got {rate!r}")
+        if self._audio_rate is not None and rate != self._audio_rate and len(self._buf[Modality.AUDIO]):
+            self._warn(f"audio sample rate changed {self._audio_rate} -> {rate} Hz: dropping buffered audio")
+            self._buf[Modality.AUDIO].clear()
+        self._audio_rate = int(rate)
+        mono = a.mean(axis=1) if a.shape[1] > 1 else a[:, 0]  # (S,)
+        return self._insert(Modality.AUDIO, stamp, (mono, int(rate)))
+
+    def add_imu(self, stamp: float, accel: np.ndarray, gyro: np.ndarray) -> bool:
+        """One IMU sample: accel (3,) m/s^2, gyro (3,) rad/s."""
+        row = np.concatenate([np.asarray(accel, np.float32).reshape(-1), np.asarray(gyro, np.float32).reshape(-1)])
+        if row.shape != (6,):
+            raise ValueError(f"imu: expected accel (3,) and gyro (3,), got {np.shape(accel)} and {np.shape(gyro)}")
+        return self._insert(Modality.IMU, stamp, row)
+
+    # ---- output ------------------------------------------------------------------------------------
+    def poll(self, now: float) -> List[SensorFrame]:
+        """Frames due at `now` (caller's clock), oldest first; frames with no data at all are skipped."""
+        now = float(now)
+        if not math.isfinite(now):
+            raise ValueError(f"poll: now must be finite, got {now}")
+        if self._last_now is not None and now < self._last_now - self.cfg.reset_jump_s:
+            self._reset(f"clock jumped back {self._last_now - now:.3f} s")
+        self._last_now = now if self._last_now is None else max(now, self._last_now)
+        due = now - self.cfg.delay_s
+        times: List[float] = []
+        if self._trigger is None:
+            rate = self.cfg.rate_hz
+            last_k = math.floor(due * rate + 1e-6)
+            if self._next_tick is None:
+                self._next_tick = last_k
+            # after a long stall only ticks inside the buffer can still be filled
+            self._next_tick = max(self._next_tick, last_k - int(self.cfg.buffer_s * rate))
+            times = [k / rate for k in range(self._next_tick, last_k + 1)]
+            self._next_tick = max(self._next_tick, last_k + 1)
+        else:
+            n = bisect.bisect_right(self._pending, due)
+            times, self._pending = self._pending[:n], self._pending[n:]
+        frames = []
+        for t in times:
+            f = self._frame_at(t)
+            if f is None:
+                self._empty += 1
+                continue
+            frames.append(f)
+        return frames
+
+    def frame_at(self, t: float) -> Optional[SensorFrame]:
+        """The frame for reference time `t` from what is buffered now (no trigger bookkeeping), or None."""
+        return self._frame_at(float(t), count=False)
+
+    def stats(self) -> Dict[str, Any]:
+        """{"frames", "resets", "empty_ticks", "<modality>": {received, duplicates, out_of_order, dropped_old,
+        frames_without, resets, newest_stamp}} — what diagnostics report."""
+        out: Dict[str, Any] = {"frames": self._frames, "resets": self._resets, "empty_ticks": self._empty}
+        for m in SENSOR_MODALITIES:
+            d = dict(vars(self._counters[m]))
+            d["resets"] = self._resets
+            d["newest_stamp"] = self._buf[m].newest
+            out[m.value] = d
+        return out
+
+    def reset(self) -> None:
+        """Drop every buffer and pending frame (counters are kept)."""
+        self._reset(None)
+
+    # ---- internals ---------------------------------------------------------------------------------
+    def _check_stamp(self, modality: Modality, stamp: float) -> float:
+        s = float(stamp)
+        if not math.isfinite(s):
+            raise ValueError(f"{modality.value}: stamp must be finite, got {stamp}")
+        return s
+
+    def _insert(self, modality: Modality, stamp: float, item: Any) -> bool:
+        stamp = self._check_stamp(modality, stamp)
+        buf, cnt = self._buf[modality], self._counters[modality]
+        if buf.newest is not None and stamp < buf.newest - self.cfg.reset_jump_s:
+            self._reset(f"{modality.value} stamp jumped back {buf.newest - stamp:.3f} s")
+        status = buf.insert(stamp, item)
+        if status == "duplicate":
+            cnt.duplicates += 1
+            return False
+        if status == "old":
+            cnt.dropped_old += 1
+            return False
+        cnt.received += 1
+        if status == "out_of_order":
+            cnt.out_of_order += 1
+        if modality == self._trigger:
+            t = stamp
+            if modality == Modality.AUDIO:  # an audio chunk's frame time is its last sample
+                t = stamp + len(item[0]) / item[1]
+            if self._last_trigger is None or t > self._last_trigger:
+                self._last_trigger = t
+                bisect.insort(self._pending, t)
+        return True
+
+    def _reset(self, why: Optional[str]) -> None:
+        for b in self._buf.values():
+            b.clear()
+        self._pending.clear()
+        self._last_trigger = None
+        self._next_tick = None
+        self._last_now = None
+        if why is not None:
+            self._resets += 1
+            self._warn(f"time jumped backwards ({why}): sync buffers reset (reset #{self._resets})")
+
+    def _frame_at(self, t: float, count: bool = True) -> Optional[SensorFrame]:
+        c = self.cfg
+        limit = t + c.lookahead_s
+        frame = SensorFrame(stamp=t, audio_rate=c.audio_rate, imu_rate=c.imu_rate, frame_id=c.frame_id)
+        # camera / lidar: the newest message not after the frame window, if within its timeout
+        for m in (Modality.CAMERA, Modality.LIDAR):
+            buf = self._buf[m]
+            i = buf.index_at_or_before(limit)
+            if i >= 0 and buf.stamps[i] >= t - c.timeout(m):
+                frame.stamps[m] = buf.stamps[i]
+                if m == Modality.CAMERA:
+                    frame.image = buf.items[i]
+                    frame.camera = self._camera_info
+                else:
+                    frame.lidar, fid = buf.items[i]
+                    if fid:
+                        frame.frame_id = fid
+        audio = self._audio_window(t, limit)
+        if audio is not None:
+            frame.audio, frame.stamps[Modality.AUDIO] = audio
+        imu = self._imu_window(t, limit)
+        if imu is not None:
+            frame.imu, frame.stamps[Modality.IMU] = imu
+        present = frame.present
+        if not any(present.values()):
+            return None
+        if count:
+            self._frames += 1
+            for m, ok in present.items():
+                if not ok:
+                    self._counters[m].frames_without += 1
+        return frame
+
+    def _audio_window(self, t: float, limit: float) -> Optional[Tuple[np.ndarray, float]]:
+        """Newest audio_window_s of mono audio ending at min(end of data, limit), at the model rate."""
+        c, buf = self.cfg, self._buf[Modality.AUDIO]
+        i = buf.index_at_or_before(limit)
+        if i < 0:
+            return None
+        mono, rate = buf.items[i]
+        end = min(buf.stamps[i] + len(mono) / rate, limit)
+        if end < t - c.audio_timeout_s:
+            return None
+        start = end - c.audio_window_s
+        # walk back over the chunks that overlap [start, end], joining contiguous ones into runs
+        runs: List[Tuple[float, List[np.ndarray]]] = []
+        j = i
+        while j >= 0:
+            s, (x, r) = buf.stamps[j], buf.items[j]
+            if s + len(x) / r <= start:
+                break
+            if runs and abs(s + len(x) / r - runs[-1][0]) <= AUDIO_JOIN_TOLERANCE_S:
+                runs[-1] = (s, [x] + runs[-1][1])
+            else:
+                runs.append((s, [x]))
+            j -= 1
+        n_out = int(round(c.audio_window_s * c.audio_rate))
+        out = np.zeros(n_out, np.float32)  # (n_out,) silence where no chunk covers the window
+        first = n_out
+        for s0, parts in runs:
+            x = audio_resample(np.concatenate(parts), rate, c.audio_rate)  # (S',) at the model rate
+            k0 = int(round((s0 - start) * c.audio_rate))  # output index of the run's first sample
+            lo, hi = max(k0, 0), min(k0 + len(x), int(round((end - start) * c.audio_rate)), n_out)
+            if hi > lo:
+                out[lo:hi] = x[lo - k0:hi - k0]
+                first = min(first, lo)
+        if first >= n_out:
+            return None
+        return out[first:], buf.stamps[i]
+
+    def _imu_window(self, t: float, limit: float) -> Optional[Tuple[np.ndarray, float]]:
+        """IMU samples of the newest imu_window_s ending at the newest sample, resampled to imu_rate."""
+        c, buf = self.cfg, self._buf[Modality.IMU]
+        i = buf.index_at_or_before(limit)
+        if i < 0 or buf.stamps[i] < t - c.imu_timeout_s:
+            return None
+        end = buf.stamps[i]
+        j0 = max(bisect.bisect_left(buf.stamps, end - c.imu_window_s) - 1, 0)  # one sample before, to interpolate
+        ts = np.asarray(buf.stamps[j0:i + 1], np.float64)  # (T,)
+        vals = np.stack(buf.items[j0:i + 1])  # (T, 6)
+        n = int(round(c.imu_window_s * c.imu_rate))
+        grid = end - (np.arange(n)[::-1] / c.imu_rate)  # (n,) oldest first, ends at the newest sample
+        grid = grid[grid >= ts[0] - 0.5 / c.imu_rate]  # only where data exists; preprocessing pads the rest
+        return resample(ts - end, vals, grid - end), end  # (n', 6)

@@ -1,0 +1,231 @@
+"""ONNX export: one file per model part with the contract's names (docs/architecture.md), plus the
+manifest the torch-free runtime reads and the default prompts with their text embeddings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmfusion_ros.core.preprocess import DEFAULT, PreprocessConfig
+from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel
+from mmfusion_ros.model.text import TEXT_ENCODER_NAME
+from mmfusion_ros.model.vocab import Vocab
+
+ONNX_OPSET = 17
+MANIFEST_FORMAT_VERSION = 1
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: MMFusionModel, key: str):
+        super().__init__()
+        self.model, self.key = model, key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(self.key, x)  # (B, 384)
+
+
+class _Fusion(nn.Module):
+    def __init__(self, model: MMFusionModel):
+        super().__init__()
+        self.fusion = model.fusion
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor):
+        return self.fusion(tokens, present)  # (B, 384), (B, 4)
+
+
+class _Caption(nn.Module):
+    def __init__(self, model: MMFusionModel):
+        super().__init__()
+        self.dec = model.caption_decoder
+
+    def forward(self, embedding: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dec(embedding, tokens)  # (B, L, V)
+
+
+def part_specs(model: MMFusionModel, pre: PreprocessConfig = DEFAULT) -> Dict[str, dict]:
+    """part -> {"module", "inputs": {name: (shape with "B"/"L", dtype)}, "outputs": {...}}."""
+    shapes = pre.input_shapes()
+    d = model.cfg.embed_dim
+    ev = model.cfg.events
+    v = model.cfg.caption.vocab_size
+    specs = {}
+    for k in SENSOR_KEYS:
+        specs[f"{k}_encoder"] = {
+            "module": _Encoder(model, k),
+            "inputs": {k: (["B", *shapes[k]], "float32")},
+            "outputs": {"embedding": (["B", d], "float32")},
+        }
+    specs["fusion"] = {
+        "module": _Fusion(model),
+        "inputs": {"tokens": (["B", len(SENSOR_KEYS), d], "float32"), "present": (["B", len(SENSOR_KEYS)], "float32")},
+        "outputs": {"fused": (["B", d], "float32"), "weights": (["B", len(SENSOR_KEYS)], "float32")},
+    }
+    specs["event_head"] = {
+        "module": model.event_head,
+        "inputs": {"history": (["B", ev.history_len, d], "float32")},
+        "outputs": {"probs": (["B", len(ev.event_types), len(ev.horizons)], "float32")},
+    }
+    specs["caption_decoder"] = {
+        "module": _Caption(model),
+        "inputs": {"embedding": (["B", d], "float32"), "tokens": (["B", "L"], "int64")},
+        "outputs": {"logits": (["B", "L", v], "float32")},
+    }
+    return specs
+
+
+def example_inputs(spec: dict, batch: int = 2, length: int = 5, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random inputs matching a part's spec (tokens: valid ids starting with BOS; present: 0/1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (shape, dtype) in spec["inputs"].items():
+        dims = [batch if s == "B" else length if s == "L" else int(s) for s in shape]
+        if dtype == "int64":
+            x = rng.integers(4, 8, size=dims).astype(np.int64)
+            x[:, 0] = 1
+        elif name == "present":
+            x = (rng.random(dims) > 0.4).astype(np.float32)
+        else:
+            x = rng.standard_normal(dims).astype(np.float32)
+            if name in ("tokens", "history", "embedding"):
+                x /= np.linalg.norm(x, axis=-1, keepdims=True)
+        out[name] = x
+    return out
+
+
+def export_onnx(model: MMFusionModel, out_dir, pre: PreprocessConfig = DEFAULT) -> Dict[str, dict]:
+    """Write out_dir/onnx/<part>.onnx for every part, each checked with onnx.checker."""
+    import onnx
+
+    onnx_dir = Path(out_dir) / "onnx"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    specs = part_specs(model, pre)
+    parts = {}
+    for part, spec in specs.items():
+        ins = example_inputs(spec)
+        args = tuple(torch.from_numpy(x) for x in ins.values())
+        dyn = {}
+        for group in ("inputs", "outputs"):
+            for name, (shape, _) in spec[group].items():
+                dyn[name] = {i: s for i, s in enumerate(shape) if isinstance(s, str)}
+        path = onnx_dir / f"{part}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python ints in shapes are expected
+            torch.onnx.export(
+                spec["module"], args, str(path), input_names=list(spec["inputs"]), output_names=list(spec["outputs"]),
+                dynamic_axes=dyn, opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False,
+            )
+        onnx.checker.check_model(onnx.load(str(path)))
+        parts[part] = {
+            "file": f"onnx/{part}.onnx",
+            "inputs": {n: {"shape": s, "dtype": t} for n, (s, t) in spec["inputs"].items()},
+            "outputs": {n: {"shape": s, "dtype": t} for n, (s, t) in spec["outputs"].items()},
+        }
+    return parts
+
+
+def build_manifest(
+    model: MMFusionModel,
+    vocab: Vocab,
+    parts: Mapping[str, dict],
+    checkpoint_sha256: str,
+    pre: PreprocessConfig = DEFAULT,
+    event_thresholds: Optional[Mapping[str, float]] = None,
+    extra: Optional[Mapping] = None,
+) -> dict:
+    ev = model.cfg.events
+    thr = {t: 0.5 for t in ev.event_types}
+    thr.update({k: float(v) for k, v in (event_thresholds or {}).items() if k in thr})
+    man = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "name": model.cfg.name,
+        "embed_dim": model.cfg.embed_dim,
+        "modalities": list(SENSOR_KEYS),
+        "parts": dict(parts),
+        "logit_scale": float(model.logit_scale("camera").detach()),
+        "event_types": list(ev.event_types),
+        "horizons": [float(h) for h in ev.horizons],
+        "event_history_len": ev.history_len,
+        "event_history_step": ev.history_step,
+        "event_thresholds": thr,
+        "vocab": list(vocab.tokens),
+        "caption_max_len": model.cfg.caption.max_len,
+        "preprocess": asdict(pre),
+        "checkpoint_sha256": checkpoint_sha256,
+        "onnx_opset": ONNX_OPSET,
+        "text_encoder": TEXT_ENCODER_NAME,
+    }
+    man.update(extra or {})
+    return man
+
+
+def write_prompts(out_dir, prompts, embeddings: np.ndarray, note: str = "") -> Path:
+    """prompts.json: [{"label", "text", "embedding": [384 floats]}] + what made the embeddings."""
+    embeddings = np.asarray(embeddings, np.float32)
+    if len(prompts) != len(embeddings):
+        raise ValueError("one embedding per prompt expected")
+    doc = {
+        "text_encoder": TEXT_ENCODER_NAME,
+        "note": note,
+        "prompts": [{"label": p["label"], "text": p["text"], "embedding": [round(float(v), 7) for v in e]} for p, e in zip(prompts, embeddings)],
+    }
+    path = Path(out_dir) / "prompts.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def export_bundle(
+    checkpoint,
+    out_dir,
+    prompt_embeddings: Optional[np.ndarray] = None,
+    prompts_note: str = "",
+    event_thresholds: Optional[Mapping[str, float]] = None,
+    text_cache_dir=None,
+) -> dict:
+    """checkpoint.pt -> complete bundle folder (checkpoint copy, onnx/, manifest.json, prompts.json).
+
+    Prompt embeddings come from the frozen text encoder unless given (the random test bundle passes
+    random unit vectors to stay fast). Returns the manifest.
+    """
+    import shutil
+
+    from mmfusion_ros.model.checkpoint import load_checkpoint, sha256_file
+    from mmfusion_ros.model.prompts import default_prompts
+    from mmfusion_ros.model.text import encode_texts
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint.pt"
+    model, vocab, info = load_checkpoint(checkpoint)
+    dst = out / "checkpoint.pt"
+    if dst.resolve() != checkpoint.resolve():
+        shutil.copyfile(checkpoint, dst)
+    digest = sha256_file(dst)
+    (out / "checkpoint.pt.sha256").write_text(digest + "\n")
+    parts = export_onnx(model, out)
+    thresholds = dict(info.get("metadata", {}).get("event_thresholds", {}))
+    thresholds.update(event_thresholds or {})
+    prompts = default_prompts()
+    if prompt_embeddings is None:
+        prompt_embeddings = encode_texts([p["text"] for p in prompts], text_cache_dir)
+        prompts_note = prompts_note or f"embeddings from {TEXT_ENCODER_NAME}"
+    write_prompts(out, prompts, prompt_embeddings, prompts_note)
+    extra = {"prompts_file": "prompts.json", "prompt_embeddings": prompts_note}
+    mem = info.get("metadata", {}).get("caption_memory_file")
+    if mem and (checkpoint.parent / mem).is_file() and (out / mem).resolve() != (checkpoint.parent / mem).resolve():
+        shutil.copyfile(checkpoint.parent / mem, out / mem)
+    if mem and (out / mem).is_file():
+        extra["caption_memory"] = mem
+    man = build_manifest(model, vocab, parts, digest, event_thresholds=thresholds, extra=extra)
+    (out / "manifest.json").write_text(json.dumps(man, indent=1))
+    (out / "vocab.txt").write_text("\n".join(vocab.tokens) + "\n")
+    return man

@@ -1,0 +1,74 @@
+"""Attention fusion of the four sensor embeddings into one embedding in the same 384-d space.
+
+Attention is written with plain Linear/matmul/softmax instead of nn.MultiheadAttention so the ONNX
+graph has no fused-kernel fast paths and TensorRT parses it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from mmfusion_ros.model.config import FusionConfig
+
+
+class _TokenAttention(nn.Module):
+    """One pre-norm self-attention + MLP block over the N modality tokens."""
+
+    def __init__(self, dim: int, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * hidden)
+        self.out = nn.Linear(hidden, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # each (B, N, Hd)
+        hd = q.shape[-1] // self.heads
+        q = q.reshape(b, n, self.heads, hd).transpose(1, 2)  # (B, h, N, hd)
+        k = k.reshape(b, n, self.heads, hd).transpose(1, 2)
+        v = v.reshape(b, n, self.heads, hd).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(-2, -1) * (hd ** -0.5), dim=-1)  # (B, h, N, N)
+        y = (att @ v).transpose(1, 2).reshape(b, n, self.heads * hd)  # (B, N, Hd)
+        x = x + self.out(y)  # (B, N, D)
+        return x + self.mlp(self.norm2(x))  # (B, N, D)
+
+
+class AttentionFusion(nn.Module):
+    """tokens (B,4,D) + present (B,4) -> fused (B,D) L2-normalised, weights (B,4) summing to 1.
+
+    Absent tokens are replaced by a learned per-modality token so the attention layers always see
+    four inputs; the pooling weights are masked to the present modalities (over the four learned
+    absent tokens when nothing is present, so the output stays finite). The fused vector is a weighted sum of the
+    (refined) modality embeddings, which keeps it in the shared space.
+    """
+
+    def __init__(self, cfg: FusionConfig, dim: int, n_modalities: int = 4):
+        super().__init__()
+        self.absent = nn.Parameter(torch.randn(n_modalities, dim) * 0.02)  # (4, D)
+        self.pos = nn.Parameter(torch.zeros(n_modalities, dim))  # (4, D) modality identity
+        self.blocks = nn.ModuleList([_TokenAttention(dim, cfg.hidden, cfg.heads) for _ in range(cfg.layers)])
+        self.score = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
+        self.delta = nn.Linear(dim, dim)
+        nn.init.zeros_(self.delta.weight)  # starts as a pure weighted average of the input embeddings
+        nn.init.zeros_(self.delta.bias)
+
+    def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        p = present.unsqueeze(-1)  # (B, 4, 1)
+        x = p * tokens + (1.0 - p) * self.absent.unsqueeze(0)  # (B, 4, D)
+        h = x + self.pos.unsqueeze(0)  # (B, 4, D)
+        for blk in self.blocks:
+            h = blk(h)  # (B, 4, D)
+        any_present = (present.sum(-1, keepdim=True) > 0).to(present.dtype)  # (B, 1)
+        mask = present * any_present + (1.0 - any_present)  # (B, 4) all ones when nothing is present
+        logits = self.score(h).squeeze(-1) + (mask - 1.0) * 1e4  # (B, 4)
+        weights = torch.softmax(logits, dim=-1)  # (B, 4)
+        refined = x + self.delta(h)  # (B, 4, D)
+        fused = (weights.unsqueeze(-1) * refined).sum(1)  # (B, D)
+        fused = fused / fused.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return fused, weights

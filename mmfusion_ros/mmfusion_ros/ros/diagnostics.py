@@ -1,0 +1,190 @@
+"""What the fusion node tells /diagnostics: per sensor its rate, age, rejects and frames fused without it.
+
+`NodeDiagnostics` only counts and formats (no rclpy node, no clock of its own): the node passes the time
+of its ROS clock, so ages and rates are in sim time when use_sim_time is on. Callbacks, the inference
+worker and the diagnostics timer run on different threads, so every method takes one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from mmfusion_ros.ros.messages import make_header
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+#: Seconds of receive times kept to measure an input's rate.
+RATE_WINDOW_S = 2.0
+#: Seconds between two log lines about rejected messages of the same input.
+REJECT_LOG_PERIOD_S = 5.0
+
+
+@dataclass
+class InputCounters:
+    """Counters of one subscription."""
+
+    name: str  # input name from ros/params.INPUT_TOPICS, e.g. "lidar"
+    topic: str  # topic as configured (relative names resolve under the namespace)
+    group: str  # status it is reported under: a modality name, or "camera_info"
+    received: int = 0  # messages converted and handed to the collector
+    rejected: int = 0  # messages that failed conversion or validation
+    ignored: int = 0  # valid messages deliberately not used (e.g. compressed images while raw ones flow)
+    newest_stamp: Optional[float] = None  # header stamp of the newest accepted message, seconds
+    last_error: str = ""  # why the last rejected message was rejected
+    receive_times: Deque[float] = field(default_factory=lambda: deque(maxlen=4000))  # node clock, seconds
+    last_reject_log: float = float("-inf")  # wall time of the last rejection log line
+
+
+class NodeDiagnostics:
+    """Counts everything /diagnostics reports and builds the DiagnosticArray."""
+
+    def __init__(self, node_name: str, timeouts: Dict[str, float], inference_window: int = 200):
+        self.node_name = node_name
+        self.timeouts = dict(timeouts)  # modality -> seconds after which it is stale
+        self._lock = threading.Lock()
+        self._inputs: Dict[str, InputCounters] = {}
+        self._frames_without: Dict[str, int] = {m: 0 for m in timeouts}
+        self._rejected_at_last_report: Dict[str, int] = {}
+        self._inference_ms: Deque[float] = deque(maxlen=inference_window)
+        self.frames_fused = 0
+        self.frames_skipped = 0
+        self.pipeline_errors = 0
+        self.backend = ""
+        self.state = "unconfigured"
+        self.extra: Dict[str, str] = {}
+
+    # -- counting (called from callbacks and the worker) ------------------------------------------------
+    def add_input(self, name: str, topic: str, group: str) -> None:
+        with self._lock:
+            self._inputs[name] = InputCounters(name, topic, group)
+
+    def message(self, name: str, stamp: float, now: float) -> None:
+        """A message of input `name` was accepted."""
+        with self._lock:
+            c = self._inputs[name]
+            c.received += 1
+            c.newest_stamp = stamp if c.newest_stamp is None else max(c.newest_stamp, stamp)
+            c.receive_times.append(now)
+
+    def ignored(self, name: str) -> None:
+        with self._lock:
+            self._inputs[name].ignored += 1
+
+    def rejected(self, name: str, error: str, wall_now: float) -> bool:
+        """Count a rejected message; True when the caller should log it (at most once per 5 s per input)."""
+        with self._lock:
+            c = self._inputs[name]
+            c.rejected += 1
+            c.last_error = error
+            if wall_now - c.last_reject_log >= REJECT_LOG_PERIOD_S:
+                c.last_reject_log = wall_now
+                return True
+            return False
+
+    def frame(self, present: List[str], inference_ms: float, skipped: int = 0) -> None:
+        """A frame was fused from the `present` modalities; `skipped` newer frames replaced older ones."""
+        with self._lock:
+            self.frames_fused += 1
+            self.frames_skipped += skipped
+            for m in self._frames_without:
+                if m not in present:
+                    self._frames_without[m] += 1
+            self._inference_ms.append(inference_ms)
+
+    def skipped(self, n: int) -> None:
+        with self._lock:
+            self.frames_skipped += n
+
+    def pipeline_error(self) -> None:
+        with self._lock:
+            self.pipeline_errors += 1
+
+    def counters(self, name: str) -> InputCounters:
+        with self._lock:
+            return self._inputs[name]
+
+    # -- reporting ------------------------------------------------------------------------------------------
+    def build(self, now: float) -> DiagnosticArray:
+        """One DiagnosticArray: a status per sensor modality (and camera_info) plus one for the pipeline."""
+        with self._lock:
+            groups: Dict[str, List[InputCounters]] = {}
+            for c in self._inputs.values():
+                groups.setdefault(c.group, []).append(c)
+            statuses = [self._group_status(g, cs, now) for g, cs in groups.items()]
+            statuses.append(self._pipeline_status())
+            for c in self._inputs.values():
+                self._rejected_at_last_report[c.name] = c.rejected
+        arr = DiagnosticArray(header=make_header(now, ""))
+        arr.status = statuses
+        return arr
+
+    def _group_status(self, group: str, inputs: List[InputCounters], now: float) -> DiagnosticStatus:
+        received = sum(c.received for c in inputs)
+        rejected = sum(c.rejected for c in inputs)
+        new_rejects = sum(c.rejected - self._rejected_at_last_report.get(c.name, 0) for c in inputs)
+        stamps = [c.newest_stamp for c in inputs if c.newest_stamp is not None]
+        age = now - max(stamps) if stamps else None
+        rate = sum(sum(1 for t in c.receive_times if now - RATE_WINDOW_S < t <= now) for c in inputs) / RATE_WINDOW_S
+        timeout = self.timeouts.get(group)
+        problems = []
+        if timeout is not None:  # a sensor modality: it goes stale
+            if age is None:
+                problems.append("no messages received")
+            elif age > timeout:
+                problems.append(f"stale: newest message is {age:.2f} s old (timeout {timeout:g} s)")
+        if new_rejects > 0:
+            last = next((c.last_error for c in inputs if c.last_error), "")
+            problems.append(f"rejected {new_rejects} invalid message(s) since the last report: {last}")
+        values = {
+            "topics": ", ".join(c.topic for c in inputs),
+            "rate_hz": f"{rate:.2f}",
+            "age_s": f"{age:.3f}" if age is not None else "never",
+            "received": str(received),
+            "rejected": str(rejected),
+            "ignored": str(sum(c.ignored for c in inputs)),
+        }
+        if timeout is not None:
+            values["frames_fused_without"] = str(self._frames_without.get(group, 0))
+            values["timeout_s"] = f"{timeout:g}"
+        for c in inputs:
+            if len(inputs) > 1:
+                values[f"{c.name}.received"] = str(c.received)
+                values[f"{c.name}.rejected"] = str(c.rejected)
+        last_error = next((c.last_error for c in inputs if c.last_error), "")
+        if last_error:
+            values["last_error"] = last_error
+        return DiagnosticStatus(
+            level=WARN if problems else OK,
+            name=f"{self.node_name}: {group} input",
+            message="; ".join(problems) if problems else "ok",
+            hardware_id=self.node_name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def _pipeline_status(self) -> DiagnosticStatus:
+        inf = np.asarray(self._inference_ms, np.float64)
+        values = {
+            "state": self.state,
+            "backend": self.backend or "none",
+            "frames_fused": str(self.frames_fused),
+            "frames_skipped": str(self.frames_skipped),
+            "pipeline_errors": str(self.pipeline_errors),
+            "inference_ms_p50": f"{np.percentile(inf, 50):.2f}" if len(inf) else "n/a",
+            "inference_ms_p99": f"{np.percentile(inf, 99):.2f}" if len(inf) else "n/a",
+        }
+        values.update(self.extra)
+        level, message = OK, "fusing"
+        if self.state != "active":
+            level, message = WARN, f"not fusing: node is {self.state}"
+        return DiagnosticStatus(
+            level=level,
+            name=f"{self.node_name}: pipeline",
+            message=message,
+            hardware_id=self.node_name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )

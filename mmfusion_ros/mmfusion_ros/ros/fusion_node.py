@@ -1,0 +1,503 @@
+"""The fusion node: sensor topics in, fused perception, captions, events and markers out.
+
+A lifecycle node named `mmfusion` (thin ROS glue over core.sync.Collector and core.pipeline.Pipeline):
+- construction declares every parameter of ros/params.py;
+- configure reads and validates them (a bad value fails the transition with the parameter named, the
+  node stays unconfigured), creates the subscriptions, publishers and the collector;
+- activate loads the model bundle through runtime.create_backend, embeds the prompts once and starts
+  the inference worker; deactivate stops the worker and frees the model.
+Subscription callbacks only convert a message (ros/conversions.py) and hand it to the collector; a
+worker thread polls the collector on the node's clock (sim time under use_sim_time) and runs the
+pipeline on the newest due frame only: frames that went due while it was busy are counted as skipped.
+A malformed message is counted in /diagnostics and logged at most once per 5 s per input.
+`main()` configures and activates on start-up unless the parameter `autostart` is false.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from mmfusion_msgs.msg import AudioFrame, Caption, EventArray, FusedPerception
+from mmfusion_msgs.srv import SetPrompts
+from mmfusion_ros.core.sync import Collector, SyncConfig
+from mmfusion_ros.core.types import SENSOR_MODALITIES
+from mmfusion_ros.ros import conversions as conv
+from mmfusion_ros.ros import messages
+from mmfusion_ros.ros import params as P
+from mmfusion_ros.ros.diagnostics import NodeDiagnostics
+from mmfusion_ros.ros.qos import input_qos, output_qos
+
+#: input name -> (message class, diagnostics group)
+INPUTS: Dict[str, Tuple[type, str]] = {
+    "image": (Image, "camera"),
+    "compressed": (CompressedImage, "camera"),
+    "camera_info": (CameraInfo, "camera_info"),
+    "lidar": (PointCloud2, "lidar"),
+    "audio": (AudioFrame, "audio"),
+    "imu": (Imu, "imu"),
+}
+#: seconds between two log lines about the same pipeline error
+ERROR_LOG_PERIOD_S = 5.0
+
+
+class PromptError(ValueError):
+    """Prompts that cannot be embedded (no precomputed embedding and no text encoder)."""
+
+
+def load_bundle_prompts(model_dir: Path) -> Dict[str, Tuple[str, np.ndarray]]:
+    """prompts.json -> {prompt text: (label, (D,) embedding)}; empty when the bundle has none."""
+    path = Path(model_dir) / "prompts.json"
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    out = {}
+    for entry in doc.get("prompts", []):
+        out[str(entry["text"])] = (str(entry.get("label", entry["text"])), np.asarray(entry["embedding"], np.float32))
+    return out
+
+
+class FusionNode(Node):
+    """See the module docstring."""
+
+    def __init__(self, **kwargs):
+        super().__init__(P.NODE_NAME, **kwargs)
+        for spec in P.PARAMS:
+            self.declare_parameter(
+                spec.name, spec.default,
+                ParameterDescriptor(description=spec.description, dynamic_typing=True))
+        self.add_on_set_parameters_callback(self._check_new_parameters)
+        self._values: Dict[str, Any] = {}
+        self._lock = threading.Lock()  # guards the collector (callbacks vs worker)
+        self._pipeline_lock = threading.Lock()  # guards the pipeline (worker vs set_prompts)
+        self._collector: Optional[Collector] = None
+        self._diag: Optional[NodeDiagnostics] = None
+        self._subs: List[Any] = []
+        self._pubs: Dict[str, Any] = {}
+        self._diag_pub = None
+        self._diag_timer = None
+        self._backend = None
+        self._pipeline = None
+        self._text_encoder = None
+        self._bundle_prompts: Dict[str, Tuple[str, np.ndarray]] = {}
+        self._model_dir: Optional[Path] = None
+        self._markers = None  # ros/markers.MarkerArrayBuilder while configured
+        self._worker: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._active = False
+        self._state = "unconfigured"
+        self._last_error_log = float("-inf")
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_service(SetPrompts, "~/set_prompts", self._on_set_prompts)
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _now(self) -> float:
+        """Node clock in seconds (sim time under use_sim_time)."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        if self._diag is not None:
+            self._diag.state = state
+
+    def _check_new_parameters(self, params: List[Parameter]) -> SetParametersResult:
+        """Reject a bad value at `ros2 param set` time; good values apply at the next configure."""
+        for p in params:
+            spec = P.SPECS.get(p.name)
+            if spec is None:
+                continue
+            try:
+                spec.check(p.value)
+            except P.ParamError as e:
+                return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            values = P.validate({spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS})
+            sync_cfg = SyncConfig(**P.sync_kwargs(values)).validate()
+        except ValueError as e:
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._values = values
+        self._collector = Collector(sync_cfg, log=self.get_logger())
+        timeouts = {m.value: values[f"sync.timeout.{m.value}"] for m in SENSOR_MODALITIES}
+        self._diag = NodeDiagnostics(self.get_name(), timeouts)
+        self._diag.state = "inactive"
+        for name, (cls, group) in INPUTS.items():
+            topic = values[f"topics.{name}"]
+            if not topic:
+                continue
+            self._diag.add_input(name, topic, group)
+            qos = input_qos(values[f"qos.{name}.reliability"], values[f"qos.{name}.depth"])
+            self._subs.append(self.create_subscription(cls, topic, self._callback(name), qos))
+        out_types = {"perception": FusedPerception, "caption": Caption, "events": EventArray, "markers": MarkerArray}
+        for name, cls in out_types.items():
+            topic = values[f"topics.{name}"]
+            if topic:
+                self._pubs[name] = self.create_lifecycle_publisher(cls, topic, output_qos())
+        self._markers = None
+        if "markers" in self._pubs:
+            try:  # ros/markers.py remembers what it shows, to DELETE markers of objects that are gone
+                from mmfusion_ros.ros.markers import MarkerArrayBuilder, rclpy_kit
+
+                self._markers = MarkerArrayBuilder(rclpy_kit())
+            except ImportError as e:
+                self.get_logger().warning(f"no RViz markers: {e}")
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # steady clock: diagnostics keep coming when a sim clock stops (and say the inputs went stale)
+        self._diag_timer = self.create_timer(values["diagnostics.period_s"], self._publish_diagnostics,
+                                             clock=self._steady)
+        self._set_state("inactive")
+        used = [f"{n}={values['topics.' + n]}" for n in INPUTS if values["topics." + n]]
+        self.get_logger().info(f"configured: inputs {', '.join(used)}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        v = self._values
+        try:
+            self._model_dir = P.resolve_model_dir(v["model.dir"])
+            self._bundle_prompts = load_bundle_prompts(self._model_dir)
+            self._backend = self._create_backend(self._model_dir)
+            labels, emb = self.embed_prompts(v["model.prompts"])
+            self._pipeline = self._create_pipeline(labels, emb)
+        except Exception as e:  # noqa: BLE001 - any load failure: report it, stay inactive, keep running
+            self.get_logger().error(f"activate failed: {type(e).__name__}: {e}")
+            self._release_model()
+            return TransitionCallbackReturn.FAILURE
+        self._diag.backend = getattr(self._backend, "name", type(self._backend).__name__)
+        self._diag.extra["model_dir"] = str(self._model_dir)
+        ret = super().on_activate(state)  # activates the lifecycle publishers before the worker uses them
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._worker_loop, name="mmfusion-inference", daemon=True)
+        self._active = True
+        self._worker.start()
+        self._set_state("active")
+        self.get_logger().info(f"active: model {self._model_dir} on {self._diag.backend}, "
+                               f"{len(labels)} prompts, trigger {v['sync.trigger']}")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._release_model()
+        if self._markers is not None and "markers" in self._pubs:  # take our boxes out of RViz
+            self._pubs["markers"].publish(self._markers.clear(self._now(), self._values["frame_id"]))
+        self._set_state("inactive")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_entities()
+        self._set_state("unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release(self) -> None:
+        """Stop the worker, free the model and every subscription/publisher (idempotent)."""
+        self._stop_worker()
+        self._release_model()
+        self._destroy_entities()
+        self._set_state("finalized")
+
+    @property
+    def state(self) -> str:
+        """unconfigured, inactive, active or finalized."""
+        return self._state
+
+    # ---- model -------------------------------------------------------------------------------------
+    def _create_backend(self, model_dir: Path):
+        from mmfusion_ros.runtime import create_backend
+
+        v = self._values
+        options: Dict[str, Any] = {"intra_op_threads": v["backend.intra_op_threads"]}
+        if v["backend.type"] in ("auto", "tensorrt"):
+            options["engine_cache_dir"] = str(P.engine_cache_dir(v["backend.engine_cache_dir"]))
+            options["force_engine_update"] = v["backend.force_engine_update"]
+        return create_backend(str(model_dir), v["backend.type"], **options)
+
+    def _create_pipeline(self, labels: List[str], emb: np.ndarray):
+        from mmfusion_ros.core.pipeline import Pipeline, PipelineConfig
+
+        v = self._values
+        perception = None
+        if v["perception.enabled"]:
+            try:
+                from mmfusion_ros.core.perception import Perception, PerceptionConfig
+            except ImportError as e:
+                self.get_logger().warning(f"perception disabled: {e}")
+            else:
+                perception = Perception(PerceptionConfig.from_dict(P.perception_dict(v)))
+        cfg = PipelineConfig(top_k=v["pipeline.top_k"], caption_every_n=v["pipeline.caption_every_n"],
+                             enable_perception=v["perception.enabled"])
+        return Pipeline(self._backend, cfg, labels, emb, perception=perception)
+
+    def embed_prompts(self, prompts: List[str]) -> Tuple[List[str], np.ndarray]:
+        """Prompts -> (labels, (P,D) embeddings), once: the bundle's prompts.json where it has the text
+        (published under its label, the class name), the text encoder for the others."""
+        prompts = [p.strip() for p in prompts]
+        labels, rows, missing = [], [None] * len(prompts), []
+        for i, p in enumerate(prompts):
+            if p in self._bundle_prompts:
+                label, e = self._bundle_prompts[p]
+                labels.append(label)
+                rows[i] = e
+            else:
+                labels.append(p)
+                missing.append(i)
+        if missing:
+            enc = self._get_text_encoder()
+            new = np.asarray(enc.encode([prompts[i] for i in missing]), np.float32)  # (M, D)
+            for k, i in enumerate(missing):
+                rows[i] = new[k]
+        return labels, np.stack(rows).astype(np.float32)  # (P, D)
+
+    def _get_text_encoder(self):
+        if self._text_encoder is None:
+            from mmfusion_ros.runtime import TextEncoder
+
+            errors = []
+            for where in ([self._model_dir] if self._model_dir else []) + [None]:
+                try:
+                    self._text_encoder = TextEncoder(where)
+                    break
+                except FileNotFoundError as e:
+                    errors.append(str(e))
+            else:
+                raise PromptError("model.prompts: prompts outside the bundle's prompts.json need the text encoder, "
+                                  "which was not found: " + "; ".join(errors))
+        return self._text_encoder
+
+    def _release_model(self) -> None:
+        with self._pipeline_lock:
+            self._pipeline = None
+            if self._backend is not None:
+                try:
+                    self._backend.close()
+                finally:
+                    self._backend = None
+            self._text_encoder = None
+
+    # ---- inputs ------------------------------------------------------------------------------------
+    def _callback(self, name: str) -> Callable[[Any], None]:
+        handler = getattr(self, f"_add_{name}")
+
+        def callback(msg) -> None:
+            if not self._active:
+                return
+            try:
+                stamp = conv.header_stamp(msg)
+                with self._lock:
+                    accepted = handler(stamp, msg)
+            except Exception as e:  # noqa: BLE001 - any bad message: count, log (throttled), keep running
+                self._reject(name, e)
+                return
+            if accepted is None:  # deliberately not used
+                self._diag.ignored(name)
+            else:
+                self._diag.message(name, stamp, self._now())
+
+        return callback
+
+    def _reject(self, name: str, e: Exception) -> None:
+        what = str(e) if isinstance(e, (conv.ConversionError, ValueError)) else f"{type(e).__name__}: {e}"
+        if self._diag.rejected(name, what, time.monotonic()):
+            self.get_logger().warning(
+                f"rejected a {name} message on {self._values[f'topics.{name}']}: {what} "
+                f"({self._diag.counters(name).rejected} so far; logged at most every 5 s)")
+
+    def _add_image(self, stamp: float, msg) -> bool:
+        return self._collector.add_image(stamp, conv.image_to_rgb(msg))
+
+    def _add_compressed(self, stamp: float, msg) -> Optional[bool]:
+        fmt = str(msg.format or "").lower()
+        if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
+            raise conv.ConversionError("CompressedImage.format", f"{fmt!r} is neither jpeg nor png")
+        # a camera driver usually publishes both: while raw images of that time flow, skip the decode
+        if self._values["topics.image"]:
+            raw = self._diag.counters("image").newest_stamp
+            if raw is not None and abs(stamp - raw) < self._values["sync.timeout.camera"]:
+                return None
+        return self._collector.add_image(stamp, conv.compressed_to_rgb(msg))
+
+    def _add_camera_info(self, stamp: float, msg) -> bool:
+        self._collector.add_camera_info(stamp, conv.camera_info_to_intrinsics(msg))
+        return True
+
+    def _add_lidar(self, stamp: float, msg) -> bool:
+        pts, _ = conv.pointcloud2_to_xyzi_counted(msg)  # (N, 4); non-finite points dropped
+        return self._collector.add_lidar(stamp, pts, msg.header.frame_id or None)
+
+    def _add_audio(self, stamp: float, msg) -> bool:
+        samples, rate = conv.audio_to_array(msg)  # (S, C)
+        return self._collector.add_audio(stamp, samples, rate)
+
+    def _add_imu(self, stamp: float, msg) -> bool:
+        r = conv.imu_to_reading(msg)
+        return self._collector.add_imu(stamp, r.accel, r.gyro)
+
+    # ---- worker ------------------------------------------------------------------------------------
+    def _worker_loop(self) -> None:
+        """Poll the collector; fuse only the newest due frame (the others are counted as skipped)."""
+        v = self._values
+        period = 0.005 if v["sync.trigger"] != "rate" else min(0.01, 0.25 / v["sync.rate_hz"])
+        while not self._stop.wait(period):
+            try:
+                with self._lock:
+                    frames = self._collector.poll(self._now())
+            except Exception as e:  # noqa: BLE001 - keep the worker alive; say why
+                self._log_error(f"collector poll failed: {type(e).__name__}: {e}")
+                continue
+            if not frames:
+                continue
+            frame, skipped = frames[-1], len(frames) - 1
+            with self._pipeline_lock:
+                if self._pipeline is None:
+                    return
+                try:
+                    result = self._pipeline.process(frame)
+                except Exception as e:  # noqa: BLE001
+                    self._diag.pipeline_error()
+                    self._diag.skipped(skipped)
+                    self._log_error(f"pipeline failed on frame {frame.stamp:.3f}: {type(e).__name__}: {e}")
+                    continue
+            if not self.context.ok():  # shutting down (SIGINT): nothing can be published any more
+                return
+            try:
+                self._publish(result)
+            except Exception as e:  # noqa: BLE001
+                if not self.context.ok():
+                    return
+                self._log_error(f"publishing failed: {type(e).__name__}: {e}")
+            self._diag.frame([m.value for m in result.present], messages.inference_ms(result), skipped)
+
+    def _log_error(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_PERIOD_S:
+            self._last_error_log = now
+            self.get_logger().error(text)
+
+    def _publish(self, result) -> None:
+        lidar_frame = any(getattr(m, "value", m) == "lidar" for m in result.present)
+        frame_id = result.frame_id if lidar_frame and result.frame_id else self._values["frame_id"]
+        pubs = self._pubs
+        if "perception" in pubs:
+            pubs["perception"].publish(messages.perception_msg(result, frame_id))
+        if "caption" in pubs:
+            cap = messages.caption_msg(result, frame_id)
+            if cap is not None:
+                pubs["caption"].publish(cap)
+        if "events" in pubs:
+            pubs["events"].publish(messages.events_msg(result, frame_id))
+        if "markers" in pubs and self._markers is not None:
+            pubs["markers"].publish(self._markers.build(dataclasses.replace(result, frame_id=frame_id)))
+
+    def _stop_worker(self) -> None:
+        self._active = False
+        self._stop.set()
+        w, self._worker = self._worker, None
+        if w is not None and w is not threading.current_thread():
+            w.join(timeout=10.0)
+
+    # ---- diagnostics and services ------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        if self._diag is None or self._diag_pub is None:
+            return
+        self._diag.extra["torch_loaded"] = "true" if "torch" in sys.modules else "false"
+        self._diag_pub.publish(self._diag.build(self._now()))
+
+    def _on_set_prompts(self, request, response):
+        """Re-embed the prompts once and swap them into the running pipeline (or keep them for activate)."""
+        prompts = [p.strip() for p in request.prompts]
+        try:
+            P.SPECS["model.prompts"].check(prompts)
+            if not prompts or any(not p for p in prompts) or len(set(prompts)) != len(prompts):
+                raise P.ParamError("model.prompts", "needs distinct, non-empty prompts")
+            if self._values and self._values["pipeline.top_k"] > len(prompts):
+                raise P.ParamError("model.prompts", f"fewer prompts than pipeline.top_k "
+                                                    f"({self._values['pipeline.top_k']})")
+            if self._pipeline is not None:
+                labels, emb = self.embed_prompts(prompts)
+                with self._pipeline_lock:
+                    if self._pipeline is not None:
+                        self._pipeline.set_prompts(labels, emb)
+            self.set_parameters([Parameter("model.prompts", Parameter.Type.STRING_ARRAY, prompts)])
+            if self._values:
+                self._values["model.prompts"] = prompts
+        except Exception as e:  # noqa: BLE001 - tell the caller why
+            response.success = False
+            response.message = f"{type(e).__name__}: {e}"
+            return response
+        response.success = True
+        response.message = (f"{len(prompts)} prompts embedded and in use" if self._pipeline is not None
+                            else f"{len(prompts)} prompts stored; they are embedded on activate")
+        return response
+
+    def _destroy_entities(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        for p in self._pubs.values():
+            self.destroy_publisher(p)
+        self._pubs = {}
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        self._collector = None
+
+
+def main(args: Optional[List[str]] = None) -> int:
+    """The fusion_node executable: spin the node; configure and activate it unless autostart is false."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = FusionNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        autostart = node.get_parameter("autostart").value
+        if autostart is True:
+            node.trigger_configure()
+            if node.state == "inactive":
+                node.trigger_activate()
+            if node.state != "active":
+                node.get_logger().error(
+                    f"autostart: node is {node.state}; fix the error above and use the lifecycle services "
+                    f"(~/change_state) to retry")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.release()
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

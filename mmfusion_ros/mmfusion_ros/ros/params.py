@@ -1,0 +1,289 @@
+"""The fusion node's parameters: one table that declares them, validates them and holds their defaults.
+
+config/mmfusion.yaml carries the same defaults (test/test_node_params.py checks that the two agree), so
+a robot runs the same with or without the params file. Values are read and validated when the node is
+configured: a bad value fails the configure transition with a message naming the parameter, instead of
+crashing the process at start-up, so every parameter is declared with dynamic typing and checked here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from mmfusion_ros.core.types import SENSOR_MODALITIES
+
+#: Name of the node (and of the key in config/mmfusion.yaml, written `/**/mmfusion` so it applies in any namespace).
+NODE_NAME = "mmfusion"
+#: Bundle shipped in the package share directory, used when `model.dir` is empty.
+SHIPPED_MODEL = "mmfusion_small"
+#: Sensor inputs the node subscribes to: name -> default topic (relative, so the node's namespace applies).
+INPUT_TOPICS: Dict[str, str] = {
+    "image": "camera/image_raw",
+    "compressed": "camera/image_raw/compressed",
+    "camera_info": "camera/camera_info",
+    "lidar": "lidar/points",
+    "audio": "audio/audio",
+    "imu": "imu/data",
+}
+#: Outputs: name -> default topic.
+OUTPUT_TOPICS: Dict[str, str] = {
+    "perception": "mmfusion/perception",
+    "caption": "mmfusion/caption",
+    "events": "mmfusion/events",
+    "markers": "mmfusion/markers",
+}
+#: Inputs that carry a continuous stream cut into windows: every message matters, so they queue a few.
+STREAM_INPUTS = ("audio", "imu")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+TRIGGERS = ("rate",) + tuple(m.value for m in SENSOR_MODALITIES)
+RELIABILITY = ("best_effort", "reliable")
+
+
+#: The object classes phrased naturally: the texts of the shipped bundle's prompts.json (model/prompts.py
+#: writes it; test_node_params.py checks the two lists agree), so the defaults need no text encoder.
+DEFAULT_PROMPTS: List[str] = [
+    "a person walking nearby",
+    "a dog nearby",
+    "a car on the road",
+    "a bicycle",
+    "a traffic cone",
+    "a cardboard box on the ground",
+    "a chair",
+    "a door",
+    "an alarm ringing",
+]
+
+
+def default_prompts() -> List[str]:
+    return list(DEFAULT_PROMPTS)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One row of the parameter table."""
+
+    name: str  # dotted ROS parameter name, e.g. "sync.rate_hz"
+    default: Any  # default value; its Python type is the parameter's type (bool, int, float, str, list of str)
+    description: str  # one line shown by `ros2 param describe`
+    choices: Tuple[str, ...] = ()  # allowed values of a string parameter (empty: any)
+    min: Optional[float] = None  # inclusive lower bound of a number
+    max: Optional[float] = None  # inclusive upper bound of a number
+    min_exclusive: bool = False  # True: the value must be strictly greater than `min`
+
+    @property
+    def kind(self) -> str:
+        d = self.default
+        if isinstance(d, bool):
+            return "bool"
+        if isinstance(d, int):
+            return "int"
+        if isinstance(d, float):
+            return "float"
+        if isinstance(d, str):
+            return "str"
+        return "str_list"
+
+    def check(self, value: Any) -> Any:
+        """Return the value in this parameter's type, or raise ParamError saying what is wrong with it."""
+        kind = self.kind
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ParamError(self.name, f"expected true or false, got {value!r}")
+            return value
+        if kind in ("int", "float"):
+            ok_types = (int,) if kind == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, ok_types):
+                raise ParamError(self.name, f"expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+            v = int(value) if kind == "int" else float(value)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ParamError(self.name, f"expected a finite number, got {value!r}")
+            if self.min is not None and (v < self.min or (self.min_exclusive and v == self.min)):
+                raise ParamError(self.name, f"{v} is out of range (must be {'>' if self.min_exclusive else '>='} {self.min})")
+            if self.max is not None and v > self.max:
+                raise ParamError(self.name, f"{v} is out of range (must be <= {self.max})")
+            return v
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ParamError(self.name, f"expected a string, got {value!r}")
+            if self.choices and value not in self.choices:
+                raise ParamError(self.name, f"{value!r} is not one of {', '.join(self.choices)}")
+            return value
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ParamError(self.name, f"expected a list of strings, got {value!r}")
+        return list(value)
+
+
+class ParamError(ValueError):
+    """A parameter value the node cannot run with; the message names the parameter."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"parameter '{name}': {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def _table() -> List[ParamSpec]:
+    P = ParamSpec
+    rows = [
+        P("autostart", True, "configure and activate on start-up (false: wait for a lifecycle manager)"),
+        P("frame_id", "base_link", "frame of the LiDAR cloud and of the output objects and markers"),
+        P("model.dir", "", "model bundle folder; empty = the shipped bundle in the package share directory"),
+        P("model.prompts", default_prompts(), "open-vocabulary label prompts; embedded once on activate"),
+        P("backend.type", "auto", "inference backend (auto: TensorRT when a GPU is usable, else ONNX Runtime)",
+          choices=BACKENDS),
+        P("backend.engine_cache_dir", "", "TensorRT engine cache; empty = ~/.cache/mmfusion_ros/engines"),
+        P("backend.force_engine_update", False, "rebuild TensorRT engines even when a cached one matches"),
+        P("backend.intra_op_threads", 0, "CPU threads per inference call; 0 = the backend's default", min=0),
+        P("sync.trigger", "rate", "when a frame is fused: 'rate' (fixed rate) or on each message of a modality",
+          choices=TRIGGERS),
+        P("sync.rate_hz", 10.0, "fused frames per second when sync.trigger is 'rate'", min=0.0, min_exclusive=True,
+          max=1000.0),
+    ]
+    timeouts = {"camera": 0.5, "lidar": 0.5, "audio": 0.5, "imu": 0.25}
+    for m, t in timeouts.items():
+        rows.append(P(f"sync.timeout.{m}", t, f"seconds after which {m} is left out of a frame (and reported stale)",
+                      min=0.0, min_exclusive=True))
+    rows += [
+        P("sync.audio_window_s", 1.0, "seconds of audio in each frame", min=0.0, min_exclusive=True),
+        P("sync.imu_window_s", 2.0, "seconds of IMU samples in each frame", min=0.0, min_exclusive=True),
+    ]
+    for name in INPUT_TOPICS:
+        stream = name in STREAM_INPUTS
+        rows.append(P(f"qos.{name}.reliability", "best_effort",
+                      f"{name} subscription reliability (best_effort also accepts reliable publishers)",
+                      choices=RELIABILITY))
+        rows.append(P(f"qos.{name}.depth", 10 if stream else 1,
+                      f"{name} subscription queue depth" + (" (a stream: every message is part of a window)"
+                                                            if stream else " (newest wins)"), min=1, max=1000))
+    for name, topic in list(INPUT_TOPICS.items()) + list(OUTPUT_TOPICS.items()):
+        rows.append(P(f"topics.{name}", topic, f"{name} topic (relative names follow the namespace; empty = off)"))
+    rows += [
+        P("pipeline.top_k", 5, "labels published per frame", min=1, max=100),
+        P("pipeline.caption_every_n", 5, "generate a caption every n fused frames (reused in between)", min=1),
+        P("perception.enabled", True, "cluster the LiDAR cloud into labelled 3D objects"),
+        P("diagnostics.period_s", 1.0, "seconds between /diagnostics messages", min=0.0, min_exclusive=True),
+    ]
+    rows += _perception_rows()
+    return rows
+
+
+def _perception_rows() -> List[ParamSpec]:
+    """perception.<field> (and perception.tracking.<field>) for every simple field of
+    core.perception.PerceptionConfig, with its defaults, when that module exists."""
+    try:
+        from mmfusion_ros.core.perception import PerceptionConfig
+    except ImportError:
+        return []
+    rows: List[ParamSpec] = []
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            elif isinstance(v, (bool, int, float, str)) and f"{prefix}{f.name}" != "perception.enabled":
+                rows.append(ParamSpec(f"{prefix}{f.name}", v, f"PerceptionConfig {prefix[11:]}{f.name}"))
+
+    walk(PerceptionConfig(), "perception.")
+    return rows
+
+
+#: The table: every parameter the node declares, in declaration order.
+PARAMS: List[ParamSpec] = _table()
+SPECS: Dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+def defaults() -> Dict[str, Any]:
+    """{parameter name: default value} (what config/mmfusion.yaml must hold too)."""
+    return {p.name: p.default for p in PARAMS}
+
+
+def validate(values: Dict[str, Any]) -> Dict[str, Any]:
+    """Check every value against its row (and the cross-parameter rules); raise ParamError on the first problem."""
+    out = {}
+    for p in PARAMS:
+        out[p.name] = p.check(values.get(p.name, p.default))
+    prompts = [s.strip() for s in out["model.prompts"]]
+    if not prompts or any(not s for s in prompts):
+        raise ParamError("model.prompts", "needs at least one non-empty prompt")
+    if len(set(prompts)) != len(prompts):
+        raise ParamError("model.prompts", "has duplicate prompts")
+    if out["pipeline.top_k"] > len(prompts):
+        raise ParamError("pipeline.top_k", f"{out['pipeline.top_k']} is more than the {len(prompts)} prompts")
+    if out["model.dir"] and not Path(os.path.expanduser(out["model.dir"])).is_dir():
+        raise ParamError("model.dir", f"{out['model.dir']!r} is not a folder")
+    inputs = [n for n in INPUT_TOPICS if n != "camera_info" and out[f"topics.{n}"]]
+    if not inputs:
+        raise ParamError("topics.*", "every sensor input is switched off")
+    return out
+
+
+def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Nested YAML mapping -> {dotted name: value}, the way ROS reads a params file."""
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def default_model_dir() -> Path:
+    """The shipped bundle: the installed share directory first, else this source tree (never the cwd)."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("mmfusion_ros")) / "models" / SHIPPED_MODEL)
+    except Exception:  # noqa: BLE001 - not installed / AMENT_PREFIX_PATH unset: try the source tree
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "models" / SHIPPED_MODEL)
+    for c in candidates:
+        if (c / "manifest.json").is_file():
+            return c
+    raise FileNotFoundError(
+        "the shipped model bundle was not found (looked in " + ", ".join(str(c) for c in candidates)
+        + "); set the parameter model.dir to a bundle folder")
+
+
+def resolve_model_dir(value: str) -> Path:
+    """`model.dir` as given (with ~ expanded), or the shipped bundle when empty."""
+    return Path(os.path.expanduser(value)).resolve() if value else default_model_dir()
+
+
+def engine_cache_dir(value: str) -> Path:
+    """`backend.engine_cache_dir`, or the per-user cache (never /tmp or the working directory)."""
+    return Path(os.path.expanduser(value or "~/.cache/mmfusion_ros/engines"))
+
+
+def sync_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
+    """The sync.* parameters as keyword arguments of core.sync.SyncConfig."""
+    out = {
+        "trigger": values["sync.trigger"],
+        "rate_hz": values["sync.rate_hz"],
+        "audio_window_s": values["sync.audio_window_s"],
+        "imu_window_s": values["sync.imu_window_s"],
+    }
+    for m in SENSOR_MODALITIES:
+        out[f"{m.value}_timeout_s"] = values[f"sync.timeout.{m.value}"]
+    return out
+
+
+def perception_dict(values: Dict[str, Any]) -> Dict[str, Any]:
+    """perception.* values (without `enabled`) as the nested dict PerceptionConfig.from_dict takes."""
+    out: Dict[str, Any] = {}
+    for name, v in values.items():
+        if not name.startswith("perception.") or name == "perception.enabled":
+            continue
+        keys = name.split(".")[1:]
+        d = out
+        for k in keys[:-1]:
+            d = d.setdefault(k, {})
+        d[keys[-1]] = v
+    return out

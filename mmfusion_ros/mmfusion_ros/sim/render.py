@@ -1,0 +1,220 @@
+"""Camera and LiDAR rendering by ray casting one open3d `RaycastingScene`, so both sensors agree.
+
+The camera shader is deliberately simple (Lambert + ambient + sky, procedural textures, Gaussian
+noise): enough that each class has its own look, and cheap enough for 20+ dataset samples/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import open3d as o3d
+
+from .config import SimConfig
+from .shapes import CHECKER, GRAIN, PLANKS, STRIPES, Shape
+from .world import Scene
+
+LIGHT_DIR = np.array([0.45, 0.3, 0.84]) / np.linalg.norm([0.45, 0.3, 0.84])  # towards the sun, world frame
+INVALID = o3d.t.geometry.RaycastingScene.INVALID_ID
+
+
+@dataclass
+class CameraImage:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    object_ids: np.ndarray  # (H, W) int32 track id of the object seen, 0 for background
+    depth: np.ndarray  # (H, W) float32 metres along the optical axis, inf for sky
+
+
+@dataclass
+class LidarSweep:
+    points: np.ndarray  # (N, 5) float32 x, y, z, intensity (0..255), ring, in the LiDAR frame (base_link)
+    object_ids: np.ndarray  # (N,) int32 track id of the object hit, 0 for ground/buildings
+
+
+def rot_zyx(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """(3,3) body -> world rotation, R = Rz(yaw) Ry(pitch) Rx(roll)."""
+    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                     [-sp, cp * sr, cp * cr]])
+
+
+def lidar_directions(cfg: SimConfig) -> tuple:
+    """(beams*columns, 3) unit directions in the LiDAR frame and (beams*columns,) ring numbers."""
+    lc = cfg.lidar
+    el = np.deg2rad(np.linspace(lc.fov_down, lc.fov_up, lc.beams))  # ring 0 lowest
+    az = np.pi - 2.0 * np.pi * np.arange(lc.columns) / lc.columns  # one revolution, clockwise from behind
+    E, A = np.meshgrid(el, az, indexing="ij")  # (beams, columns)
+    d = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)
+    ring = np.repeat(np.arange(lc.beams), lc.columns)
+    return d.astype(np.float32), ring.astype(np.float32)
+
+
+class Renderer:
+    """Renders one Scene's sensors at any time; the static world is merged into one geometry once."""
+
+    def __init__(self, scene: Scene, cam_width: Optional[int] = None, cam_height: Optional[int] = None,
+                 nthreads: int = 0):
+        self.scene = scene
+        self.cfg = scene.config
+        self.nthreads = nthreads
+        self.intr = self.cfg.camera.intrinsics(cam_width, cam_height)
+        T = self.cfg.camera.lidar_to_camera()  # LiDAR -> optical
+        self.R_cam = T[:3, :3].T  # optical -> LiDAR
+        self.t_cam = -self.R_cam @ T[:3, 3]  # camera centre in the LiDAR frame
+        w, h = self.intr.width, self.intr.height
+        u, v = np.meshgrid(np.arange(w) + 0.0, np.arange(h) + 0.0)
+        pix = np.stack([u.ravel(), v.ravel(), np.ones(w * h)], 0)  # (3, HW)
+        d_opt = np.linalg.solve(self.intr.K, pix).T  # (HW, 3), z = 1
+        self.cam_zdepth_scale = 1.0 / np.linalg.norm(d_opt, axis=1)  # t_hit -> depth along z
+        self.cam_dirs = (d_opt * self.cam_zdepth_scale[:, None]) @ self.R_cam.T  # (HW, 3) LiDAR frame
+        self.lidar_dirs, self.lidar_ring = lidar_directions(self.cfg)
+        st = scene.static
+        off = np.cumsum([0] + [len(s.vertices) for s in st])
+        self.static_V = np.concatenate([s.vertices for s in st]).astype(np.float32)
+        self.static_T = np.concatenate([s.triangles.astype(np.int64) + off[i] for i, s in enumerate(st)]).astype(np.uint32)
+        self.static_C = np.concatenate([s.colors for s in st])
+        self.static_X = np.concatenate([s.textures for s in st])
+        self.static_E = np.concatenate([s.emissive for s in st])
+
+    # --- geometry -----------------------------------------------------------------------------
+    def _build(self, t: float):
+        """Ray-casting scene at time t and per-geometry lookup tables (index 0 = static world)."""
+        rs = o3d.t.geometry.RaycastingScene(nthreads=self.nthreads)
+        rs.add_triangles(o3d.core.Tensor(self.static_V), o3d.core.Tensor(self.static_T))
+        colors, textures, emissive, track = [self.static_C], [self.static_X], [self.static_E], [0]
+        lit = []
+        for o in self.scene.objects:
+            p = o.position([t])[0]
+            yaw = float(o.heading([t])[0])
+            c, s = np.cos(yaw), np.sin(yaw)
+            R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], np.float32)
+            V = o.shape.vertices @ R.T + np.array([p[0], p[1], 0.0], np.float32)  # (N, 3) world
+            rs.add_triangles(o3d.core.Tensor(V.astype(np.float32)), o3d.core.Tensor(o.shape.triangles))
+            colors.append(o.shape.colors)
+            textures.append(o.shape.textures)
+            emissive.append(o.shape.emissive)
+            track.append(o.track_id)
+            lit.append(bool(o.sounding([t])[0]) or o.cls == "car")
+        return rs, colors, textures, emissive, np.array(track, np.int32), [True] + lit
+
+    def sensor_pose(self, t: float) -> tuple:
+        """(R (3,3) LiDAR -> world, origin (3,)) of the LiDAR at time t."""
+        e = self.scene.ego.at(t)
+        R = rot_zyx(e["yaw"], e["pitch"], e["roll"])
+        origin = np.array([e["xy"][0], e["xy"][1], self.cfg.lidar_height + e["z"]])
+        return R, origin
+
+    def render(self, t: float, rng: np.random.Generator, camera: bool = True, lidar: bool = True) -> Dict:
+        """Render the sensors at time t: {"camera": CameraImage, "lidar": LidarSweep}."""
+        rs, colors, textures, emissive, track, lit = self._build(t)
+        R, origin = self.sensor_pose(t)
+        out = {}
+        if camera:
+            out["camera"] = self._camera(rs, R, origin, colors, textures, emissive, track, lit, rng)
+        if lidar:
+            out["lidar"] = self._lidar(rs, R, origin, colors, textures, track, rng)
+        return out
+
+    def _cast(self, rs, origins, dirs):
+        rays = np.concatenate([origins, dirs], 1).astype(np.float32)  # (N, 6)
+        return rs.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
+
+    # --- camera -------------------------------------------------------------------------------
+    def _camera(self, rs, R, origin, colors, textures, emissive, track, lit, rng) -> CameraImage:
+        w, h = self.intr.width, self.intr.height
+        cam_o = origin + R @ self.t_cam
+        dirs = self.cam_dirs @ R.T  # (HW, 3) world
+        r = self._cast(rs, np.broadcast_to(cam_o, dirs.shape), dirs)
+        th = r["t_hit"].numpy()  # (HW,)
+        gid = r["geometry_ids"].numpy().astype(np.int64)
+        pid = r["primitive_ids"].numpy().astype(np.int64)
+        nrm = r["primitive_normals"].numpy()  # (HW, 3)
+        hit = gid != INVALID
+        img = np.empty((w * h, 3), np.float32)
+        # sky: brighter towards the horizon
+        elev = np.clip(dirs[:, 2], -1, 1)
+        sky = np.array([0.55, 0.72, 0.92]) + (1 - np.clip(elev * 3, 0, 1))[:, None] * np.array([0.25, 0.17, 0.06])
+        img[~hit] = sky[~hit]
+        ids = np.zeros(w * h, np.int32)
+        if hit.any():
+            g, p = gid[hit], pid[hit]
+            base = np.empty((len(g), 3), np.float32)
+            tex = np.empty(len(g), np.int8)
+            emi = np.zeros(len(g), bool)
+            for k in np.unique(g):
+                m = g == k
+                base[m] = colors[k][p[m]]
+                tex[m] = textures[k][p[m]]
+                emi[m] = emissive[k][p[m]] & lit[k]
+            pts = cam_o + dirs[hit] * th[hit, None]  # (M, 3) world hit points
+            fac, white = _texture(pts, tex)
+            base *= fac[:, None]
+            base[white] = 0.15 * base[white] + 0.85 * np.float32(0.95)
+            n = nrm[hit]
+            n = np.where((np.sum(n * dirs[hit], 1) > 0)[:, None], -n, n)  # face the viewer
+            diffuse = np.clip(n @ LIGHT_DIR, 0, 1)
+            shade = 0.38 + 0.62 * diffuse
+            col = base * shade[:, None]
+            fog = np.clip(th[hit] / 150.0, 0, 0.5)[:, None]  # aerial perspective
+            col = col * (1 - fog) + sky[hit] * fog
+            col[emi] = np.minimum(1.0, base[emi] * 1.3)
+            img[hit] = col
+            ids[hit] = track[g]
+        noise = rng.normal(0.0, self.cfg.camera.noise_std, img.shape).astype(np.float32)
+        image = np.clip(img * 255.0 + noise, 0, 255).astype(np.uint8).reshape(h, w, 3)
+        depth = np.where(hit, th * self.cam_zdepth_scale, np.inf).astype(np.float32).reshape(h, w)
+        return CameraImage(image, ids.reshape(h, w), depth)
+
+    # --- LiDAR --------------------------------------------------------------------------------
+    def _lidar(self, rs, R, origin, colors, textures, track, rng) -> LidarSweep:
+        lc = self.cfg.lidar
+        dirs = self.lidar_dirs @ R.T  # (N, 3) world
+        r = self._cast(rs, np.broadcast_to(origin, dirs.shape), dirs)
+        th = r["t_hit"].numpy()
+        gid = r["geometry_ids"].numpy().astype(np.int64)
+        pid = r["primitive_ids"].numpy().astype(np.int64)
+        nrm = r["primitive_normals"].numpy()
+        rng_noisy = th + rng.normal(0.0, lc.range_noise, th.shape)
+        keep = (gid != INVALID) & (th >= lc.min_range) & (th <= lc.max_range)
+        keep &= rng.random(th.shape) >= lc.dropout
+        g, p = gid[keep], pid[keep]
+        refl = np.empty(len(g), np.float32)
+        for k in np.unique(g):
+            m = g == k
+            c = colors[k][p[m]]
+            refl[m] = 0.2126 * c[:, 0] + 0.7152 * c[:, 1] + 0.0722 * c[:, 2]
+            retro = textures[k][p[m]] == STRIPES  # reflective bands (cone, high-visibility shirts)
+            refl[np.flatnonzero(m)[retro]] = np.maximum(refl[np.flatnonzero(m)[retro]], 0.9)
+        cosi = np.abs(np.sum(nrm[keep] * dirs[keep], 1))
+        inten = np.clip(255.0 * (0.1 + 0.9 * refl) * np.sqrt(cosi), 0, 255)
+        xyz = self.lidar_dirs[keep] * rng_noisy[keep, None]  # (M, 3) LiDAR frame
+        pts = np.concatenate([xyz, inten[:, None], self.lidar_ring[keep, None]], 1).astype(np.float32)
+        return LidarSweep(pts, track[g].astype(np.int32))
+
+
+def _texture(p: np.ndarray, tex: np.ndarray) -> tuple:
+    """(M,3) world points, (M,) texture codes -> (M,) brightness factor and (M,) white-band mask.
+
+    Procedural (no image files to ship): planks, checker, grain and white reflective bands.
+    """
+    f = np.ones(len(p), np.float32)
+    white = np.zeros(len(p), bool)
+    m = tex == PLANKS
+    if m.any():
+        f[m] = np.where(np.mod(p[m, 2], 0.16) < 0.025, 0.62, 1.0)
+    m = tex == CHECKER
+    if m.any():
+        q = np.floor(p[m] / 0.5).astype(np.int64)
+        f[m] = np.where((q.sum(1) & 1) == 0, 1.0, 0.82)
+    m = tex == GRAIN
+    if m.any():
+        q = np.floor(p[m] / 0.05)
+        hsh = np.sin(q @ np.array([12.9898, 78.233, 37.719])) * 43758.5453
+        f[m] = 0.78 + 0.3 * (hsh - np.floor(hsh))
+    m = tex == STRIPES
+    if m.any():
+        white[m] = np.mod(p[m, 2], 0.3) < 0.1
+    return f, white

@@ -1,0 +1,73 @@
+"""Training configuration (config/train_*.yaml): a dataclass with a comment per field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import yaml
+
+STAGES = ["camera", "bind", "fusion", "caption", "events"]
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # dataset folder written by `mmfusion sim dataset` (relative to the working directory)
+    out: str = "runs/mmfusion"  # run folder: checkpoints, logs, caches
+    model: str = "small"  # "small" (shipped) or "tiny" (tests, smoke runs)
+    model_name: str = ""  # name written into the checkpoint/manifest (default: the model config's)
+    seed: int = 0  # seeds torch, numpy and the data order
+    threads: int = 2  # torch CPU threads per process
+    device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
+    max_samples: int = 0  # > 0: use only the first shards of the train split up to this many samples
+    batch_size: int = 64  # per process
+    lr: float = 2e-3  # AdamW peak learning rate (cosine decay, linear warmup)
+    weight_decay: float = 0.05  # AdamW weight decay
+    warmup_frac: float = 0.05  # fraction of each stage's steps spent warming up
+    stages: List[str] = field(default_factory=lambda: list(STAGES))  # stages to run, in order
+    epochs: Dict[str, int] = field(default_factory=lambda: {"camera": 6, "bind": 6, "fusion": 8, "caption": 10, "events": 10})  # per stage
+    modality_dropout: float = 0.3  # fusion/events: chance each modality is dropped (one always kept)
+    caption_noise: float = 0.6  # caption decoder: max norm of the noise added to text embeddings
+    caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
+    caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
+    supervised_upper_bound: bool = False  # bind LiDAR/audio/IMU to caption TEXT (the upper-bound baseline), not the camera
+    camera_jitter: float = 0.1  # camera stage: brightness/contrast jitter amplitude
+    log_every: int = 20  # steps between log lines in log.jsonl
+    text_cache: str = ""  # folder of the text-embedding cache (default: <out>/text_cache)
+
+    @classmethod
+    def from_yaml(cls, path) -> "TrainConfig":
+        d = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stages {bad}; stages are {STAGES}")
+        if self.model not in ("small", "tiny"):
+            raise ValueError(f"model must be 'small' or 'tiny', got {self.model!r}")
+        for k, v in self.epochs.items():
+            if k not in STAGES or not isinstance(v, int) or v < 0:
+                raise ValueError(f"epochs.{k}={v!r}: expected a stage name and a non-negative int")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (contrastive losses need negatives)")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

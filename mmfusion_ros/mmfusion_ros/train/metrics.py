@@ -1,0 +1,192 @@
+"""Evaluation metrics: retrieval, zero-shot accuracy, BLEU-4, CIDEr, event AP/F1/lead time.
+
+BLEU and CIDEr are written here (small, tested against hand-computed values) rather than pulled in
+from pycocoevalcap, which needs Java for its tokenizer and is not on this project's dependency list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from mmfusion_ros.model.vocab import tokenize
+
+
+# --------------------------------------------------------------------------- retrieval / zero-shot
+def recall_at_k(query: np.ndarray, gallery: np.ndarray, match: np.ndarray, ks=(1, 5)) -> Dict[int, float]:
+    """query (Q,D), gallery (G,D) L2-normalised; match (Q,G) bool marks every correct item.
+
+    A query counts as retrieved at k when any correct item is among its k most similar.
+    """
+    sim = query @ gallery.T  # (Q, G)
+    order = np.argsort(-sim, axis=1)  # (Q, G)
+    hits = np.take_along_axis(match, order, axis=1)  # (Q, G) correct-ness in rank order
+    return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def zero_shot_accuracy(emb: np.ndarray, prompt_emb: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of labelling each embedding (N,D) with its most similar prompt (C,D)."""
+    pred = np.argmax(emb @ prompt_emb.T, axis=1)  # (N,)
+    return float((pred == labels).mean())
+
+
+# --------------------------------------------------------------------------- captions
+def _ngrams(words: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def bleu4(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU-4 (Papineni et al. 2002): clipped n-gram precisions n=1..4, geometric mean,
+    brevity penalty with the closest reference length; no smoothing."""
+    match = [0] * 4
+    total = [0] * 4
+    hyp_len = ref_len = 0
+    for hyp, refs in zip(hypotheses, references):
+        h = tokenize(hyp)
+        rs = [tokenize(r) for r in refs]
+        hyp_len += len(h)
+        ref_len += min((abs(len(r) - len(h)), len(r)) for r in rs)[1] if rs else 0
+        for n in range(1, 5):
+            hc = _ngrams(h, n)
+            maxref: Counter = Counter()
+            for r in rs:
+                maxref |= _ngrams(r, n)
+            match[n - 1] += sum(min(c, maxref[g]) for g, c in hc.items())
+            total[n - 1] += max(len(h) - n + 1, 0)
+    if min(total) == 0 or min(match) == 0:
+        return 0.0
+    log_p = sum(math.log(m / t) for m, t in zip(match, total)) / 4.0
+    bp = 1.0 if hyp_len > ref_len else math.exp(1.0 - ref_len / max(hyp_len, 1))
+    return float(bp * math.exp(log_p))
+
+
+def cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n_max: int = 4, sigma: float = 6.0) -> float:
+    """CIDEr-D (Vedantam et al. 2015): TF-IDF n-gram cosine per n with a length penalty,
+    clipped hypothesis counts, averaged over n and references, times 10. IDF from the references."""
+    hyps = [tokenize(h) for h in hypotheses]
+    refs = [[tokenize(r) for r in rs] for rs in references]
+    n_img = len(refs)
+    if n_img == 0:
+        return 0.0
+    df: List[Counter] = [Counter() for _ in range(n_max)]
+    for rs in refs:
+        for n in range(1, n_max + 1):
+            seen = set()
+            for r in rs:
+                seen |= set(_ngrams(r, n))
+            df[n - 1].update(seen)
+    log_n = math.log(float(n_img))
+
+    def vec(words, n):
+        c = _ngrams(words, n)
+        return {g: tf * (log_n - math.log(max(1.0, df[n - 1][g]))) for g, tf in c.items()}, c
+
+    scores = []
+    for h, rs in zip(hyps, refs):
+        s = np.zeros(n_max)
+        for r in rs:
+            for n in range(1, n_max + 1):
+                vh, ch = vec(h, n)
+                vr, cr = vec(r, n)
+                # CIDEr-D clips the hypothesis vector by the reference's values
+                dot = sum(min(vh[g], vr[g]) * vr[g] for g in vh if g in vr)
+                nh = math.sqrt(sum(v * v for v in vh.values()))
+                nr = math.sqrt(sum(v * v for v in vr.values()))
+                val = dot / (nh * nr) if nh > 0 and nr > 0 else 0.0
+                s[n - 1] += val * math.exp(-((len(h) - len(r)) ** 2) / (2 * sigma ** 2))
+        scores.append(float(s.mean()) / max(len(rs), 1) * 10.0)
+    return float(np.mean(scores))
+
+
+def mentions(text: str, vocabulary: Dict[str, Sequence[str]]) -> set:
+    """Which classes a caption names: vocabulary maps class -> the words/phrases that mean it."""
+    words = " " + " ".join(tokenize(text)) + " "
+    return {c for c, phrases in vocabulary.items() if any(f" {p} " in words for p in phrases)}
+
+
+def precision_recall(pred: Sequence[set], truth: Sequence[set]) -> Dict[str, float]:
+    """Micro-averaged precision, recall and F1 of predicted vs true sets."""
+    tp = sum(len(p & t) for p, t in zip(pred, truth))
+    np_ = sum(len(p) for p in pred)
+    nt = sum(len(t) for t in truth)
+    prec = tp / np_ if np_ else 0.0
+    rec = tp / nt if nt else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+    return {"precision": prec, "recall": rec, "f1": f1}
+
+
+# --------------------------------------------------------------------------- events
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve as the mean precision at each positive (sklearn's
+    definition, written out to avoid a scikit-learn dependency). NaN when there are no positives."""
+    y = np.asarray(y).astype(bool).ravel()
+    score = np.asarray(score, np.float64).ravel()
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    ys, ss = y[order], score[order]
+    # treat tied scores as one threshold step
+    distinct = np.r_[np.flatnonzero(np.diff(ss)), len(ss) - 1]
+    tp = np.cumsum(ys)[distinct]
+    fp = (distinct + 1) - tp
+    prec = tp / (tp + fp)
+    rec = tp / y.sum()
+    rec_prev = np.r_[0.0, rec[:-1]]
+    return float(np.sum((rec - rec_prev) * prec))
+
+
+def f1_at(y: np.ndarray, score: np.ndarray, thr: float) -> float:
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(score) >= thr
+    tp = float((p & y).sum())
+    fp = float((p & ~y).sum())
+    fn = float((~p & y).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
+
+
+def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """Threshold in [0.05, 0.95] maximising F1 (ties -> the higher threshold, fewer false alarms)."""
+    grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
+    f1s = [f1_at(y, score, t) for t in grid]
+    best = max(f1s)
+    return float(grid[max(i for i, f in enumerate(f1s) if f == best)])
+
+
+def _prev(x: np.ndarray, scene: np.ndarray) -> np.ndarray:
+    """x shifted one frame later within each scene (False at each scene's first frame)."""
+    prev = np.r_[False, x[:-1]]
+    prev[np.r_[True, scene[1:] != scene[:-1]]] = False
+    return prev
+
+
+def lead_times(alarm: np.ndarray, active: np.ndarray, scene: np.ndarray, t: np.ndarray) -> List[float]:
+    """Per onset (a frame where ``active`` turns on within a scene): seconds from the start of the
+    unbroken run of alarm frames reaching the onset frame to the onset; 0 when the alarm only fires
+    at the onset frame; NaN when the onset was missed. Frames are time-ordered within each scene."""
+    alarm = np.asarray(alarm).astype(bool)
+    active = np.asarray(active).astype(bool)
+    onsets = np.flatnonzero(active & ~_prev(active, scene))
+    onsets = onsets[np.r_[True, scene[1:] != scene[:-1]][onsets] == False]  # noqa: E712  a scene starting active has no onset to predict
+    out = []
+    for i in onsets:
+        if not alarm[i] and not (i > 0 and scene[i - 1] == scene[i] and alarm[i - 1]):
+            out.append(float("nan"))
+            continue
+        j = i if alarm[i] else i - 1
+        while j - 1 >= 0 and scene[j - 1] == scene[i] and alarm[j - 1]:
+            j -= 1
+        out.append(float(t[i] - t[j]))
+    return out
+
+
+def false_alarms_per_minute(alarm: np.ndarray, future: np.ndarray, scene: np.ndarray, frame_step: float) -> float:
+    """Rising edges of the alarm while the event is neither active nor coming within the horizon
+    (``future`` false), per minute of data."""
+    alarm = np.asarray(alarm).astype(bool)
+    rising = alarm & ~_prev(alarm, scene)
+    false = rising & ~np.asarray(future).astype(bool)
+    minutes = len(alarm) * frame_step / 60.0
+    return float(false.sum() / minutes) if minutes > 0 else 0.0

@@ -1,0 +1,488 @@
+"""The training recipe: camera->text, then LiDAR/audio/IMU->camera, then fusion, captions, events.
+
+Stages after the encoders work on embeddings computed once with the frozen encoders, so the heads
+train in seconds instead of re-running the CNNs every step. Every stage runs the same loop, which
+works in one process or under `torchrun` (DistributedDataParallel, gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mmfusion_ros.model.checkpoint import load_checkpoint, save_checkpoint
+from mmfusion_ros.model.config import ModelConfig, tiny_config
+from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel, build_model
+from mmfusion_ros.model.text import TextEmbedder
+from mmfusion_ros.model.vocab import PAD, Vocab
+from mmfusion_ros.train.config import STAGES, TrainConfig
+from mmfusion_ros.train.data import Split, load_split, shard_indices
+from mmfusion_ros.train.losses import info_nce, same
+
+
+# --------------------------------------------------------------------------- distributed helpers
+class Dist:
+    """Rank/world/device of this process; initialises the process group under torchrun."""
+
+    def __init__(self, device: str = "auto"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but no CUDA GPU is available")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- per-stage loss modules
+class CameraTextStep(nn.Module):
+    """Stage 1: camera embedding meets the caption's text embedding."""
+
+    def __init__(self, model: MMFusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, camera, text, pos):
+        e = self.model.encode("camera", camera)  # (B, 384)
+        return info_nce(e, text, self.model.logit_scale("camera"), pos)
+
+
+class BindStep(nn.Module):
+    """Stage 2: LiDAR, audio and IMU embeddings meet a fixed target (the frozen camera embedding,
+    or caption text for the supervised upper bound)."""
+
+    def __init__(self, model: MMFusionModel, keys: List[str]):
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, inputs: Dict[str, torch.Tensor], target, pos):
+        losses = [info_nce(self.model.encode(k, inputs[k]), target, self.model.logit_scale(k), pos) for k in self.keys]
+        return torch.stack(losses).sum()
+
+
+class FusionStep(nn.Module):
+    """Fusion: the fused embedding of the present tokens meets the caption text embedding."""
+
+    def __init__(self, model: MMFusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, present, text, pos):
+        fused, _ = self.model.fusion(tokens * present.unsqueeze(-1), present)  # (B, 384)
+        return info_nce(fused, text, self.model.logit_scale("fused"), pos)
+
+
+class CaptionStep(nn.Module):
+    """Caption decoder: teacher-forced next-token cross-entropy from a conditioning embedding."""
+
+    def __init__(self, model: MMFusionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cond, tokens):
+        logits = self.model.caption_decoder(cond, tokens[:, :-1])  # (B, L-1, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=PAD)
+
+
+class EventStep(nn.Module):
+    """Event head: BCE on events_future of the newest frame of each history."""
+
+    def __init__(self, model: MMFusionModel, pos_weight: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, history, target):
+        logits = self.model.event_head.logits(history)  # (B, E, H)
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+
+
+# --------------------------------------------------------------------------- text targets
+class CaptionTable:
+    """All phrasings of a split's captions embedded once; per sample: its phrasing ids and a
+    caption-group id (samples whose first phrasing is identical are the same caption)."""
+
+    def __init__(self, split: Split, embedder: TextEmbedder):
+        texts: Dict[str, int] = {}
+        self.sample_ids: List[List[int]] = []
+        for caps in split.captions:
+            ids = []
+            for c in caps or [""]:
+                ids.append(texts.setdefault(c, len(texts)))
+            self.sample_ids.append(ids)
+        self.texts = list(texts)
+        self.emb = embedder.encode(self.texts)  # (U, 384)
+        self.group = np.array([ids[0] for ids in self.sample_ids], np.int64)  # (N,)
+
+    def pick(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One random phrasing id per sample."""
+        return np.array([self.sample_ids[i][rng.integers(len(self.sample_ids[i]))] for i in idx], np.int64)
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.log_fn = log
+        torch.set_num_threads(max(1, cfg.threads))
+        self.dist = Dist(cfg.device)
+        self.out = Path(cfg.out)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed + 7 * self.dist.rank)
+        self.train = load_split(cfg.data, "train", cfg.max_samples)
+        self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
+        self.progress: Dict[str, int] = {}  # stage -> epochs done
+        self.stage_seconds: Dict[str, float] = {}
+        self.metadata: Dict = {}
+        self.opt_state = None
+        last = self.out / "last.pt"
+        if resume and last.is_file():
+            self.model, self.vocab, info = load_checkpoint(last)
+            extra = info.get("extra", {})
+            self.progress = dict(extra.get("progress", {}))
+            self.stage_seconds = dict(extra.get("stage_seconds", {}))
+            self.opt_state = extra.get("optimizer")
+            self.metadata = dict(info.get("metadata", {}))
+            self.log(f"resumed from {last}: epochs done {self.progress}")
+        else:
+            if resume:
+                self.log(f"--resume: no {last} yet, starting fresh")
+            self.vocab = Vocab.build(c for caps in self.train.captions for c in caps)
+            mcfg = ModelConfig() if cfg.model == "small" else tiny_config()
+            mcfg.caption.vocab_size = len(self.vocab)
+            mcfg.caption.max_len = cfg.caption_max_len
+            if cfg.model_name:
+                mcfg.name = cfg.model_name
+            self.model = build_model(mcfg)
+        self.model.to(self.dist.device)
+        self.mcfg = self.model.cfg
+        self.train.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
+        # rank 0 embeds the captions (and fills the cache) first; the others then read the cache
+        if self.dist.main:
+            self.captions = CaptionTable(self.train, self.embedder)
+        self.dist.barrier()
+        if not self.dist.main:
+            self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
+            self.captions = CaptionTable(self.train, self.embedder)
+        self.text = torch.from_numpy(self.captions.emb).to(self.dist.device)  # (U, 384)
+        self._tokens_cache: Optional[torch.Tensor] = None
+
+    # ---------------------------------------------------------------- utilities
+    def log(self, msg: str) -> None:
+        if self.dist.main:
+            self.log_fn(msg)
+
+    def _log_json(self, rec: dict) -> None:
+        if self.dist.main:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def _set_trainable(self, modules: List[nn.Module], params: List[nn.Parameter] = ()) -> List[nn.Parameter]:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        out = []
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(True)
+                out.append(p)
+        for p in params:
+            p.requires_grad_(True)
+            out.append(p)
+        return out
+
+    def save(self, name: str = "last.pt", extra: Optional[dict] = None) -> None:
+        if not self.dist.main:
+            return
+        meta = dict(self.metadata)
+        meta.update(train_config=self.cfg.to_dict(), stage_seconds=self.stage_seconds, progress=self.progress,
+                    world_size=self.dist.world, device=str(self.dist.device))
+        save_checkpoint(self.out / name, self.model, self.vocab, meta, extra)
+
+    def _batches(self, n: int, epoch: int, batch: int) -> np.ndarray:
+        idx = shard_indices(n, self.dist.rank, self.dist.world, self.cfg.seed, epoch, drop_last=True, batch=batch)
+        return idx.reshape(-1, batch) if len(idx) else np.zeros((0, batch), np.int64)
+
+    def _to(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.dist.device)
+
+    # ---------------------------------------------------------------- the generic loop
+    def _run_stage(self, stage: str, step_module: nn.Module, params: List[nn.Parameter], n: int,
+                   make_batch: Callable[[np.ndarray], tuple]) -> None:
+        epochs = int(self.cfg.epochs.get(stage, 0))
+        done = int(self.progress.get(stage, 0))
+        if done >= epochs:
+            self.log(f"[{stage}] done ({done}/{epochs} epochs), skipping")
+            return
+        batch = min(self.cfg.batch_size, max(2, n // self.dist.world))
+        steps_per_epoch = len(self._batches(n, 0, batch))
+        if steps_per_epoch == 0:
+            raise ValueError(f"[{stage}] {n} samples are too few for batch {batch} x {self.dist.world} processes")
+        total = steps_per_epoch * epochs
+        warm = max(1, int(self.cfg.warmup_frac * total))
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.opt_state is not None and self.opt_state.get("stage") == stage:
+            opt.load_state_dict(self.opt_state["state"])
+        self.opt_state = None
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        for _ in range(done * steps_per_epoch):
+            sched.step()
+        wrapped = self.dist.wrap(step_module)
+        t0 = time.time()
+        for epoch in range(done, epochs):
+            wrapped.train()
+            batches = self._batches(n, epoch + 1000 * STAGES.index(stage), batch)
+            bar = tqdm(batches, desc=f"{stage} {epoch + 1}/{epochs}", disable=not self.dist.main, leave=False)
+            running = []
+            for step, idx in enumerate(bar):
+                args = make_batch(idx)
+                loss = wrapped(*args)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"[{stage}] loss became {loss.item()} at epoch {epoch} step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                opt.step()
+                sched.step()
+                running.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+                if step % self.cfg.log_every == 0:
+                    self._log_json({"stage": stage, "epoch": epoch, "step": step, "loss": running[-1], "lr": sched.get_last_lr()[0]})
+            self.progress[stage] = epoch + 1
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + (time.time() - t0)
+            t0 = time.time()
+            self._log_json({"stage": stage, "epoch": epoch, "epoch_loss": float(np.mean(running))})
+            self.log(f"[{stage}] epoch {epoch + 1}/{epochs} loss {np.mean(running):.4f}")
+            self.save("last.pt", {"progress": self.progress, "stage_seconds": self.stage_seconds,
+                                  "optimizer": {"stage": stage, "state": opt.state_dict()}})
+        self.model.eval()
+
+    # ---------------------------------------------------------------- embeddings with frozen encoders
+    @torch.no_grad()
+    def embed_split(self, split: Split, keys=SENSOR_KEYS, batch: int = 128) -> torch.Tensor:
+        """(N, 4, 384) per-modality embeddings of every sample (zeros for keys not computed)."""
+        self.model.eval()
+        out = torch.zeros(len(split), len(SENSOR_KEYS), self.mcfg.embed_dim)
+        for s in range(0, len(split), batch):
+            idx = np.arange(s, min(s + batch, len(split)))
+            x = split.inputs(idx, keys)
+            for k in keys:
+                out[idx, SENSOR_KEYS.index(k)] = self.model.encode(k, self._to(x[k])).cpu()
+        return out
+
+    def _dropout_mask(self, b: int) -> torch.Tensor:
+        """(B,4) presence with each modality dropped w.p. modality_dropout, at least one kept."""
+        p = self.cfg.modality_dropout
+        keep = (self.rng.random((b, len(SENSOR_KEYS))) >= p).astype(np.float32)
+        none = keep.sum(1) == 0
+        keep[none, self.rng.integers(0, len(SENSOR_KEYS), none.sum())] = 1.0
+        return self._to(keep)
+
+    # ---------------------------------------------------------------- stages
+    def stage_camera(self) -> None:
+        tr = self.train
+        params = self._set_trainable([self.model.modality_trunks["camera"], self.model.modality_heads["camera"]],
+                                     [self.model.logit_scales["camera"]])
+        jit = self.cfg.camera_jitter
+
+        def make(idx):
+            x = self._to(tr.camera_float(idx))  # (B, 3, S, S)
+            if jit > 0:
+                b = len(idx)
+                gain = 1 + jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
+                bias = jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
+                x = x * gain + bias
+            tid = self.captions.pick(idx, self.rng)
+            pos = same(self._to(self.captions.group[idx]))
+            return x, self.text[self._to(tid)], pos
+
+        self._run_stage("camera", CameraTextStep(self.model), params, len(tr), make)
+
+    def stage_bind(self) -> None:
+        tr = self.train
+        keys = ["lidar", "audio", "imu"]
+        params = self._set_trainable([m for k in keys for m in (self.model.modality_trunks[k], self.model.modality_heads[k])],
+                                     [self.model.logit_scales[k] for k in keys])
+        if self.progress.get("bind", 0) >= self.cfg.epochs.get("bind", 0):
+            return self._run_stage("bind", BindStep(self.model, keys), params, len(tr), None)
+        upper = self.cfg.supervised_upper_bound
+        if not upper:
+            cam = self.embed_split(tr, ["camera"])[:, 0].to(self.dist.device)  # (N, 384) frozen anchors
+        scene = tr.arrays["scene_id"].astype(np.int64)
+
+        def make(idx):
+            x = {k: self._to(v) for k, v in tr.inputs(idx, keys).items()}
+            if upper:
+                target = self.text[self._to(self.captions.pick(idx, self.rng))]
+                pos = same(self._to(self.captions.group[idx]))
+            else:
+                target = cam[self._to(idx)]
+                pos = same(self._to(scene[idx]))  # co-located frames of one scene are all matches
+            return x, target, pos
+
+        self._run_stage("bind", BindStep(self.model, keys), params, len(tr), make)
+
+    def _tokens(self) -> torch.Tensor:
+        if self._tokens_cache is None:
+            self._tokens_cache = self.embed_split(self.train).to(self.dist.device)  # (N, 4, 384)
+        return self._tokens_cache
+
+    def stage_fusion(self) -> None:
+        params = self._set_trainable([self.model.fusion], [self.model.logit_scales["fused"]])
+        if self.progress.get("fusion", 0) >= self.cfg.epochs.get("fusion", 0):
+            return self._run_stage("fusion", FusionStep(self.model), params, len(self.train), None)
+        toks = self._tokens()
+
+        def make(idx):
+            t = toks[self._to(idx)]  # (B, 4, 384)
+            tid = self.captions.pick(idx, self.rng)
+            return t, self._dropout_mask(len(idx)), self.text[self._to(tid)], same(self._to(self.captions.group[idx]))
+
+        self._run_stage("fusion", FusionStep(self.model), params, len(self.train), make)
+
+    @torch.no_grad()
+    def _fused(self, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        toks = self._tokens()
+        self.model.eval()
+        out = []
+        for s in range(0, len(toks), 512):
+            t = toks[s:s + 512]
+            p = torch.ones(t.shape[:2], device=t.device) if present is None else present[s:s + 512]
+            out.append(self.model.fusion(t * p.unsqueeze(-1), p)[0])
+        return torch.cat(out)  # (N, 384)
+
+    def stage_caption(self) -> None:
+        params = self._set_trainable([self.model.caption_decoder])
+        if self.progress.get("caption", 0) >= self.cfg.epochs.get("caption", 0):
+            return self._run_stage("caption", CaptionStep(self.model), params, len(self.train), None)
+        max_len = self.mcfg.caption.max_len
+        tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in self.captions.texts], np.int64))  # (U, L)
+        fused = self._fused(self._dropout_mask(len(self.train)))  # (N, 384) with random missing modalities
+        sigma = self.cfg.caption_noise
+        frac = self.cfg.caption_fused_frac
+
+        def make(idx):
+            tid = self._to(self.captions.pick(idx, self.rng))
+            text = self.text[tid]  # (B, 384)
+            b = len(idx)
+            scale = sigma * torch.rand(b, 1, device=text.device)
+            noise = torch.randn_like(text) * scale / math.sqrt(text.shape[1])
+            cond = F.normalize(text + noise, dim=-1)
+            use_fused = torch.rand(b, 1, device=text.device) < frac
+            cond = torch.where(use_fused, fused[self._to(idx)], cond)
+            return cond, tok_table[tid]
+
+        self._run_stage("caption", CaptionStep(self.model), params, len(self.train), make)
+
+    def stage_events(self) -> None:
+        tr = self.train
+        target = self._to(tr.arrays["events_future"].astype(np.float32))  # (N, E, H)
+        rate = target.mean(0).clamp(1e-3, 1.0)
+        pos_weight = ((1 - rate) / rate).clamp(1.0, 10.0)  # (E, H) rare events weigh more
+        params = self._set_trainable([self.model.event_head])
+        step = EventStep(self.model, pos_weight)
+        if self.progress.get("events", 0) >= self.cfg.epochs.get("events", 0):
+            return self._run_stage("events", step, params, len(tr), None)
+        full = self._fused()  # (N, 384)
+        dropped = self._fused(self._dropout_mask(len(tr)))  # (N, 384) another view with missing modalities
+        hist = self._to(tr.history_index)  # (N, T)
+
+        def make(idx):
+            i = self._to(idx)
+            h = hist[i]  # (B, T)
+            use_drop = torch.rand(len(idx), 1, 1, device=h.device) < 0.3
+            x = torch.where(use_drop, dropped[h], full[h])  # (B, T, 384)
+            return x, target[i]
+
+        self._run_stage("events", step, params, len(tr), make)
+
+    # ---------------------------------------------------------------- after training
+    @torch.no_grad()
+    def calibrate_event_thresholds(self) -> Dict[str, float]:
+        """Per event type, the threshold maximising F1 at the 1 s horizon on the val split."""
+        from mmfusion_ros.train.metrics import best_f1_threshold
+
+        try:
+            val = load_split(self.cfg.data, "val")
+        except Exception as e:  # a dataset without a val split keeps the 0.5 default
+            self.log(f"no val split for threshold calibration ({e}); thresholds stay 0.5")
+            return {}
+        val.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
+        toks = self.embed_split(val).to(self.dist.device)
+        fused = self.model.fusion(toks, torch.ones(toks.shape[:2], device=toks.device))[0]
+        probs = torch.cat([self.model.event_head(fused[self._to(val.history_index[s:s + 512])])
+                           for s in range(0, len(val), 512)]).cpu().numpy()  # (N, E, H)
+        h = self.mcfg.events.horizons.index(1.0) if 1.0 in self.mcfg.events.horizons else 0
+        thr = {}
+        for e, name in enumerate(self.mcfg.events.event_types):
+            y = val.arrays["events_future"][:, e, h]
+            thr[name] = float(best_f1_threshold(y, probs[:, e, h])) if y.any() else 0.5
+        return thr
+
+    def write_caption_memory(self) -> str:
+        """Unique training captions and their text embeddings, for projection before decoding."""
+        name = "caption_memory.npz"
+        if self.dist.main:
+            texts = sorted({caps[0] for caps in self.train.captions if caps})
+            idx = [self.captions.texts.index(t) for t in texts]
+            np.savez(self.out / name, texts=np.array(texts), embeddings=self.captions.emb[idx].astype(np.float16))
+        return name
+
+    def fit(self) -> Path:
+        t0 = time.time()
+        for stage in self.cfg.stages:
+            getattr(self, f"stage_{stage}")()
+        final = self.out / "checkpoint.pt"
+        if all(self.progress.get(s, 0) >= self.cfg.epochs.get(s, 0) for s in STAGES if s in self.cfg.stages):
+            if "events" in self.cfg.stages:
+                self.metadata["event_thresholds"] = self.calibrate_event_thresholds()
+            self.metadata["caption_memory_file"] = self.write_caption_memory()
+            self.metadata["supervised_upper_bound"] = self.cfg.supervised_upper_bound
+            self.metadata["train_samples"] = len(self.train)
+            self.metadata["data"] = str(self.cfg.data)
+            self.save("checkpoint.pt")
+            self.save("last.pt", {"progress": self.progress, "stage_seconds": self.stage_seconds})
+        self.log(f"training finished in {time.time() - t0:.0f} s (stage seconds {self.stage_seconds}); checkpoint {final}")
+        self.dist.barrier()
+        return final
+
+    def close(self) -> None:
+        self.dist.close()

@@ -1,0 +1,175 @@
+"""Model shapes, normalisation, absent modalities, vocab and the Jetson compute budget."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmfusion_ros.core.preprocess import DEFAULT
+from mmfusion_ros.core.types import EVENT_HORIZONS, EVENT_TYPES, Modality
+from mmfusion_ros.model.checkpoint import load_checkpoint, save_checkpoint
+from mmfusion_ros.model.config import ModelConfig, tiny_config
+from mmfusion_ros.model.mmfusion import SENSOR_KEYS, build_model, count_params, encoder_macs
+from mmfusion_ros.model.vocab import BOS, EOS, PAD, Vocab
+
+torch.set_num_threads(1)
+SHAPES = DEFAULT.input_shapes()
+
+
+def _inputs(b=3, keys=SENSOR_KEYS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn((b,) + SHAPES[k], generator=g) for k in keys}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(tiny_config(vocab_size=20)).eval()
+
+
+def test_input_shapes_match_contract():
+    assert SHAPES == {"camera": (3, 128, 128), "lidar": (4, 128, 128), "audio": (1, 64, 101), "imu": (6, 400)}
+
+
+def test_split_is_keyed_by_modality(model):
+    for d in (model.modality_preprocessors, model.modality_trunks, model.modality_heads, model.modality_postprocessors):
+        assert set(d.keys()) == {m.value for m in (Modality.CAMERA, Modality.LIDAR, Modality.AUDIO, Modality.IMU)}
+
+
+def test_forward_shapes_and_unit_norm(model):
+    with torch.no_grad():
+        out = model(_inputs())
+    for k in SENSOR_KEYS + ["fused"]:
+        assert out[k].shape == (3, 384)
+        np.testing.assert_allclose(out[k].norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    assert out["weights"].shape == (3, 4)
+    np.testing.assert_allclose(out["weights"].sum(-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_forward_runs_only_present_modalities(model):
+    calls = []
+    hooks = [model.modality_trunks[k].register_forward_hook(lambda m, i, o, k=k: calls.append(k)) for k in SENSOR_KEYS]
+    with torch.no_grad():
+        out = model({Modality.LIDAR: _inputs(keys=["lidar"])["lidar"], "audio": None})
+    for h in hooks:
+        h.remove()
+    assert calls == ["lidar"]
+    assert "camera" not in out and "lidar" in out
+    assert out["present"][0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    # only the present modality gets weight
+    np.testing.assert_allclose(out["weights"][:, 1].numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["fused"].norm(dim=-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_absent_modalities_do_not_change_fusion_input(model):
+    """The fused output must not depend on data of a modality marked absent."""
+    x = _inputs(b=2)
+    tokens, _ = model.tokens(x)
+    present = torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 2)
+    garbage = tokens.clone()
+    garbage[:, 1] = torch.randn(2, 384)
+    garbage[:, 3] = 5.0
+    with torch.no_grad():
+        f1, w1 = model.fusion(tokens * present[..., None], present)
+        f2, w2 = model.fusion(garbage, present)
+    torch.testing.assert_close(f1, f2)
+    torch.testing.assert_close(w1, w2)
+    assert float(w1[:, [1, 3]].abs().max()) < 1e-6
+
+
+def test_fusion_with_nothing_present_is_finite(model):
+    with torch.no_grad():
+        f, w = model.fusion(torch.zeros(2, 4, 384), torch.zeros(2, 4))
+    assert torch.isfinite(f).all() and torch.isfinite(w).all()
+    np.testing.assert_allclose(w.sum(-1).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(f.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+
+
+def test_nan_input_gives_finite_embedding(model):
+    x = _inputs(b=1, keys=["camera"])["camera"]
+    x[0, 0, :10, :10] = float("nan")
+    with torch.no_grad():
+        e = model.encode("camera", x)
+    assert torch.isfinite(e).all()
+
+
+def test_no_modality_is_an_error(model):
+    with pytest.raises(ValueError, match="no sensor modality"):
+        model({"camera": None})
+
+
+def test_event_head_and_caption_shapes(model):
+    hist = torch.nn.functional.normalize(torch.randn(2, 10, 384), dim=-1)
+    with torch.no_grad():
+        p = model.event_head(hist)
+    assert p.shape == (2, len(EVENT_TYPES), len(EVENT_HORIZONS))
+    assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
+    toks = torch.tensor([[BOS, 5, 6, 7], [BOS, 4, 4, PAD]])
+    with torch.no_grad():
+        logits = model.caption_decoder(torch.randn(2, 384), toks)
+    assert logits.shape == (2, 4, 20)
+    # causal: changing a later token does not change earlier logits
+    toks2 = toks.clone()
+    toks2[:, 3] = 9
+    with torch.no_grad():
+        logits2 = model.caption_decoder(torch.randn(2, 384).mul(0).add(1), toks2)
+        logits1 = model.caption_decoder(torch.randn(2, 384).mul(0).add(1), toks)
+    torch.testing.assert_close(logits1[:, :3], logits2[:, :3])
+    assert model.caption_decoder.greedy(torch.randn(2, 384)).shape[0] == 2
+
+
+def test_default_model_within_jetson_budget():
+    """All encoders together <= 25M params and <= 1.5 GMACs per fused frame (the issue's limit);
+    the design aims for a few M params so CPU training fits."""
+    m = build_model(ModelConfig())
+    enc_params = sum(count_params(m.modality_trunks[k]) + count_params(m.modality_heads[k]) for k in SENSOR_KEYS)
+    macs = encoder_macs(m, SHAPES)
+    assert enc_params <= 25_000_000 and sum(macs.values()) <= 1_500_000_000
+    assert count_params(m) < 6_000_000  # the whole model, decoder included, stays a few MB
+    assert all(v > 0 for v in macs.values())
+
+
+def test_mac_counter_counts_a_known_conv():
+    m = build_model(tiny_config())
+    stem = m.modality_trunks["camera"].features[0]  # 3->8, 3x3, stride 2 on 128x128 -> 64x64
+    total = []
+    h = stem.register_forward_hook(lambda mod, i, o: total.append(o.numel() * 3 * 9))
+    encoder_macs(m, SHAPES)
+    h.remove()
+    assert total[0] == 8 * 64 * 64 * 27
+
+
+def test_vocab_roundtrip_and_specials():
+    v = Vocab.build(["A dog is barking.", "a car is ahead"])
+    assert v.tokens[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    ids = v.encode("a dog is ahead", max_len=8)
+    assert ids[0] == BOS and EOS in ids and len(ids) == 8 and ids[-1] == PAD
+    assert v.decode(ids[1:]) == "a dog is ahead"
+    assert v.decode(v.encode("a zebra", 6)[1:]) == "a <unk>"
+    with pytest.raises(ValueError):
+        Vocab(["a", "b", "c", "d"])
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path, model):
+    v = Vocab.build(["a dog"])
+    p = tmp_path / "ck.pt"
+    digest = save_checkpoint(p, model, v, {"note": "x"})
+    m2, v2, info = load_checkpoint(p)
+    assert info["sha256"] == digest and info["metadata"]["note"] == "x" and v2.tokens == v.tokens
+    x = _inputs(b=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["fused"], m2(x)["fused"])
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="sha256"):
+        load_checkpoint(p)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_checkpoint(p, verify=False)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_config_rejects_unknown_keys():
+    d = tiny_config().to_dict()
+    assert ModelConfig.from_dict(d).to_dict() == d
+    d["fusion"]["hiden"] = 3
+    with pytest.raises(ValueError, match="hiden"):
+        ModelConfig.from_dict(d)

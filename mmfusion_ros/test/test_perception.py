@@ -1,0 +1,221 @@
+"""3D perception: ground model, clustering, boxes, camera projection and labels, tracking, kinematics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mmfusion_ros.bench.perception import SceneBox, make_sweep
+from mmfusion_ros.core.perception import (
+    Perception,
+    PerceptionConfig,
+    box_corners,
+    fit_box,
+    geometric_label,
+    ground_model,
+    project_box,
+)
+from mmfusion_ros.core.tracking import (
+    Tracker,
+    TrackerConfig,
+    closing_speed,
+    crossing_time,
+    is_approaching,
+    time_to_collision,
+)
+from mmfusion_ros.core.types import CameraIntrinsics, DetectedObject
+
+H = 1.7  # LiDAR height of the synthetic sweeps
+
+
+def _box(kind, x, y, yaw=0.0, size=None, ground=-H):
+    size = np.array(size if size is not None else {"car": (4.3, 1.8, 1.5), "person": (0.6, 0.5, 1.75)}[kind], float)
+    return SceneBox(kind, np.array([x, y, ground + size[2] / 2]), size, yaw)
+
+
+def _nearest(objs, xy):
+    d = [np.linalg.norm(o.center[:2] - np.asarray(xy)) for o in objs]
+    k = int(np.argmin(d))
+    return objs[k], d[k]
+
+
+def test_two_close_boxes_become_two_oriented_clusters():
+    # side by side, 1.3 m apart, each showing an end and a side (an L) to a 64 x 2048 LiDAR
+    a = _box("car", 12.0, 2.2, yaw=0.6)
+    b = _box("car", 12.0, -1.6, yaw=0.6)
+    pts, _ = make_sweep(beams=64, columns=2048, seed=1, boxes=[a, b])
+    objs = Perception().process(pts, 0.0)
+    big = [o for o in objs if o.size[0] > 1.5]
+    assert len(big) == 2, [(o.center, o.size) for o in objs]
+    for truth in (a, b):
+        o, d = _nearest(big, truth.center[:2])
+        assert d < 0.3
+        yaw_err = abs((o.yaw - truth.yaw + math.pi / 2) % math.pi - math.pi / 2)
+        assert yaw_err < math.radians(8)
+        assert 3.9 < o.size[0] < 4.5 and 1.5 < o.size[1] < 2.0 and 1.3 < o.size[2] < 1.7  # box reaches the ground through the ground band
+        assert o.label == "vehicle-sized object" and not o.label_from_camera
+
+
+def test_ground_model_follows_a_slope_where_one_plane_cannot():
+    # flat for x < 5 m, then a 15 % ramp: one RANSAC plane cannot hold both
+    people = [_box("person", x, y, ground=-H + 0.15 * (x - 5.0)) for x, y in ((12, 3), (20, -4), (28, 2))]
+    pts, _ = make_sweep(beams=64, columns=1024, seed=2, slope=0.15, slope_start=5.0, boxes=people, max_range=40)
+    objs = Perception().process(pts, 0.0)
+    for p in people:
+        o, d = _nearest(objs, p.center[:2])
+        assert d < 0.5 and 1.3 < o.size[2] < 2.0, (p.center, o.center, o.size)
+    # nothing else: the ramp itself produced no clusters
+    assert len(objs) == len(people), [(o.center.round(1), o.size.round(1)) for o in objs]
+
+
+def test_ground_heights_on_a_plane_are_small():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-30, 30, (5000, 2))
+    z = -1.5 + 0.1 * xy[:, 0] - 0.05 * xy[:, 1]
+    height, _, _ = ground_model(np.column_stack([xy, z]), PerceptionConfig())
+    # a tilted plane is ground everywhere: the min of a cell lies at most one cell's rise below a point
+    assert np.all(np.abs(height) < PerceptionConfig().ground_threshold)
+
+
+def test_fit_box_recovers_yaw_and_size():
+    rng = np.random.default_rng(3)
+    local = rng.uniform(-0.5, 0.5, (400, 3)) * [4.0, 2.0, 1.0]
+    yaw = 0.7
+    R = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0], [0, 0, 1]])
+    centre, size, fyaw = fit_box(local @ R.T + [5, 2, 0])
+    assert np.allclose(centre, [5, 2, 0], atol=0.1)
+    assert np.allclose(size, [4, 2, 1], atol=0.15)
+    assert abs(fyaw - yaw) < 0.03
+
+
+def test_bad_input_is_rejected_or_dropped():
+    p = Perception()
+    with pytest.raises(ValueError):
+        p.process(np.zeros((10, 2), np.float32), 0.0)
+    assert p.process(np.zeros((0, 4), np.float32), 0.0) == []
+    pts, _ = make_sweep(beams=32, columns=512, seed=4, boxes=[_box("person", 8, 0)])
+    pts[:50, 0] = np.nan
+    objs = p.process(pts, 0.1)
+    assert p.stats["nonfinite_points_dropped"] == 50
+    assert _nearest(objs, (8, 0))[1] < 0.4
+    with pytest.raises(ValueError):
+        PerceptionConfig(voxel_size=float("nan"))
+    with pytest.raises(ValueError):
+        PerceptionConfig.from_dict({"cluster_epsilon": 0.5})  # typo: unknown key
+
+
+def test_geometric_labels_by_size():
+    assert geometric_label(np.array([0.6, 0.5, 1.7]))[0] == "person-sized object"
+    assert geometric_label(np.array([4.5, 1.9, 1.5]))[0] == "vehicle-sized object"
+    assert geometric_label(np.array([0.4, 0.3, 0.4]))[0] == "small object"
+    assert geometric_label(np.array([15.0, 0.5, 3.0]))[0] == "wall/structure"
+
+
+# ---- camera -------------------------------------------------------------------------------------
+
+#: LiDAR (x fwd, y left, z up) -> optical (x right, y down, z fwd), camera at the LiDAR origin
+T_OPT = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+CAM = CameraIntrinsics(640, 480, np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]))
+
+
+def test_projection_geometry():
+    # a point 10 m ahead, 1 m left, 0.5 m up lands left of and above the principal point
+    p = np.array([[10.0, 1.0, 0.5]])
+    uv = CAM.project(p @ T_OPT[:3, :3].T)
+    assert np.allclose(uv, [[320 - 50, 240 - 25]])
+    box, vis = project_box(box_corners([10, 0, 0], [1, 1, 1], 0.0), T_OPT, CAM)
+    # nearest face at 9.5 m: +-0.5 m -> +-26.3 px around the centre
+    assert np.allclose(box, [320 - 500 * 0.5 / 9.5, 240 - 500 * 0.5 / 9.5, 320 + 500 * 0.5 / 9.5, 240 + 500 * 0.5 / 9.5])
+    assert vis == pytest.approx(1.0)
+    assert project_box(box_corners([-10, 0, 0], [1, 1, 1], 0.0), T_OPT, CAM) is None  # behind the camera
+    assert project_box(box_corners([5, 30, 0], [1, 1, 1], 0.0), T_OPT, CAM) is None  # far outside the image
+
+
+def test_camera_labels_in_view_geometric_out_of_view():
+    people = [_box("person", 8.0, 0.5), _box("person", -8.0, 0.0)]  # one ahead (in view), one behind
+    pts, _ = make_sweep(beams=64, columns=1024, seed=5, boxes=people, max_range=30)
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[:, :320] = (200, 30, 30)  # the person ahead stands left of centre: its crop is mostly red
+    prompts = ["a red thing", "a blue thing"]
+    prompt_emb = np.eye(2, 384, dtype=np.float32)
+    calls = []
+
+    def embed(crops):
+        calls.append(len(crops))
+        red = np.array([c[..., 0].mean() > c[..., 2].mean() for c in crops], float)
+        return np.stack([red, 1 - red], 1) @ prompt_emb  # (K, 384)
+
+    objs = Perception().process(pts, 0.0, image, CAM, T_OPT, embed, prompt_emb, prompts)
+    ahead, d1 = _nearest(objs, (8.0, 0.5))
+    behind, d2 = _nearest(objs, (-8.0, 0.0))
+    assert d1 < 0.4 and d2 < 0.4
+    assert ahead.label_from_camera and ahead.label == "a red thing" and ahead.score > 0.9
+    assert ahead.box2d is not None and 0 <= ahead.box2d[0] < ahead.box2d[2] <= 640
+    assert not behind.label_from_camera and behind.label == "person-sized object" and behind.box2d is None
+    assert calls == [sum(o.label_from_camera for o in objs)]  # every crop in one encoder call
+
+
+# ---- tracking -----------------------------------------------------------------------------------
+
+
+def _obj(x, y):
+    return DetectedObject(center=np.array([x, y, 0.0], np.float32), size=np.ones(3, np.float32), yaw=0.0,
+                          label="o", score=1.0, label_from_camera=False, point_count=10)
+
+
+def test_tracker_keeps_ids_and_estimates_velocity():
+    rng = np.random.default_rng(6)
+    tr = Tracker(TrackerConfig())
+    ids_a, ids_b = set(), set()
+    for k in range(30):
+        t = 0.1 * k
+        a = _obj(10 - 1.5 * t + rng.normal(0, 0.05), 3 + rng.normal(0, 0.05))  # approaching at 1.5 m/s
+        b = _obj(6 + rng.normal(0, 0.05), -4 + 1.0 * t + rng.normal(0, 0.05))  # crossing to the left at 1 m/s
+        objs = [b, a] if k % 2 else [a, b]  # detection order must not matter
+        tr.update(objs, t)
+        ids_a.add(a.track_id)
+        ids_b.add(b.track_id)
+    assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a != ids_b
+    assert np.allclose(a.velocity[:2], [-1.5, 0.0], atol=0.2)
+    assert np.allclose(b.velocity[:2], [0.0, 1.0], atol=0.2)
+    # a missed sweep keeps the id; a long absence ends the track and a new id is given
+    tr.update([b], 3.0)
+    tr.update([a, b], 3.1)
+    assert a.track_id in ids_a
+    for k in range(5):
+        tr.update([b], 3.2 + 0.1 * k)
+    tr.update([a, b], 3.8)
+    assert a.track_id not in ids_a and b.track_id in ids_b
+
+
+def test_tracking_through_perception_on_moving_sweeps():
+    per = Perception()
+    ids = []
+    for k in range(6):
+        person = _box("person", 10.0, -3.0 + 1.2 * 0.2 * k)  # walking left at 1.2 m/s, 5 Hz sweeps
+        pts, _ = make_sweep(beams=32, columns=720, seed=k, boxes=[person], max_range=25)
+        objs = per.process(pts, 0.2 * k)
+        o, d = _nearest(objs, person.center[:2])
+        assert d < 0.4
+        ids.append(o.track_id)
+    assert len(set(ids)) == 1
+    assert abs(o.velocity[1] - 1.2) < 0.35 and abs(o.velocity[0]) < 0.35
+
+
+def test_kinematic_predicates():
+    # head-on at 2 m/s from 10 m, 1 m radius: contact after 4.5 s
+    assert time_to_collision([10, 0], [-2, 0], radius=1.0) == pytest.approx(4.5)
+    assert time_to_collision([10, 0], [2, 0]) == math.inf  # moving away
+    assert time_to_collision([10, 5], [-2, 0], radius=1.0) == math.inf  # passes 5 m to the side
+    assert time_to_collision([0.5, 0], [0, 0], radius=1.0) == 0.0  # already there
+    assert closing_speed([3, 4], [-3, -4]) == pytest.approx(5.0)
+    assert is_approaching([10, 0], [-1, 0]) and not is_approaching([10, 0], [0, 1])
+    # walking left at 1 m/s from 3 m right, 5 m ahead: enters the 1 m half-width corridor after 2 s
+    assert crossing_time([5, -3], [0, 1], half_width=1.0, horizon=3.0) == pytest.approx(2.0)
+    assert crossing_time([5, -3], [0, 1], half_width=1.0, horizon=1.5) is None  # not within the horizon
+    assert crossing_time([5, -3], [0, -1]) is None  # walking away from the path
+    assert crossing_time([-5, -3], [0, 1]) is None  # behind the robot
+    assert crossing_time([5, 0.2], [0, 1]) == 0.0  # in the path and moving across it
+    assert crossing_time([5, 0.2], [-1, 0]) is None  # in the path but not crossing

@@ -1,0 +1,179 @@
+"""Training recipe on a tiny synthetic dataset in the simulator's format, plus the metrics."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mmfusion_ros.cli import main
+from mmfusion_ros.train import metrics as M
+from mmfusion_ros.train.config import TrainConfig
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_bleu4_matches_hand_computation():
+    assert M.bleu4(["a dog is near the robot"], [["a dog is near the robot"]]) == pytest.approx(1.0)
+    # hyp 6 words; matches: 1g 5/6, 2g 3/5, 3g 2/4, 4g 1/3; ref length 6 -> BP 1
+    hyp = "a dog is near a robot"
+    want = math.exp((math.log(5 / 6) + math.log(3 / 5) + math.log(2 / 4) + math.log(1 / 3)) / 4)
+    assert M.bleu4([hyp], [["a dog is near the robot"]]) == pytest.approx(want)
+    # brevity penalty: 4-word hyp against 6-word ref
+    assert M.bleu4(["a dog is near"], [["a dog is near the robot"]]) == pytest.approx(math.exp(1 - 6 / 4))
+    assert M.bleu4(["car"], [["a dog"]]) == 0.0
+
+
+def test_cider_rewards_consensus():
+    refs = [["a dog barks ahead", "a dog is barking ahead"], ["a car drives past", "a car passes by"],
+            ["a person walks across", "a person crosses the path"]]
+    good = M.cider(["a dog barks ahead", "a car drives past", "a person walks across"], refs)
+    bad = M.cider(["a car drives past", "a person walks across", "a dog barks ahead"], refs)
+    assert good > 1.0 > bad >= 0.0
+
+
+def test_average_precision_known_values():
+    assert M.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    assert M.average_precision([0, 1], [0.9, 0.1]) == pytest.approx(0.5)
+    assert math.isnan(M.average_precision([0, 0], [0.1, 0.2]))
+
+
+def test_recall_at_k_and_zero_shot():
+    g = np.eye(4, dtype=np.float32)
+    q = g[[1, 0, 2, 3]]
+    r = M.recall_at_k(q, g, np.eye(4, dtype=bool), ks=(1, 2))
+    assert r[1] == 0.5 and r[2] == 1.0 or r[1] == 0.5
+    assert M.zero_shot_accuracy(g, g, np.array([0, 1, 2, 0])) == 0.75
+
+
+def test_lead_time_and_false_alarms():
+    scene = np.zeros(10, np.int32)
+    t = np.arange(10) * 0.2
+    active = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0], bool)
+    alarm = np.array([1, 0, 0, 1, 1, 1, 0, 0, 0, 1], bool)  # warns from frame 3: 0.4 s before onset at 5
+    assert M.lead_times(alarm, active, scene, t) == [pytest.approx(0.4)]
+    assert math.isnan(M.lead_times(np.zeros(10, bool), active, scene, t)[0])
+    future = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0], bool)
+    # false alarms: rising edges at 0 and 9 outside the future window -> 2 in 2 s of data
+    assert M.false_alarms_per_minute(alarm, future, scene, 0.2) == pytest.approx(2 / (10 * 0.2 / 60))
+    assert M.best_f1_threshold(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.9])) == pytest.approx(0.675, abs=0.03)
+
+
+def test_mentions_and_precision_recall():
+    from mmfusion_ros.train.evaluate import OBJECT_WORDS
+
+    got = M.mentions("A traffic cone stands ahead while a dog barking can be heard", OBJECT_WORDS)
+    assert got == {"traffic_cone", "dog"}
+    pr = M.precision_recall([{"dog", "car"}], [{"dog"}])
+    assert pr["precision"] == 0.5 and pr["recall"] == 1.0
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="unknown stages"):
+        TrainConfig.from_dict({"stages": ["camera", "magic"]})
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig.from_dict({"batch_size": 1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: huge\n")
+    assert main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
+
+
+def test_shipped_configs_parse(repo_root):
+    for name in ("train_tiny.yaml", "train_small.yaml"):
+        TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / name)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from mmfusion_ros.train.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synth"), n_scenes=24, frames_per_scene=12, seed=0)
+
+
+def _cfg(tmp_path, synth, **kw):
+    d = dict(model="tiny", data=str(synth), out=str(tmp_path / "run"), threads=1, batch_size=32, lr=3e-3,
+             epochs={"camera": 4, "bind": 3, "fusion": 2, "caption": 2, "events": 2},
+             text_cache=str(tmp_path.parent / "text_cache"))
+    d.update(kw)
+    p = tmp_path / "cfg.yaml"
+    import yaml
+
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def _camera_text_accuracy(ckpt, synth):
+    """Share of train frames whose camera embedding is closest to their own caption group."""
+    from mmfusion_ros.model.checkpoint import load_checkpoint
+    from mmfusion_ros.model.text import TextEmbedder
+    from mmfusion_ros.train.data import load_split
+    from mmfusion_ros.train.evaluate import embed_split
+
+    model = load_checkpoint(ckpt)[0]
+    sp = load_split(synth, "train")
+    tok = embed_split(model, sp)
+    canon = [c[0] for c in sp.captions]
+    uniq = sorted(set(canon))
+    emb = TextEmbedder(ckpt.parent.parent.parent / "text_cache").encode(uniq)
+    lab = np.array([uniq.index(c) for c in canon])
+    return M.zero_shot_accuracy(tok[:, 0], emb, lab), M.zero_shot_accuracy(tok[:, 1], emb, lab)
+
+
+def test_train_resume_and_export(tmp_path, synth):
+    cfg = _cfg(tmp_path, synth, stages=["camera", "bind"])
+    assert main(["train", "--config", str(cfg)]) == 0
+    run = tmp_path / "run"
+    assert (run / "last.pt").is_file() and not (run / "checkpoint.pt").exists()  # not all stages done yet
+    # an untrained model as the reference point
+    from mmfusion_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from mmfusion_ros.model.mmfusion import build_model
+
+    _, vocab, info = load_checkpoint(run / "last.pt")
+    torch.manual_seed(0)
+    from mmfusion_ros.model.config import ModelConfig
+
+    init = build_model(ModelConfig.from_dict(info["config"]))
+    save_checkpoint(run / "init" / "ck.pt", init, vocab)
+    cam0, lid0 = _camera_text_accuracy(run / "init" / "ck.pt", synth)
+
+    # resume with all stages: camera/bind are not repeated, the rest run, a final checkpoint appears
+    cfg2 = _cfg(tmp_path, synth)
+    assert main(["train", "--config", str(cfg2), "--resume"]) == 0
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [(r["stage"], r["epoch"]) for r in log if "epoch_loss" in r]
+    assert epochs.count(("camera", 0)) == 1 and ("events", 1) in epochs
+    cam_loss = [r["epoch_loss"] for r in log if r.get("stage") == "camera" and "epoch_loss" in r]
+    assert cam_loss[-1] < cam_loss[0]
+    ck = run / "checkpoint.pt"
+    _, _, info = load_checkpoint(ck)
+    meta = info["metadata"]
+    assert set(meta["event_thresholds"]) and meta["progress"]["events"] == 2
+    assert (run / meta["caption_memory_file"]).is_file()
+    cam1, lid1 = _camera_text_accuracy(ck, synth)
+    assert cam1 > max(0.6, cam0 + 0.2), (cam0, cam1)  # camera learned to meet its captions
+    assert lid1 > lid0 + 0.1, (lid0, lid1)  # LiDAR reaches text through the camera, never trained on it
+
+    out = tmp_path / "bundle"
+    assert main(["export", "--model", str(ck), "--out", str(out), "--text-cache", str(tmp_path.parent / "text_cache")]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["caption_memory"] == "caption_memory.npz" and (out / "caption_memory.npz").is_file()
+    assert man["event_thresholds"] == meta["event_thresholds"]
+
+    js = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(ck), "--data", str(synth), "--split", "test", "--json", str(js),
+                 "--text-cache", str(tmp_path.parent / "text_cache")]) == 0
+    res = json.loads(js.read_text())
+    assert len(res["T3_robustness"]["subsets"]) == 15
+    assert {r["query"] for r in res["T1_retrieval"]} >= {"camera", "lidar", "audio", "imu", "text"}
+    assert [h["horizon_s"] for h in res["T5_events"]["per_horizon"]] == [0.5, 1.0, 2.0]
+
+
+def test_train_missing_dataset_is_a_clear_error(tmp_path):
+    cfg = _cfg(tmp_path, tmp_path / "nowhere")
+    assert main(["train", "--config", str(cfg)]) == 2
