@@ -67,4 +67,12 @@ if [ "$(cat "$STAMPS/pkg" 2>/dev/null)" != "$pkg_hash" ] || ! "$PY" -c "import m
   rm -rf mmfusion_ros/build mmfusion_ros/*.egg-info
   echo "$pkg_hash" > "$STAMPS/pkg"
 fi
+# 5. The torch-free text encoder (all-MiniLM-L6-v2 as ONNX + tokenizer.json) in the user cache, once.
+TE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/mmfusion_ros/text_encoder
+if [ ! -f "$TE_DIR/text_encoder.onnx" ] || [ ! -f "$TE_DIR/tokenizer.json" ]; then
+  log "exporting the text encoder to ONNX in $TE_DIR (once, about 10 s)"
+  mkdir -p build
+  "$PY" -m mmfusion_ros.cli export --text-encoder >build/text-encoder-export.log 2>&1 \
+    || { tail -20 build/text-encoder-export.log; exit 1; }
+fi
 log "ready: . .venv/bin/activate && export AMENT_PREFIX_PATH=\$VIRTUAL_ENV"

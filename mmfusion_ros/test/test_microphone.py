@@ -118,7 +118,7 @@ def fake_sounddevice(blocks, rate, node):
 def test_capture_publishes_every_block(monkeypatch):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from mmfusion_msgs.msg import AudioFrame
 
@@ -132,7 +132,8 @@ def test_capture_publishes_every_block(monkeypatch):
         monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(blocks, 16000, node))
         sub_node = rclpy.create_node("mic_listener", context=ctx)
         got = []
-        sub_node.create_subscription(AudioFrame, "audio/audio", got.append, QoSProfile(depth=100))
+        best_effort = QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)  # as the fusion node
+        sub_node.create_subscription(AudioFrame, "audio/audio", got.append, best_effort)
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(sub_node)
         threading.Thread(target=ex.spin, daemon=True).start()

@@ -61,7 +61,9 @@ def test_two_close_boxes_become_two_oriented_clusters():
 def test_ground_model_follows_a_slope_where_one_plane_cannot():
     # flat for x < 5 m, then a 15 % ramp: one RANSAC plane cannot hold both
     people = [_box("person", x, y, ground=-H + 0.15 * (x - 5.0)) for x, y in ((12, 3), (20, -4), (28, 2))]
-    pts, _ = make_sweep(beams=64, columns=1024, seed=2, slope=0.15, slope_start=5.0, boxes=people, max_range=40)
+    # a LiDAR looking up to +15 deg (like the simulator's) so people high up the ramp are seen whole
+    pts, _ = make_sweep(beams=64, columns=1024, seed=2, slope=0.15, slope_start=5.0, boxes=people, max_range=40,
+                        fov=(-25.0, 15.0))
     objs = Perception().process(pts, 0.0)
     for p in people:
         o, d = _nearest(objs, p.center[:2])
@@ -219,3 +221,24 @@ def test_kinematic_predicates():
     assert crossing_time([-5, -3], [0, 1]) is None  # behind the robot
     assert crossing_time([5, 0.2], [0, 1]) == 0.0  # in the path and moving across it
     assert crossing_time([5, 0.2], [-1, 0]) is None  # in the path but not crossing
+
+
+def test_voxel_clustering_links_within_eps_and_splits_beyond():
+    from mmfusion_ros.core.perception import voxel_components
+
+    rng = np.random.default_rng(7)
+    line = np.column_stack([np.arange(0, 3, 0.2), np.zeros(15), np.zeros(15)])  # 0.2 m steps: one cluster
+    far = line + [0, 1.5, 0]  # 1.5 m away: its own cluster
+    lab = voxel_components(np.vstack([line, far]) + rng.normal(0, 0.005, (30, 3)), eps=0.5)
+    assert len(set(lab[:15])) == 1 and len(set(lab[15:])) == 1 and lab[0] != lab[15]
+
+
+def test_shipped_configs_match_the_code(repo_root):
+    from mmfusion_ros.commands.eval_kitti import load_perception_config
+    from mmfusion_ros.core.perception import load_extrinsics
+
+    cfg_dir = repo_root / "mmfusion_ros" / "config"
+    assert load_perception_config(str(cfg_dir / "perception.yaml")) == PerceptionConfig()
+    T = load_extrinsics(cfg_dir / "extrinsics.yaml")
+    sim_config = pytest.importorskip("mmfusion_ros.sim.config")
+    assert np.allclose(T, sim_config.CameraConfig().lidar_to_camera())  # the simulator's camera mount

@@ -107,11 +107,12 @@ def sensor_bag(tmp_path_factory) -> Path:
 
 
 def test_camera_triggered_outputs_carry_the_camera_stamps_and_presence(sensor_bag, random_model_dir, tmp_path,
-                                                                        capsys):
+                                                                        capsys, repo_root):
     out = tmp_path / "out"
     rc = main(["process", str(sensor_bag), "--out", str(out), "--model", str(random_model_dir),
                "--backend", "onnxruntime", "--params", str(params_file(tmp_path, trigger="camera")), "--no-progress",
-               "--render", str(tmp_path / "png")])
+               "--render", str(tmp_path / "png"),
+               "--extrinsics", str(repo_root / "mmfusion_ros" / "config" / "extrinsics.yaml")])
     assert rc == 0, capsys.readouterr().err
     table = capsys.readouterr().out
     assert "| 20 |" in table  # 20 fused frames in the summary
@@ -215,7 +216,16 @@ def test_corrupt_or_missing_bag_is_a_clear_error_with_exit_code_2(tmp_path, rand
     assert rc == 2 and "no such file" in capsys.readouterr().err
 
 
-def test_existing_output_and_missing_model_are_refused(sensor_bag, tmp_path, capsys):
+def test_existing_output_missing_model_and_bad_extrinsics_are_refused(sensor_bag, tmp_path, capsys,
+                                                                      random_model_dir):
+    bad = tmp_path / "bad_extrinsics.yaml"
+    bad.write_text("extrinsics: {translation: [0, 0], rpy: [0, 0, 0]}\n")
+    rc = main(["process", str(sensor_bag), "--out", str(tmp_path / "o0"), "--extrinsics", str(bad),
+               "--model", str(random_model_dir), "--no-progress"])
+    assert rc == 1 and "extrinsics" in capsys.readouterr().err
+    rc = main(["process", str(sensor_bag), "--out", str(tmp_path / "o0"), "--no-progress",
+               "--params", str(params_file(tmp_path, rate_hz=-1.0))])
+    assert rc == 1 and "sync.rate_hz" in capsys.readouterr().err
     (tmp_path / "exists").mkdir()
     rc = main(["process", str(sensor_bag), "--out", str(tmp_path / "exists"), "--no-progress"])
     assert rc == 1 and "already exists" in capsys.readouterr().err
@@ -254,3 +264,14 @@ def test_malformed_messages_are_counted_and_processing_goes_on(tmp_path, random_
     assert by["imu"].rejected == 10 and by["imu"].read == 100
     assert by["audio"].rejected == 1
     assert s.frames == 90
+
+
+def test_header_clock_gives_the_same_camera_frames(sensor_bag, random_model_dir, tmp_path):
+    from mmfusion_ros.ros import offline
+
+    values = offline.load_param_values(params_file(tmp_path, trigger="camera"))
+    opts = offline.OfflineOptions(bag=sensor_bag, out=tmp_path / "out", model_dir=random_model_dir,
+                                  backend="onnxruntime", clock="header", progress=False)
+    s = offline.process_bag(opts, values)
+    per = read_outputs(tmp_path / "out")["/mmfusion/perception"]
+    assert s.frames == 20 and [round(stamp(m), 6) for _, m in per] == [round(t, 6) for t in CAM_STAMPS]

@@ -38,11 +38,14 @@ def test_parse_remaps():
 class Listener:
     """A node in this process that records every message on the topics it is asked for."""
 
+    made = 0
+
     def __init__(self):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        self.node = rclpy.create_node(f"replay_test_{os.getpid()}")
+        Listener.made += 1
+        self.node = rclpy.create_node(f"replay_test_{os.getpid()}_{Listener.made}")
         self.received = {}
         self.lock = threading.Lock()
         self.executor = SingleThreadedExecutor()
@@ -252,6 +255,60 @@ def test_sqlite3_topic_selection(tmp_path, listener):
     assert "/imu/data" not in proc.stdout
 
 
+@pytest.mark.ros
+def test_loop_until_interrupted(tmp_path, listener):
+    import signal
+
+    from mmfusion_msgs.msg import AudioFrame
+
+    bag = tmp_path / "bag_loop"
+    contents = write_bag(bag, "mcap")
+    listener.listen("/audio/audio", AudioFrame)
+    cmd = [sys.executable, "-m", "mmfusion_ros.cli", "replay", str(bag), "--loop", "--rate", "10",
+           "--topics", "/audio/audio", "--wait-subscribers", "15"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        assert listener.wait_for(lambda: len(listener.msgs("/audio/audio")) >= 25, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode in (0, 130), err
+    assert "Traceback" not in err
+    one_pass = [to_stamp(t) for t, _ in contents["/audio/audio"]]
+    got = [stamp(m) for m in listener.msgs("/audio/audio")]
+    assert got[:20] == one_pass + one_pass  # the bag again from its start, same stamps
+    assert "pass(es)" in out
+
+
+@pytest.mark.ros
+def test_replay_node_parameters(tmp_path, listener):
+    from sensor_msgs.msg import Imu
+
+    from mmfusion_msgs.msg import AudioFrame
+
+    bag = tmp_path / "bag_node"
+    contents = write_bag(bag, "mcap")
+    listener.listen("/robot/imu", Imu)
+    listener.listen("/robot/audio", AudioFrame)
+    node = [sys.executable, "-m", "mmfusion_ros.ros.replay", "--ros-args"]
+    cmd = node + ["-p", f"bag:={bag}", "-p", "rate:=4", "-p", "topics:=[/imu/data]", "-p", "wait_subscribers:=15.0",
+                  "-p", "remaps:=['/imu/data:=/robot/imu']"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert listener.wait_for(lambda: len(listener.msgs("/robot/imu")) >= 200, timeout=10)
+    assert [stamp(m) for m in listener.msgs("/robot/imu")] == [to_stamp(t) for t, _ in contents["/imu/data"]]
+    # ROS remapping rules (a launch file's <remap>) apply to the bag's topic names too; and a bare .mcap
+    # file (no metadata.yaml beside it) plays as well
+    (bag / "metadata.yaml").unlink()
+    cmd = node + ["-p", f"bag:={next(bag.glob('*.mcap'))}", "-p", "rate:=4.0", "-p", "topics:=[/audio/audio]", "-p", "wait_subscribers:=15.0",
+                  "-r", "/audio/audio:=/robot/audio"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    assert listener.wait_for(lambda: len(listener.msgs("/robot/audio")) >= 10, timeout=10)
+    bad = subprocess.run(node + ["-p", "rate:=2"], capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert bad.returncode == 2 and "parameter 'bag' is required" in bad.stdout + bad.stderr
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 
@@ -265,8 +322,15 @@ def test_unreadable_bags_exit_2_without_traceback(tmp_path):
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 3])
     no_meta = tmp_path / "no_meta"
     no_meta.mkdir()
+    damaged = tmp_path / "damaged"  # sqlite3 bag whose middle pages are scrambled: fails while playing
+    write_bag(damaged, "sqlite3")
+    db3 = next(damaged.glob("*.db3"))
+    raw = bytearray(db3.read_bytes())
+    for k in range(len(raw) // 3, len(raw) // 2, 97):
+        raw[k] ^= 0x5A
+    db3.write_bytes(bytes(raw))
     cases = [(garbage, "cannot read bag"), (truncated, "cannot read bag"), (no_meta, "without metadata.yaml"),
-             (tmp_path / "missing.bag", "does not exist")]
+             (tmp_path / "missing.bag", "does not exist"), (damaged, "cannot read bag")]
     for path, why in cases:
         proc = run_replay(path, "--rate", 100)
         assert proc.returncode == 2, (path, proc.stdout, proc.stderr)

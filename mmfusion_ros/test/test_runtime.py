@@ -305,3 +305,25 @@ def test_caption_confidence_is_text_cosine_with_encoder(random_model_dir, text_e
     text, conf = b.caption(emb)
     want = float(np.clip(te.encode([text])[0] @ emb, 0.0, 1.0))
     assert conf == pytest.approx(want, abs=1e-6)
+
+
+def test_caption_projects_onto_the_bundles_caption_memory(random_model_dir, tmp_path):
+    b_dir = _copy_bundle(random_model_dir, tmp_path / "b")
+    rng = np.random.default_rng(5)
+    mem = rng.standard_normal((6, 384)).astype(np.float32)
+    mem /= np.linalg.norm(mem, axis=1, keepdims=True)
+    np.savez(b_dir / "caption_memory.npz", texts=np.array([f"t{i}" for i in range(6)]), embeddings=mem.astype(np.float16))
+    data = json.loads((b_dir / "manifest.json").read_text())
+    data["caption_memory"] = "caption_memory.npz"
+    (b_dir / "manifest.json").write_text(json.dumps(data))
+    with_mem = create_backend(b_dir, "onnxruntime", intra_op_threads=1)
+    plain = create_backend(random_model_dir, "onnxruntime", intra_op_threads=1)
+    x = mem[2] + 0.3 * rng.standard_normal(384).astype(np.float32) / np.sqrt(384)  # nearest entry: 2
+    nearest = with_mem.caption_memory()[2]
+    assert with_mem.caption(x)[0] == plain.caption(nearest)[0]
+    with pytest.raises(ValueError, match=r"expected a finite \(384,\) embedding"):
+        with_mem.caption(np.zeros(10, np.float32))
+    (b_dir / "caption_memory.npz").write_bytes(b"not an npz")
+    broken = create_backend(b_dir, "onnxruntime", intra_op_threads=1)
+    with pytest.raises(ValueError, match="cannot read the caption memory"):
+        broken.caption(x)

@@ -207,6 +207,40 @@ def test_bag_loop_resets_all_buffers_with_one_log_line(caplog):
     assert c.stats()["imu"]["newest_stamp"] < T0 + 0.3
 
 
+def test_loop_seen_by_clock_first_with_a_stale_message_in_flight_is_one_reset():
+    lines = []
+    c = Collector(cfg(), log=lines.append)
+    feed_imu(c, T0 + 10, T0 + 13, 100)
+    c.poll(T0 + 13)
+    c.poll(T0 + 0.0)  # /clock of the replay starts over
+    assert not c.add_lidar(T0 + 13.0, cloud())  # sent before the loop, arrives after it: stale
+    c.add_lidar(T0 + 0.05, cloud())
+    feed_imu(c, T0, T0 + 0.3, 100)
+    frames = c.poll(T0 + 0.3)
+    assert len(lines) == 1 and c.stats()["resets"] == 1
+    assert c.stats()["lidar"]["dropped_old"] == 1
+    assert frames and frames[-1].stamps[Modality.LIDAR] == T0 + 0.05
+
+
+def test_loop_seen_by_messages_first_then_by_the_clock_is_one_reset():
+    lines = []
+    c = Collector(cfg(), log=lines.append)
+    feed_imu(c, T0 + 10, T0 + 13, 100)
+    c.poll(T0 + 13)
+    feed_imu(c, T0, T0 + 0.05, 100)  # the messages start over first
+    assert c.poll(T0 + 13.01) == []  # the clock has not followed yet
+    feed_imu(c, T0 + 0.05, T0 + 0.3, 100)
+    frames = c.poll(T0 + 0.3)  # now it has
+    assert len(lines) == 1 and c.stats()["resets"] == 1
+    assert frames and frames[-1].stamp == pytest.approx(T0 + 0.3)
+    # a later loop is a new jump, reported again
+    feed_imu(c, T0 + 0.3, T0 + 3, 100)
+    c.poll(T0 + 3)
+    feed_imu(c, T0, T0 + 0.1, 100)
+    c.poll(T0 + 0.1)
+    assert len(lines) == 2 and c.stats()["resets"] == 2
+
+
 def test_clock_jump_back_resets_with_rate_trigger():
     lines = []
     c = Collector(cfg(), log=lines.append)
@@ -231,6 +265,10 @@ def test_bad_input_raises_a_clear_error():
         c.add_imu(float("nan"), np.zeros(3), np.zeros(3))
     with pytest.raises(ValueError, match="imu"):
         c.add_imu(T0, np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        c.add_imu(T0, [0, np.nan, 0], np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        c.add_audio(T0, np.array([[0.0], [np.inf]], np.float32), 16000)
     assert c.stats()["frames"] == 0
 
 

@@ -98,7 +98,7 @@ def synth(tmp_path_factory):
 
 def _cfg(tmp_path, synth, **kw):
     d = dict(model="tiny", data=str(synth), out=str(tmp_path / "run"), threads=1, batch_size=32, lr=3e-3,
-             epochs={"camera": 4, "bind": 3, "fusion": 2, "caption": 2, "events": 2},
+             epochs={"camera": 8, "bind": 8, "fusion": 2, "caption": 2, "events": 2},
              text_cache=str(tmp_path.parent / "text_cache"))
     d.update(kw)
     p = tmp_path / "cfg.yaml"

@@ -19,8 +19,18 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-#: Bench modules in report order (each optional: a missing one is reported, not fatal).
-MODULES = ["models", "pipeline", "ros_io", "perception", "sim", "graph"]
+#: Bench modules in report order (each optional: a missing one is reported, not fatal); any other
+#: bench/*.py module found next to these is run after them.
+KNOWN_MODULES = ["models", "pipeline", "ros_io", "node", "perception", "sim", "graph"]
+
+
+def _discover() -> List[str]:
+    here = Path(__file__).resolve().parent
+    extra = sorted(p.stem for p in here.glob("*.py") if p.stem != "__init__" and p.stem not in KNOWN_MODULES)
+    return KNOWN_MODULES[:-1] + extra + KNOWN_MODULES[-1:]  # the long graph run last
+
+
+MODULES = _discover()
 #: Modules a --quick run covers (model latencies and the pipeline tick: under a minute).
 QUICK_MODULES = ["models", "pipeline"]
 ENV_MODEL = "MMFUSION_BENCH_MODEL"
@@ -139,8 +149,27 @@ def machine() -> Dict[str, str]:
         cores += f" ({avail} usable by this process)"
     except AttributeError:
         pass
+    try:
+        load = "load average %.1f / %.1f / %.1f (1/5/15 min) when the report was written" % os.getloadavg()
+    except OSError:
+        load = "load average unknown"
     return {"cpu": cpu, "cores": cores, "ram": ram, "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "gpu": "none used (no CUDA GPU on this machine)"}
+            "python": platform.python_version(), "gpu": _gpu_name(), "load": load}
+
+
+def _gpu_name() -> str:
+    import shutil as _sh
+    import subprocess
+
+    if _sh.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+            if out:
+                return out.replace("\n", ", ")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "none (no CUDA GPU on this machine)"
 
 
 def section(title: str, columns: List[str], rows: List[list], notes: str = "") -> dict:

@@ -11,6 +11,7 @@ by ros/messages.py / ros/markers.py and serialised to CDR (what rclpy's publish 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Dict, List
 
@@ -67,7 +68,7 @@ def node_overhead(quick: bool) -> dict:
     from rclpy.serialization import serialize_message
 
     from mmfusion_ros.core.sync import Collector, SyncConfig
-    from mmfusion_ros.core.types import FusionResult, Modality
+    from mmfusion_ros.core.types import FusionResult
     from mmfusion_ros.ros import conversions as conv
     from mmfusion_ros.ros import messages as M
 
@@ -192,19 +193,31 @@ def pipeline_tick(quick: bool) -> dict:
     T = np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], np.float64)  # lidar x fwd -> optical
     n = 30 if quick else 150
     rows = []
-    variants = [("all four modalities, perception on", dict(image=img, camera=intr, lidar=cloud), True),
-                ("all four modalities, perception off", dict(image=img, camera=intr, lidar=cloud), False),
-                ("IMU only (the Husky bag)", {}, False)]
-    for title, kw, perc in variants:
+    full = dict(image=img, camera=intr, lidar=cloud)
+    variants = [("all four modalities, perception on", full, True, None),
+                ("all four modalities, perception off", full, False, None),
+                ("IMU only (the Husky bag)", {}, False, None)]
+    try:
+        # numpy's BLAS threads fight over the cores on small matrices (log-mel, clustering): show the
+        # same ticks with BLAS limited to one thread, what OPENBLAS_NUM_THREADS=1 gives a node
+        from threadpoolctl import threadpool_limits
+
+        variants += [(t + ", BLAS 1 thread", kw, perc, threadpool_limits) for t, kw, perc, _ in variants[:2]]
+    except ImportError:
+        pass
+    for title, kw, perc, limits in variants:
+        ctx = limits(limits=1, user_api="blas") if limits else contextlib.nullcontext()
         pipe = Pipeline(backend, PipelineConfig(caption_every_n=5, enable_perception=perc), labels, emb,
                         perception=perception, T_cam_lidar=T)
         res = []
-        for i in range(n + 5):
-            f = SensorFrame(stamp=i / FRAME_HZ, imu=(rng.standard_normal((400, 6)) * 0.1).astype(np.float32),
-                            audio=(0.1 * rng.standard_normal(AUDIO_RATE)).astype(np.float32) if kw else None, **kw)
-            r = pipe.process(f)
-            if i >= 5:
-                res.append(r.timings_ms)
+        with ctx:
+            for i in range(n + 5):
+                f = SensorFrame(stamp=i / FRAME_HZ, imu=(rng.standard_normal((400, 6)) * 0.1).astype(np.float32),
+                                audio=(0.1 * rng.standard_normal(AUDIO_RATE)).astype(np.float32) if kw else None,
+                                **kw)
+                r = pipe.process(f)
+                if i >= 5:
+                    res.append(r.timings_ms)
         tot = [r["total"] for r in res]
         cap = [r["total"] for r in res if not r.get("caption_reused")]
         reuse = [r["total"] for r in res if r.get("caption_reused")]
@@ -220,7 +233,7 @@ def pipeline_tick(quick: bool) -> dict:
         ["frame", "p50", "p99", "p50 caption decoded", "p50 caption reused", "preprocess", "encode", "fuse",
          "caption", "events", "perception"], rows,
         f"{n} ticks per row after 5 warm-up ones; caption decoded every 5th frame; model: "
-        f"{model_label(model_dir)}; onnxruntime threads: default. Camera 640x480, LiDAR 65,536 points "
+        f"{model_label(model_dir)}; onnxruntime threads: default; numpy BLAS threads: default unless the row says 1. Camera 640x480, LiDAR 65,536 points "
         "(ground + 3 boxes), 1 s audio at 16 kHz, 2 s IMU at 200 Hz. Stage columns are medians.")
 
 

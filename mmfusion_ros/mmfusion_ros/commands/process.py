@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="read bag topic FROM as TO (repeatable), e.g. /os1/points:=lidar/points")
     p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
                    help="process only these bag topics (default: every input topic in the bag)")
+    p.add_argument("--extrinsics", default=None, metavar="YAML",
+                   help="camera-LiDAR transform (config/extrinsics.yaml layout) so objects get camera labels")
     p.add_argument("--render", default=None, metavar="DIR", help="also write a PNG per fused frame into DIR")
     p.add_argument("--clock", default="log", choices=["log", "header"],
                    help="time that drives the collector: the bag's log time (like /clock on replay) or "
@@ -57,7 +59,7 @@ def run(args) -> int:
         opts = offline.OfflineOptions(
             bag=Path(args.bag), out=Path(args.out), model_dir=Path(args.model) if args.model else None,
             backend=args.backend, params_file=params, remaps=offline.parse_remaps(args.remap),
-            topics=args.topics, render_dir=Path(args.render) if args.render else None, clock=args.clock,
+            topics=args.topics, extrinsics=Path(args.extrinsics) if args.extrinsics else None, render_dir=Path(args.render) if args.render else None, clock=args.clock,
             progress=not args.no_progress, intra_op_threads=args.threads)
         summary = offline.process_bag(opts, values)
     except offline.BagError as e:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         stats = replay(opts, node, should_stop=lambda: not rclpy.ok())
         print(stats.summary())
-        return 0
+        return 130 if stats.interrupted else 0
     except ReplayError as e:
         print(f"mmfusion replay: error: {e}", file=sys.stderr)
         return 2

@@ -160,6 +160,11 @@ class Collector:
         self._next_tick: Optional[int] = None  # index k of the next rate tick at k / rate_hz
         self._last_now: Optional[float] = None
         self._resets = 0
+        # After a jump the clock and the sensor messages cross it at slightly different moments (a
+        # replayed /clock vs in-flight messages): until time has moved on by reset_jump_s from the
+        # jump, further jumps belong to the same one and reset silently. (time at the jump, by clock?)
+        self._jump: Optional[Tuple[float, bool]] = None
+        self._progress = -math.inf  # newest time (accepted stamp or now) since the last jump
         self._frames = 0
         self._empty = 0  # ticks where no modality had data (no frame emitted)
         self._audio_rate: Optional[int] = None
@@ -180,7 +185,8 @@ class Collector:
         self._camera_info = camera
 
     def add_lidar(self, stamp: float, points: np.ndarray, frame_id: Optional[str] = None) -> bool:
-        """(N,4) float32 x,y,z,intensity in the LiDAR frame (N may be 0: an empty sweep is still a sweep)."""
+        """(N,4) float32 x,y,z,intensity in the LiDAR frame (N may be 0: an empty sweep is still a sweep).
+        Non-finite points are kept as given (conversions drop and count them; the BEV grid skips them)."""
         pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] != 4:
             raise ValueError(f"lidar: expected (N,4) x,y,z,intensity, got shape {pts.shape}")
@@ -195,6 +201,8 @@ class Collector:
             raise ValueError(f"audio: expected (S,C) samples with S,C >= 1, got shape {np.shape(samples)}")
         if not isinstance(rate, (int, np.integer)) or rate <= 0:
             raise ValueError(f"audio: sample rate must be a positive integer, got {rate!r}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("audio: samples contain NaN or inf")
         if self._audio_rate is not None and rate != self._audio_rate and len(self._buf[Modality.AUDIO]):
             self._warn(f"audio sample rate changed {self._audio_rate} -> {rate} Hz: dropping buffered audio")
             self._buf[Modality.AUDIO].clear()
@@ -207,6 +215,8 @@ class Collector:
         row = np.concatenate([np.asarray(accel, np.float32).reshape(-1), np.asarray(gyro, np.float32).reshape(-1)])
         if row.shape != (6,):
             raise ValueError(f"imu: expected accel (3,) and gyro (3,), got {np.shape(accel)} and {np.shape(gyro)}")
+        if not np.all(np.isfinite(row)):
+            raise ValueError(f"imu: sample contains NaN or inf: {row.tolist()}")
         return self._insert(Modality.IMU, stamp, row)
 
     # ---- output ------------------------------------------------------------------------------------
@@ -215,9 +225,13 @@ class Collector:
         now = float(now)
         if not math.isfinite(now):
             raise ValueError(f"poll: now must be finite, got {now}")
-        if self._last_now is not None and now < self._last_now - self.cfg.reset_jump_s:
-            self._reset(f"clock jumped back {self._last_now - now:.3f} s")
+        jump = self.cfg.reset_jump_s
+        if self._jump is not None and not self._jump[1] and now > self._jump[0] + jump:
+            return []  # messages jumped back, the clock has not followed yet: nothing is due on it
+        if self._last_now is not None and now < self._last_now - jump:
+            self._reset(f"clock jumped back {self._last_now - now:.3f} s", now, by_clock=True)
         self._last_now = now if self._last_now is None else max(now, self._last_now)
+        self._advance(now)
         due = now - self.cfg.delay_s
         times: List[float] = []
         if self._trigger is None:
@@ -271,7 +285,10 @@ class Collector:
         stamp = self._check_stamp(modality, stamp)
         buf, cnt = self._buf[modality], self._counters[modality]
         if buf.newest is not None and stamp < buf.newest - self.cfg.reset_jump_s:
-            self._reset(f"{modality.value} stamp jumped back {buf.newest - stamp:.3f} s")
+            self._reset(f"{modality.value} stamp jumped back {buf.newest - stamp:.3f} s", stamp, by_clock=False)
+        elif self._jump is not None and self._jump[1] and stamp > self._progress + self.cfg.reset_jump_s:
+            cnt.dropped_old += 1  # sent before the clock jumped back: stale in the new timeline
+            return False
         status = buf.insert(stamp, item)
         if status == "duplicate":
             cnt.duplicates += 1
@@ -280,6 +297,7 @@ class Collector:
             cnt.dropped_old += 1
             return False
         cnt.received += 1
+        self._advance(stamp)
         if status == "out_of_order":
             cnt.out_of_order += 1
         if modality == self._trigger:
@@ -291,14 +309,23 @@ class Collector:
                 bisect.insort(self._pending, t)
         return True
 
-    def _reset(self, why: Optional[str]) -> None:
+    def _advance(self, t: float) -> None:
+        """Time t was seen since the last jump; the jump is over once time moved reset_jump_s past it."""
+        if self._jump is not None:
+            self._progress = max(self._progress, t)
+            if self._progress > self._jump[0] + self.cfg.reset_jump_s:
+                self._jump = None
+
+    def _reset(self, why: Optional[str], at: float = 0.0, by_clock: bool = False) -> None:
         for b in self._buf.values():
             b.clear()
         self._pending.clear()
         self._last_trigger = None
         self._next_tick = None
         self._last_now = None
-        if why is not None:
+        if why is not None and self._jump is None:
+            self._jump = (at, by_clock)
+            self._progress = at
             self._resets += 1
             self._warn(f"time jumped backwards ({why}): sync buffers reset (reset #{self._resets})")
 

@@ -47,7 +47,7 @@ def header_stamp(msg: Any) -> float:
     header = getattr(msg, "header", None)
     if header is None:
         raise ConversionError(f"{_type_name(msg)}.header", "missing")
-    return stamp_to_sec(header.stamp)
+    return stamp_to_sec(getattr(header, "stamp", None))
 
 
 def sec_to_time_parts(t: float) -> Tuple[int, int]:
@@ -86,6 +86,8 @@ def _uint8_buffer(data: Any, field: str) -> np.ndarray:
     if isinstance(data, np.ndarray):
         if data.dtype == np.uint8 and data.ndim == 1:
             return data
+        if data.dtype.kind not in "biuf":
+            raise ConversionError(field, f"array of dtype {data.dtype} is not raw bytes")
         return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     if isinstance(data, (bytes, bytearray, memoryview, array.array)):
         return np.frombuffer(data, dtype=np.uint8)

@@ -98,6 +98,8 @@ class FusionNode(Node):
         self._bundle_prompts: Dict[str, Tuple[str, np.ndarray]] = {}
         self._model_dir: Optional[Path] = None
         self._markers = None  # ros/markers.MarkerArrayBuilder while configured
+        self._perception_cfg = None  # core.perception.PerceptionConfig when perception is enabled
+        self._T_cam_lidar: Optional[np.ndarray] = None  # (4, 4) from perception.extrinsics_file
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._active = False
@@ -133,7 +135,18 @@ class FusionNode(Node):
         try:
             values = P.validate({spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS})
             sync_cfg = SyncConfig(**P.sync_kwargs(values)).validate()
-        except ValueError as e:
+            self._perception_cfg, self._T_cam_lidar = None, None
+            if values["perception.enabled"]:
+                from mmfusion_ros.core.perception import PerceptionConfig, load_extrinsics
+
+                self._perception_cfg = PerceptionConfig.from_dict(P.perception_dict(values))
+                path = P.extrinsics_file(values["perception.extrinsics_file"])
+                try:
+                    self._T_cam_lidar = load_extrinsics(path)  # (4, 4) LiDAR frame -> camera optical frame
+                except Exception as e:  # noqa: BLE001 - unreadable or invalid file: name the parameter
+                    raise P.ParamError("perception.extrinsics_file", f"{path}: {e}") from None
+                self.get_logger().info(f"camera labels for 3D objects use the extrinsics in {path}")
+        except (ValueError, OSError) as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self._values = values
@@ -243,16 +256,13 @@ class FusionNode(Node):
 
         v = self._values
         perception = None
-        if v["perception.enabled"]:
-            try:
-                from mmfusion_ros.core.perception import Perception, PerceptionConfig
-            except ImportError as e:
-                self.get_logger().warning(f"perception disabled: {e}")
-            else:
-                perception = Perception(PerceptionConfig.from_dict(P.perception_dict(v)))
+        if self._perception_cfg is not None:
+            from mmfusion_ros.core.perception import Perception
+
+            perception = Perception(self._perception_cfg)
         cfg = PipelineConfig(top_k=v["pipeline.top_k"], caption_every_n=v["pipeline.caption_every_n"],
                              enable_perception=v["perception.enabled"])
-        return Pipeline(self._backend, cfg, labels, emb, perception=perception)
+        return Pipeline(self._backend, cfg, labels, emb, perception=perception, T_cam_lidar=self._T_cam_lidar)
 
     def embed_prompts(self, prompts: List[str]) -> Tuple[List[str], np.ndarray]:
         """Prompts -> (labels, (P,D) embeddings), once: the bundle's prompts.json where it has the text
@@ -480,7 +490,10 @@ def main(args: Optional[List[str]] = None) -> int:
     code = 0
     try:
         autostart = node.get_parameter("autostart").value
-        if autostart is True:
+        if not isinstance(autostart, bool):
+            node.get_logger().error(f"parameter 'autostart': expected true or false, got {autostart!r}; "
+                                    f"waiting for a lifecycle manager")
+        elif autostart:
             node.trigger_configure()
             if node.state == "inactive":
                 node.trigger_activate()

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -38,7 +37,7 @@ INPUT_TYPES: Dict[str, str] = {
     "audio": "mmfusion_msgs/msg/AudioFrame",
     "imu": "sensor_msgs/msg/Imu",
 }
-#: output name -> (message type, how a FusionResult becomes it: function name in ros/messages.py)
+#: output name (as in ros/params.py OUTPUT_TOPICS) -> message type written
 OUTPUT_TYPES: Dict[str, str] = {
     "perception": "mmfusion_msgs/msg/FusedPerception",
     "caption": "mmfusion_msgs/msg/Caption",
@@ -80,9 +79,11 @@ def load_param_values(params_file: Optional[Path], overrides: Optional[Dict[str,
             name = str(key).rstrip("/").split("/")[-1]
             if name in (P.NODE_NAME, "**") and isinstance(node, dict) and "ros__parameters" in node:
                 values.update(P.flatten(node["ros__parameters"] or {}))
-        unknown = set(values) - set(P.SPECS)
-        if unknown:
-            raise P.ParamError(sorted(unknown)[0], f"unknown parameter in {path}")
+        unknown = sorted(set(values) - set(P.SPECS))
+        if unknown:  # the node ignores undeclared parameters in a params file too
+            log.warning("%s: ignoring parameters the node does not declare: %s", path, ", ".join(unknown))
+            for k in unknown:
+                del values[k]
     values.update(overrides or {})
     return P.validate(values)
 
@@ -127,6 +128,8 @@ class OfflineOptions:
     remaps: Dict[str, str] = field(default_factory=dict)  # bag topic -> topic it is read as
     topics: Optional[List[str]] = None  # read only these bag topics (names as in the bag); None = all inputs
     render_dir: Optional[Path] = None  # write a PNG per fused frame here (core/render.py)
+    extrinsics: Optional[Path] = None  # YAML with the camera-LiDAR transform (config/extrinsics.yaml layout);
+    # None = objects are not labelled through the camera (no transform is guessed)
     clock: str = "log"  # what drives the collector: "log" (bag receive time) or "header" (newest header stamp)
     progress: bool = True  # show a tqdm progress bar
     intra_op_threads: Optional[int] = None  # backend threads; None = backend.intra_op_threads from the params
@@ -288,8 +291,36 @@ def _renderer() -> Optional[Callable]:
     return getattr(render, "render_frame", None)
 
 
-def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None,
-                backend=None, pipeline_factory: Optional[Callable] = None) -> Summary:
+def build_pipeline(values: Dict[str, Any], opts: OfflineOptions) -> Pipeline:
+    """Backend, prompt embeddings (once), perception and Pipeline from the node's parameter values."""
+    from mmfusion_ros.runtime import create_backend
+
+    T_cam_lidar = None
+    if opts.extrinsics is not None:
+        from mmfusion_ros.core.perception import load_extrinsics
+
+        T_cam_lidar = load_extrinsics(opts.extrinsics)  # (4, 4)
+    model_dir = Path(opts.model_dir) if opts.model_dir else P.resolve_model_dir(values["model.dir"])
+    if not (model_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"model bundle {model_dir} has no manifest.json")
+    threads = values["backend.intra_op_threads"] if opts.intra_op_threads is None else opts.intra_op_threads
+    backend = create_backend(str(model_dir), opts.backend or values["backend.type"],
+                             **({"intra_op_threads": threads} if threads else {}))
+    labels, emb = embed_prompts(model_dir, [p.strip() for p in values["model.prompts"]])
+    perception = None
+    if values["perception.enabled"]:
+        try:
+            from mmfusion_ros.core.perception import Perception, PerceptionConfig
+        except ImportError as e:
+            log.warning("perception disabled: %s", e)
+        else:
+            perception = Perception(PerceptionConfig.from_dict(P.perception_dict(values)))
+    cfg = PipelineConfig(top_k=values["pipeline.top_k"], caption_every_n=values["pipeline.caption_every_n"],
+                         enable_perception=values["perception.enabled"])
+    return Pipeline(backend, cfg, labels, emb, perception=perception, T_cam_lidar=T_cam_lidar)
+
+
+def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -> Summary:
     """Run a bag through Collector + Pipeline and write the output bag; returns what happened.
 
     Raises BagError (unreadable input), FileExistsError (output exists), FileNotFoundError (no model),
@@ -314,38 +345,10 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None,
         if not routes:
             raise ValueError(f"{opts.bag}: no input topics to process (inputs are "
                              f"{[values[f'topics.{n}'] for n in INPUT_TYPES]}; use --remap FROM:=TO)")
-        # the model: only now, so a bad bag fails fast
-        if backend is None:
-            from mmfusion_ros.runtime import create_backend
-
-            model_dir = Path(opts.model_dir) if opts.model_dir else P.resolve_model_dir(values["model.dir"])
-            if not (model_dir / "manifest.json").is_file():
-                raise FileNotFoundError(f"model bundle {model_dir} has no manifest.json")
-            threads = values["backend.intra_op_threads"] if opts.intra_op_threads is None else opts.intra_op_threads
-            btype = opts.backend or values["backend.type"]
-            kw = {"intra_op_threads": threads} if threads else {}
-            backend = create_backend(str(model_dir), btype, **kw)
-        else:
-            model_dir = Path(opts.model_dir) if opts.model_dir else None
-        if pipeline_factory is not None:
-            pipe = pipeline_factory(backend)
-        else:
-            labels, emb = embed_prompts(model_dir, [p.strip() for p in values["model.prompts"]])
-            perception = None
-            if values["perception.enabled"]:
-                try:
-                    from mmfusion_ros.core.perception import Perception, PerceptionConfig
-                except ImportError as e:
-                    log.warning("perception disabled: %s", e)
-                else:
-                    perception = Perception(PerceptionConfig.from_dict(P.perception_dict(values)))
-            pcfg = PipelineConfig(top_k=values["pipeline.top_k"], caption_every_n=values["pipeline.caption_every_n"],
-                                  enable_perception=values["perception.enabled"])
-            pipe = Pipeline(backend, pcfg, labels, emb, perception=perception)
+        pipe = build_pipeline(values, opts)  # only now, so a bad bag fails before the model loads
         sync_cfg = SyncConfig(**P.sync_kwargs(values), audio_rate=pipe.preprocess.audio_rate,
                               imu_rate=pipe.preprocess.imu_rate, frame_id=values["frame_id"])
-        lines: List[str] = []
-        collector = Collector(sync_cfg, log=lambda s: (lines.append(s), log.warning(s)))
+        collector = Collector(sync_cfg, log=log)
         feeder = _Feeder(collector)
         serialize = _serializer()
         markers_fn = _markers_builder() if values.get("topics.markers") else None
@@ -435,6 +438,7 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None,
                 emit(collector.poll(now + sync_cfg.delay_s + sync_cfg.lookahead_s + 1e-3))
         summary.wall_s = time.perf_counter() - t_wall
         summary.sync = collector.stats()
+        pipe.backend.close()
     finally:
         reader.close()
     return summary

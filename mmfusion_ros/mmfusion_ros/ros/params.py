@@ -38,6 +38,8 @@ OUTPUT_TOPICS: Dict[str, str] = {
 }
 #: Inputs that carry a continuous stream cut into windows: every message matters, so they queue a few.
 STREAM_INPUTS = ("audio", "imu")
+#: perception.* parameters the node itself uses (the others are PerceptionConfig fields).
+NODE_ONLY_PERCEPTION = ("perception.enabled", "perception.extrinsics_file")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 TRIGGERS = ("rate",) + tuple(m.value for m in SENSOR_MODALITIES)
 RELIABILITY = ("best_effort", "reliable")
@@ -165,6 +167,8 @@ def _table() -> List[ParamSpec]:
         P("pipeline.top_k", 5, "labels published per frame", min=1, max=100),
         P("pipeline.caption_every_n", 5, "generate a caption every n fused frames (reused in between)", min=1),
         P("perception.enabled", True, "cluster the LiDAR cloud into labelled 3D objects"),
+        P("perception.extrinsics_file", "", "LiDAR-to-camera extrinsics YAML (config/extrinsics.yaml format); "
+                                            "empty = that file, the simulated robot's"),
         P("diagnostics.period_s", 1.0, "seconds between /diagnostics messages", min=0.0, min_exclusive=True),
     ]
     rows += _perception_rows()
@@ -185,7 +189,7 @@ def _perception_rows() -> List[ParamSpec]:
             v = getattr(obj, f.name)
             if dataclasses.is_dataclass(v):
                 walk(v, f"{prefix}{f.name}.")
-            elif isinstance(v, (bool, int, float, str)) and f"{prefix}{f.name}" != "perception.enabled":
+            elif isinstance(v, (bool, int, float, str)) and f"{prefix}{f.name}" not in NODE_ONLY_PERCEPTION:
                 rows.append(ParamSpec(f"{prefix}{f.name}", v, f"PerceptionConfig {prefix[11:]}{f.name}"))
 
     walk(PerceptionConfig(), "perception.")
@@ -216,6 +220,8 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         raise ParamError("pipeline.top_k", f"{out['pipeline.top_k']} is more than the {len(prompts)} prompts")
     if out["model.dir"] and not Path(os.path.expanduser(out["model.dir"])).is_dir():
         raise ParamError("model.dir", f"{out['model.dir']!r} is not a folder")
+    if out["perception.extrinsics_file"] and not Path(os.path.expanduser(out["perception.extrinsics_file"])).is_file():
+        raise ParamError("perception.extrinsics_file", f"{out['perception.extrinsics_file']!r} is not a file")
     inputs = [n for n in INPUT_TOPICS if n != "camera_info" and out[f"topics.{n}"]]
     if not inputs:
         raise ParamError("topics.*", "every sensor input is switched off")
@@ -252,6 +258,24 @@ def default_model_dir() -> Path:
         + "); set the parameter model.dir to a bundle folder")
 
 
+def extrinsics_file(value: str) -> Path:
+    """`perception.extrinsics_file`, or config/extrinsics.yaml from the share directory (else this source tree)."""
+    if value:
+        return Path(os.path.expanduser(value))
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("mmfusion_ros")) / "config" / "extrinsics.yaml")
+    except Exception:  # noqa: BLE001 - not installed: the source tree
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "config" / "extrinsics.yaml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError("config/extrinsics.yaml not found; set perception.extrinsics_file")
+
+
 def resolve_model_dir(value: str) -> Path:
     """`model.dir` as given (with ~ expanded), or the shipped bundle when empty."""
     return Path(os.path.expanduser(value)).resolve() if value else default_model_dir()
@@ -276,10 +300,10 @@ def sync_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def perception_dict(values: Dict[str, Any]) -> Dict[str, Any]:
-    """perception.* values (without `enabled`) as the nested dict PerceptionConfig.from_dict takes."""
+    """perception.* values (without the node's own ones) as the nested dict PerceptionConfig.from_dict takes."""
     out: Dict[str, Any] = {}
     for name, v in values.items():
-        if not name.startswith("perception.") or name == "perception.enabled":
+        if not name.startswith("perception.") or name in NODE_ONLY_PERCEPTION:
             continue
         keys = name.split(".")[1:]
         d = out
@@ -287,3 +311,24 @@ def perception_dict(values: Dict[str, Any]) -> Dict[str, Any]:
             d = d.setdefault(k, {})
         d[keys[-1]] = v
     return out
+
+
+def perception_yaml() -> str:
+    """The perception.* group of config/mmfusion.yaml as the table has it (paste it in when PerceptionConfig changes)."""
+    lines = ["    perception:"]
+    for p in PARAMS:
+        if not p.name.startswith("perception."):
+            continue
+        keys = p.name.split(".")[1:]
+        for depth, k in enumerate(keys[:-1]):
+            head = "      " + "  " * depth + f"{k}:"
+            if head not in lines:
+                lines.append(head)
+        v = p.default
+        text = ("true" if v else "false") if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) else repr(v))
+        lines.append("      " + "  " * (len(keys) - 1) + f"{keys[-1]}: {text}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m mmfusion_ros.ros.params: print the perception group for the yaml
+    print(perception_yaml())

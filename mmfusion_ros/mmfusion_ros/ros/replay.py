@@ -83,7 +83,7 @@ class ReplayOptions:
     qos_depth: int = 100  # history depth of reliable publishers
     wait_subscribers: float = 0.0  # seconds to wait, before playing, until every topic has a subscriber
     late_threshold: float = 0.005  # a message published later than this after its due time counts as late
-    spin_window: float = 0.002  # busy-wait this long before each due time (sleep() wakes up late)
+    spin_window: float = 0.001  # busy-wait this long before each due time (sleep() wakes up late)
 
     def validate(self) -> None:
         if not (self.rate > 0 and np.isfinite(self.rate)):
@@ -199,7 +199,7 @@ class Scheduler:
     the short spin keeps publication within tens of microseconds of schedule.
     """
 
-    def __init__(self, rate: float = 1.0, spin_window: float = 0.002, on_idle: Optional[Callable[[float], float]] = None):
+    def __init__(self, rate: float = 1.0, spin_window: float = 0.001, on_idle: Optional[Callable[[float], float]] = None):
         self.rate = rate
         self.spin_window = spin_window
         self.on_idle = on_idle  # called with the wall time while waiting; returns the next wall time it wants
@@ -247,33 +247,42 @@ class ReplayStats:
 
     published: Dict[str, int] = field(default_factory=dict)  # out topic -> messages
     lateness: List[float] = field(default_factory=list)  # seconds, one per message
+    lateness_by_topic: Dict[str, List[float]] = field(default_factory=dict)  # out topic -> seconds per message
     late_threshold: float = 0.005
     clock_published: int = 0
     loops: int = 0
     wall_s: float = 0.0
+    interrupted: bool = False  # stopped by Ctrl-C / shutdown before the end
+    dropped: int = 0  # ROS 1 messages that did not convert to ROS 2 (corrupt), skipped
 
     def record(self, topic: str, late: float) -> None:
         self.published[topic] = self.published.get(topic, 0) + 1
         self.lateness.append(late)
+        self.lateness_by_topic.setdefault(topic, []).append(late)
 
     @property
     def late(self) -> int:
         return int(np.count_nonzero(np.asarray(self.lateness) > self.late_threshold))
 
     def summary(self) -> str:
-        lines = [f"{'topic':<40} {'messages':>9}"]
-        lines += [f"{t:<40} {n:>9}" for t, n in sorted(self.published.items())]
+        lines = [f"{'topic':<40} {'messages':>9} {'max late ms':>12}"]
+        lines += [
+            f"{t:<40} {n:>9} {max(self.lateness_by_topic[t]) * 1e3:>12.3f}" for t, n in sorted(self.published.items())
+        ]
         if self.clock_published:
             lines.append(f"{CLOCK_TOPIC:<40} {self.clock_published:>9}")
         if self.lateness:
             lat = np.asarray(self.lateness) * 1e3
             lines.append(
-                f"{sum(self.published.values())} messages in {self.wall_s:.2f} s, {self.loops} pass(es); "
+                f"{sum(self.published.values())} messages in {self.wall_s:.2f} s, {self.loops} pass(es)"
+                f"{' (interrupted)' if self.interrupted else ''}; "
                 f"lateness p50 {np.percentile(lat, 50):.3f} ms, p99 {np.percentile(lat, 99):.3f} ms, "
                 f"max {lat.max():.3f} ms; {self.late} later than {self.late_threshold * 1e3:.1f} ms"
             )
         else:
             lines.append("no messages published")
+        if self.dropped:
+            lines.append(f"{self.dropped} corrupt message(s) dropped")
         return "\n".join(lines)
 
 
@@ -323,7 +332,13 @@ def replay(opts: ReplayOptions, node, should_stop: Callable[[], bool] = lambda: 
         if not plans:
             raise ReplayError(f"nothing to play in {opts.bag}: no topic with an importable message type")
         qos = _qos(opts)
-        pubs = {p.out_topic: node.create_publisher(p.msg_class, p.out_topic, qos) for p in plans}
+        pubs = {}
+        for p in plans:
+            if p.out_topic in pubs:
+                if pubs[p.out_topic].msg_type is not p.msg_class:
+                    raise ReplayError(f"two bag topics of different types would publish on {p.out_topic}")
+                continue
+            pubs[p.out_topic] = node.create_publisher(p.msg_class, p.out_topic, qos)
         clock_pub = None
         if opts.clock:
             from rclpy.qos import QoSProfile
@@ -340,17 +355,16 @@ def replay(opts: ReplayOptions, node, should_stop: Callable[[], bool] = lambda: 
         next_tick = [0.0]
         sched = Scheduler(opts.rate, opts.spin_window)
 
-        def publish_clock(bag_t: float) -> None:
+        def publish_clock(ns: int) -> None:
             from builtin_interfaces.msg import Time
             from rosgraph_msgs.msg import Clock
 
-            ns = int(round(bag_t * 1e9))
             clock_pub.publish(Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)))
             stats.clock_published += 1
 
         def on_idle(now: float) -> float:
             if now >= next_tick[0]:
-                publish_clock(sched.bag_time(now))
+                publish_clock(int(round(sched.bag_time(now) * 1e9)))
                 next_tick[0] = now + clock_period / opts.rate
             return next_tick[0]
 
@@ -360,24 +374,38 @@ def replay(opts: ReplayOptions, node, should_stop: Callable[[], bool] = lambda: 
             f"playing {opts.bag} at {opts.rate}x: " + ", ".join(f"{p.topic}->{p.out_topic}" if p.topic != p.out_topic else p.topic for p in plans)
         )
         wall_begin = time.perf_counter()
-        while not should_stop():
-            stats.loops += 1
-            sched.reset(bag_start * 1e-9)
-            next_tick[0] = 0.0
-            n_this_pass = 0
-            for plan, t_ns, raw in _messages(reader, plans, bag_start, stop_ns):
-                if should_stop():
+        try:
+            while not should_stop():
+                stats.loops += 1
+                sched.reset(bag_start * 1e-9)
+                next_tick[0] = 0.0
+                n_this_pass = 0
+                messages = _messages(reader, plans, bag_start, stop_ns)
+                while not should_stop():
+                    try:
+                        plan, t_ns, raw = next(messages)
+                    except StopIteration:
+                        break
+                    except Exception as e:  # noqa: BLE001 - storage plugins raise assorted types on corrupt data
+                        raise ReplayError(f"cannot read bag {opts.bag} after {n_this_pass} messages: {e}") from None
+                    try:
+                        cdr = plan.to_cdr(raw)
+                    except Exception as e:  # noqa: BLE001 - a corrupt ROS 1 message: drop it, keep playing
+                        stats.dropped += 1
+                        log.warning(f"dropped a message on {plan.topic} that does not convert: {e}", throttle_duration_sec=5.0)
+                        continue
+                    late = sched.wait(t_ns * 1e-9)
+                    if clock_pub is not None:
+                        publish_clock(t_ns)
+                        next_tick[0] = time.perf_counter() + clock_period / opts.rate
+                    pubs[plan.out_topic].publish(cdr)
+                    stats.record(plan.out_topic, late)
+                    n_this_pass += 1
+                if not opts.loop or n_this_pass == 0:
                     break
-                cdr = plan.to_cdr(raw)
-                late = sched.wait(t_ns * 1e-9)
-                if clock_pub is not None:
-                    publish_clock(t_ns * 1e-9)
-                    next_tick[0] = time.perf_counter() + clock_period / opts.rate
-                pubs[plan.out_topic].publish(cdr)
-                stats.record(plan.out_topic, late)
-                n_this_pass += 1
-            if not opts.loop or n_this_pass == 0:
-                break
+        except KeyboardInterrupt:
+            stats.interrupted = True
+        stats.interrupted = stats.interrupted or should_stop()
         stats.wall_s = time.perf_counter() - wall_begin
     except (AnyReaderError, ReaderError1, ReaderError2) as e:
         raise ReplayError(f"cannot read bag {opts.bag}: {e}") from None
@@ -402,39 +430,62 @@ def _wait_for_subscribers(pubs: dict, timeout: float, should_stop: Callable[[], 
 # -------------------------------------------------------------------------------------- replay_node
 
 
+#: replay_node parameters: name -> (default, comment)
+NODE_PARAMETERS = {
+    "bag": ("", "bag path (required)"),
+    "rate": (1.0, "playback speed factor"),
+    "loop": (False, "start over at the end"),
+    "clock": (False, "publish /clock for use_sim_time"),
+    "start": (0.0, "seconds into the bag"),
+    "duration": (0.0, "seconds of bag time to play (0 = to the end)"),
+    "topics": ([""], "bag topics to play (empty = all)"),
+    "remaps": ([""], "FROM:=TO bag topic renames"),
+    "qos": ("reliable", "reliable or sensor"),
+    "wait_subscribers": (0.0, "seconds to wait for subscribers before playing"),
+}
+
+
+def _node_options(node) -> ReplayOptions:
+    """ReplayOptions from the node's parameters; ReplayError for a missing bag or a bad value."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    from rclpy.exceptions import ParameterException
+
+    try:
+        for name, (default, comment) in NODE_PARAMETERS.items():
+            numeric = isinstance(default, float)  # rate:=4 and rate:=4.0 both accepted
+            node.declare_parameter(name, default, ParameterDescriptor(description=comment, dynamic_typing=numeric))
+    except ParameterException as e:
+        raise ReplayError(f"invalid parameter: {e}") from None
+    p = {n: node.get_parameter(n).value for n in NODE_PARAMETERS}
+    if not p["bag"]:
+        raise ReplayError("parameter 'bag' is required (the bag to play)")
+    for n in ("rate", "start", "duration", "wait_subscribers"):
+        if isinstance(p[n], bool) or not isinstance(p[n], (int, float)):
+            raise ReplayError(f"invalid parameter: {n} {p[n]!r} is not a number")
+    try:
+        remaps = parse_remaps([r for r in p["remaps"] if r])
+    except ValueError as e:
+        raise ReplayError(str(e)) from None
+    opts = ReplayOptions(
+        bag=Path(p["bag"]), rate=float(p["rate"]), loop=bool(p["loop"]), clock=bool(p["clock"]),
+        start=float(p["start"]), duration=float(p["duration"]) or None,
+        topics=[t for t in p["topics"] if t] or None, remaps=remaps, qos=str(p["qos"]),
+        wait_subscribers=float(p["wait_subscribers"]),
+    )
+    opts.validate()
+    return opts
+
+
 def main(args: Optional[List[str]] = None) -> int:
-    """The ``replay_node`` executable: ROS parameters bag, rate, loop, clock, start, duration, topics, remaps, qos."""
+    """The ``replay_node`` executable; parameters in NODE_PARAMETERS. Exit 2 on a bad bag or parameter."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=args)
     node = rclpy.create_node("replay")
-    node.declare_parameter("bag", "")  # bag path (required)
-    node.declare_parameter("rate", 1.0)  # playback speed factor
-    node.declare_parameter("loop", False)  # start over at the end
-    node.declare_parameter("clock", False)  # publish /clock for use_sim_time
-    node.declare_parameter("start", 0.0)  # seconds into the bag
-    node.declare_parameter("duration", 0.0)  # seconds of bag time to play (0 = to the end)
-    node.declare_parameter("topics", [""])  # bag topics to play (empty = all)
-    node.declare_parameter("remaps", [""])  # FROM:=TO bag topic renames
-    node.declare_parameter("qos", "reliable")  # reliable or sensor
-    node.declare_parameter("wait_subscribers", 0.0)  # seconds to wait for subscribers before playing
-    p = {n: node.get_parameter(n).value for n in ("bag", "rate", "loop", "clock", "start", "duration", "topics", "remaps", "qos", "wait_subscribers")}
     code = 0
     try:
-        if not p["bag"]:
-            raise ReplayError("parameter 'bag' is required (the bag to play)")
-        try:
-            remaps = parse_remaps([r for r in p["remaps"] if r])
-        except ValueError as e:
-            raise ReplayError(str(e)) from None
-        opts = ReplayOptions(
-            bag=Path(p["bag"]), rate=float(p["rate"]), loop=bool(p["loop"]), clock=bool(p["clock"]),
-            start=float(p["start"]), duration=float(p["duration"]) or None,
-            topics=[t for t in p["topics"] if t] or None, remaps=remaps, qos=p["qos"],
-            wait_subscribers=float(p["wait_subscribers"]),
-        )
-        stats = replay(opts, node, should_stop=lambda: not rclpy.ok())
+        stats = replay(_node_options(node), node, should_stop=lambda: not rclpy.ok())
         node.get_logger().info("replay done\n" + stats.summary())
     except ReplayError as e:
         node.get_logger().error(str(e))

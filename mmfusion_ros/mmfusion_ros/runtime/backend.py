@@ -57,6 +57,8 @@ class Backend(abc.ABC):
         self.manifest = manifest
         # Optional TextEncoder: makes caption confidence the caption-to-input cosine (see caption()).
         self.text_encoder = text_encoder
+        self._memory: Optional[np.ndarray] = None  # (M, D) caption memory, loaded on first caption()
+        self._memory_loaded = False
 
     # --- what an engine implements -------------------------------------------------------------
     @abc.abstractmethod
@@ -89,11 +91,21 @@ class Backend(abc.ABC):
     def caption(self, embedding: np.ndarray, max_len: Optional[int] = None) -> Tuple[str, float]:
         """Greedy decode of one (D,) embedding -> (text, confidence in [0, 1]).
 
+        When the bundle ships a caption memory, the embedding is first replaced by its nearest entry
+        (as the model's evaluation does); confidence is still measured against the input embedding.
+
         Confidence is the cosine between the caption's text embedding and the input embedding (clipped
         to [0, 1]) when a TextEncoder was given: both live in the text space, so it says whether the
         words describe what was sensed. Without one it is the mean probability of the chosen tokens.
         """
         emb = np.asarray(embedding, np.float32).reshape(1, -1)  # (1, D)
+        if emb.shape[1] != self.manifest.embed_dim or not np.isfinite(emb).all():
+            raise ValueError(f"caption: expected a finite ({self.manifest.embed_dim},) embedding, got {np.shape(embedding)}")
+        mem = self.caption_memory()
+        query = emb
+        if mem is not None:
+            # the decoder was trained on text embeddings: decode the nearest training caption's embedding
+            query = mem[int(np.argmax(mem @ emb[0]))][None]  # (1, D)
         max_len = int(max_len or self.manifest["caption_max_len"])
         tok_spec = self.manifest.inputs("caption_decoder")["tokens"]["shape"]
         fixed_len = tok_spec[1] if isinstance(tok_spec[1], int) else None
@@ -106,7 +118,7 @@ class Backend(abc.ABC):
                 toks[0, :len(ids)] = ids
             else:
                 toks = np.asarray([ids], np.int64)  # (1, L)
-            logits = self.run("caption_decoder", {"embedding": emb, "tokens": toks})["logits"]  # (1, L, V)
+            logits = self.run("caption_decoder", {"embedding": query, "tokens": toks})["logits"]  # (1, L, V)
             step = _softmax(logits[0, len(ids) - 1].astype(np.float64))  # (V,)
             nxt = int(step.argmax())
             probs.append(float(step[nxt]))
@@ -123,6 +135,24 @@ class Backend(abc.ABC):
         else:
             conf = float(np.mean(probs)) if probs else 0.0
         return text, conf
+
+    def caption_memory(self) -> Optional[np.ndarray]:
+        """(M, D) float32 unit embeddings of the training captions when the bundle ships them
+        (manifest "caption_memory": an .npz with "embeddings"), else None. caption() projects onto it."""
+        if not self._memory_loaded:
+            self._memory_loaded = True
+            name = self.manifest.get("caption_memory")
+            if name:
+                path = self.manifest.model_dir / str(name)
+                try:
+                    with np.load(path) as z:
+                        mem = np.asarray(z["embeddings"], np.float32)  # (M, D)
+                except (OSError, KeyError, ValueError) as e:
+                    raise ValueError(f"{path}: cannot read the caption memory named in manifest.json: {e}") from e
+                if mem.ndim != 2 or mem.shape[1] != self.manifest.embed_dim or len(mem) == 0:
+                    raise ValueError(f"{path}: caption memory must be (M, {self.manifest.embed_dim}), got {mem.shape}")
+                self._memory = mem / np.maximum(np.linalg.norm(mem, axis=1, keepdims=True), 1e-12)
+        return self._memory
 
     # --- shared plumbing -----------------------------------------------------------------------
     def run(self, part: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -28,6 +28,8 @@ class OrtOptions:
     use_cuda: bool = False  # ask for the CUDA execution provider (falls back to CPU with a warning)
     device_id: int = 0  # CUDA device index when use_cuda
     optimization_level: str = "all"  # graph optimisations: "all" (ORT_ENABLE_ALL), "extended", "basic", "none"
+    spin_wait: bool = False  # let idle intra-op threads busy-wait for work (lower latency, but burns the CPU
+    #                          that the node's callbacks and preprocessing need on a small robot computer)
 
     def validate(self) -> None:
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
@@ -52,6 +54,7 @@ def session_options(opts: OrtOptions) -> ort.SessionOptions:
     so.inter_op_num_threads = int(opts.inter_op_threads)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # errors only: shape-inference warnings on dynamic dims are noise here
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.spin_wait else "0")
     return so
 
 

@@ -237,8 +237,10 @@ def build_engine(manifest: Manifest, part: str, out_path: Path, options: TrtOpti
             log.warning("this GPU has no fast FP16; building %s in FP32", part)
     if options.precision == "int8" and part in ENCODER_PARTS.values():
         cudart = import_cudart()
+        # TensorRT calibrates at the calibration profile's kOPT shape, so batches have the opt batch size
+        opt_batch = shapes[next(iter(shapes))][1][0]
         batches = load_calibration_batches(manifest, part, options.calibration_data,
-                                           options.calibration_samples, batch=min(8, options.max_batch))
+                                           options.calibration_samples, batch=opt_batch)
         calibrator = _make_calibrator(trt, cudart, batches, out_path.with_suffix(".calib"))
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator

@@ -17,6 +17,9 @@ from .shapes import CHECKER, GRAIN, PLANKS, STRIPES, Shape
 from .world import Scene
 
 LIGHT_DIR = np.array([0.45, 0.3, 0.84]) / np.linalg.norm([0.45, 0.3, 0.84])  # towards the sun, world frame
+LIGHT_DIR32 = LIGHT_DIR.astype(np.float32)
+SKY_TOP = np.array([0.55, 0.72, 0.92], np.float32)  # sky colour overhead
+SKY_HORIZON = np.array([0.25, 0.17, 0.06], np.float32)  # added towards the horizon
 INVALID = o3d.t.geometry.RaycastingScene.INVALID_ID
 
 
@@ -69,7 +72,7 @@ class Renderer:
         pix = np.stack([u.ravel(), v.ravel(), np.ones(w * h)], 0)  # (3, HW)
         d_opt = np.linalg.solve(self.intr.K, pix).T  # (HW, 3), z = 1
         self.cam_zdepth_scale = 1.0 / np.linalg.norm(d_opt, axis=1)  # t_hit -> depth along z
-        self.cam_dirs = (d_opt * self.cam_zdepth_scale[:, None]) @ self.R_cam.T  # (HW, 3) LiDAR frame
+        self.cam_dirs = ((d_opt * self.cam_zdepth_scale[:, None]) @ self.R_cam.T).astype(np.float32)  # (HW, 3)
         self.lidar_dirs, self.lidar_ring = lidar_directions(self.cfg)
         st = scene.static
         off = np.cumsum([0] + [len(s.vertices) for s in st])
@@ -81,11 +84,14 @@ class Renderer:
 
     # --- geometry -----------------------------------------------------------------------------
     def _build(self, t: float):
-        """Ray-casting scene at time t and per-geometry lookup tables (index 0 = static world)."""
+        """Ray-casting scene at time t and flat per-triangle lookup tables over all geometries.
+
+        Geometry g's triangle p is row tri_offset[g] + p of the tables (geometry 0 = static world).
+        """
         rs = o3d.t.geometry.RaycastingScene(nthreads=self.nthreads)
         rs.add_triangles(o3d.core.Tensor(self.static_V), o3d.core.Tensor(self.static_T))
-        colors, textures, emissive, track = [self.static_C], [self.static_X], [self.static_E], [0]
-        lit = []
+        colors, textures, emissive = [self.static_C], [self.static_X], [self.static_E]
+        track, counts = [np.zeros(len(self.static_T), np.int32)], [len(self.static_T)]
         for o in self.scene.objects:
             p = o.position([t])[0]
             yaw = float(o.heading([t])[0])
@@ -95,10 +101,14 @@ class Renderer:
             rs.add_triangles(o3d.core.Tensor(V.astype(np.float32)), o3d.core.Tensor(o.shape.triangles))
             colors.append(o.shape.colors)
             textures.append(o.shape.textures)
-            emissive.append(o.shape.emissive)
-            track.append(o.track_id)
-            lit.append(bool(o.sounding([t])[0]) or o.cls == "car")
-        return rs, colors, textures, emissive, np.array(track, np.int32), [True] + lit
+            lit = bool(o.sounding([t])[0]) or o.cls == "car"  # beacons flash while sounding, headlights always on
+            emissive.append(o.shape.emissive & lit)
+            track.append(np.full(len(o.shape.triangles), o.track_id, np.int32))
+            counts.append(len(o.shape.triangles))
+        tables = {"offset": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64),
+                  "color": np.concatenate(colors), "texture": np.concatenate(textures),
+                  "emissive": np.concatenate(emissive), "track": np.concatenate(track)}
+        return rs, tables
 
     def sensor_pose(self, t: float) -> tuple:
         """(R (3,3) LiDAR -> world, origin (3,)) of the LiDAR at time t."""
@@ -109,70 +119,70 @@ class Renderer:
 
     def render(self, t: float, rng: np.random.Generator, camera: bool = True, lidar: bool = True) -> Dict:
         """Render the sensors at time t: {"camera": CameraImage, "lidar": LidarSweep}."""
-        rs, colors, textures, emissive, track, lit = self._build(t)
+        rs, tables = self._build(t)
         R, origin = self.sensor_pose(t)
         out = {}
         if camera:
-            out["camera"] = self._camera(rs, R, origin, colors, textures, emissive, track, lit, rng)
+            out["camera"] = self._camera(rs, R, origin, tables, rng)
         if lidar:
-            out["lidar"] = self._lidar(rs, R, origin, colors, textures, track, rng)
+            out["lidar"] = self._lidar(rs, R, origin, tables, rng)
         return out
 
-    def _cast(self, rs, origins, dirs):
-        rays = np.concatenate([origins, dirs], 1).astype(np.float32)  # (N, 6)
-        return rs.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
+    def _cast(self, rs, origin, dirs):
+        rays = np.empty((len(dirs), 6), np.float32)  # (N, 6) origin, direction
+        rays[:, :3] = origin
+        rays[:, 3:] = dirs
+        return rs.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=self.nthreads)
 
     # --- camera -------------------------------------------------------------------------------
-    def _camera(self, rs, R, origin, colors, textures, emissive, track, lit, rng) -> CameraImage:
+    def _camera(self, rs, R, origin, tables, rng) -> CameraImage:
         w, h = self.intr.width, self.intr.height
-        cam_o = origin + R @ self.t_cam
-        dirs = self.cam_dirs @ R.T  # (HW, 3) world
-        r = self._cast(rs, np.broadcast_to(cam_o, dirs.shape), dirs)
+        R32 = R.astype(np.float32)
+        cam_o = (origin + R @ self.t_cam).astype(np.float32)
+        dirs = _rotate(self.cam_dirs, R32)  # (HW, 3) world
+        r = self._cast(rs, cam_o, dirs)
         th = r["t_hit"].numpy()  # (HW,)
-        gid = r["geometry_ids"].numpy().astype(np.int64)
-        pid = r["primitive_ids"].numpy().astype(np.int64)
-        nrm = r["primitive_normals"].numpy()  # (HW, 3)
+        gid = r["geometry_ids"].numpy()
         hit = gid != INVALID
         img = np.empty((w * h, 3), np.float32)
-        # sky: brighter towards the horizon
-        elev = np.clip(dirs[:, 2], -1, 1)
-        sky = np.array([0.55, 0.72, 0.92]) + (1 - np.clip(elev * 3, 0, 1))[:, None] * np.array([0.25, 0.17, 0.06])
-        img[~hit] = sky[~hit]
         ids = np.zeros(w * h, np.int32)
+        # sky: brighter towards the horizon
+        miss = ~hit
+        elev = np.clip(dirs[miss, 2] * 3.0, 0.0, 1.0)
+        img[miss] = SKY_TOP + (1.0 - elev)[:, None] * SKY_HORIZON
         if hit.any():
-            g, p = gid[hit], pid[hit]
-            base = np.empty((len(g), 3), np.float32)
-            tex = np.empty(len(g), np.int8)
-            emi = np.zeros(len(g), bool)
-            for k in np.unique(g):
-                m = g == k
-                base[m] = colors[k][p[m]]
-                tex[m] = textures[k][p[m]]
-                emi[m] = emissive[k][p[m]] & lit[k]
-            pts = cam_o + dirs[hit] * th[hit, None]  # (M, 3) world hit points
+            hidx = np.flatnonzero(hit)
+            tri = tables["offset"][gid[hidx].astype(np.int64)] + r["primitive_ids"].numpy()[hidx]  # (M,) table rows
+            base = tables["color"][tri]  # (M, 3)
+            tex = tables["texture"][tri]
+            d = dirs[hidx]
+            t_hit = th[hidx]
+            pts = cam_o + d * t_hit[:, None]  # (M, 3) world hit points
             fac, white = _texture(pts, tex)
             base *= fac[:, None]
-            base[white] = 0.15 * base[white] + 0.85 * np.float32(0.95)
-            n = nrm[hit]
-            n = np.where((np.sum(n * dirs[hit], 1) > 0)[:, None], -n, n)  # face the viewer
-            diffuse = np.clip(n @ LIGHT_DIR, 0, 1)
-            shade = 0.38 + 0.62 * diffuse
-            col = base * shade[:, None]
-            fog = np.clip(th[hit] / 150.0, 0, 0.5)[:, None]  # aerial perspective
-            col = col * (1 - fog) + sky[hit] * fog
-            col[emi] = np.minimum(1.0, base[emi] * 1.3)
-            img[hit] = col
-            ids[hit] = track[g]
-        noise = rng.normal(0.0, self.cfg.camera.noise_std, img.shape).astype(np.float32)
-        image = np.clip(img * 255.0 + noise, 0, 255).astype(np.uint8).reshape(h, w, 3)
+            base[white] = 0.15 * base[white] + np.float32(0.85 * 0.95)
+            n = r["primitive_normals"].numpy()[hidx]  # (M, 3)
+            nl = _dot(n, LIGHT_DIR32)
+            # two-sided Lambert: the side the viewer sees is lit only if it faces the sun
+            shade = np.where((_dot(n, d) < 0) == (nl > 0), np.abs(nl), 0.0)
+            col = base * (0.38 + 0.62 * shade)[:, None]
+            fog = np.minimum(t_hit / 150.0, 0.5)[:, None]  # aerial perspective towards the horizon colour
+            col = col * (1.0 - fog) + (SKY_TOP + SKY_HORIZON) * fog
+            emi = tables["emissive"][tri]
+            col[emi] = np.minimum(1.0, base[emi] * 1.3)  # lit beacons and headlights
+            img[hidx] = col
+            ids[hidx] = tables["track"][tri]
+        img *= 255.0
+        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(self.cfg.camera.noise_std)
+        image = np.clip(img, 0, 255).astype(np.uint8).reshape(h, w, 3)
         depth = np.where(hit, th * self.cam_zdepth_scale, np.inf).astype(np.float32).reshape(h, w)
         return CameraImage(image, ids.reshape(h, w), depth)
 
     # --- LiDAR --------------------------------------------------------------------------------
-    def _lidar(self, rs, R, origin, colors, textures, track, rng) -> LidarSweep:
+    def _lidar(self, rs, R, origin, tables, rng) -> LidarSweep:
         lc = self.cfg.lidar
-        dirs = self.lidar_dirs @ R.T  # (N, 3) world
-        r = self._cast(rs, np.broadcast_to(origin, dirs.shape), dirs)
+        dirs = _rotate(self.lidar_dirs, R.astype(np.float32))  # (N, 3) world
+        r = self._cast(rs, origin, dirs)
         th = r["t_hit"].numpy()
         gid = r["geometry_ids"].numpy().astype(np.int64)
         pid = r["primitive_ids"].numpy().astype(np.int64)
@@ -180,19 +190,26 @@ class Renderer:
         rng_noisy = th + rng.normal(0.0, lc.range_noise, th.shape)
         keep = (gid != INVALID) & (th >= lc.min_range) & (th <= lc.max_range)
         keep &= rng.random(th.shape) >= lc.dropout
-        g, p = gid[keep], pid[keep]
-        refl = np.empty(len(g), np.float32)
-        for k in np.unique(g):
-            m = g == k
-            c = colors[k][p[m]]
-            refl[m] = 0.2126 * c[:, 0] + 0.7152 * c[:, 1] + 0.0722 * c[:, 2]
-            retro = textures[k][p[m]] == STRIPES  # reflective bands (cone, high-visibility shirts)
-            refl[np.flatnonzero(m)[retro]] = np.maximum(refl[np.flatnonzero(m)[retro]], 0.9)
-        cosi = np.abs(np.sum(nrm[keep] * dirs[keep], 1))
+        tri = tables["offset"][gid[keep]] + pid[keep]
+        c = tables["color"][tri]  # (M, 3)
+        refl = 0.2126 * c[:, 0] + 0.7152 * c[:, 1] + 0.0722 * c[:, 2]
+        refl = np.where(tables["texture"][tri] == STRIPES, np.maximum(refl, 0.9), refl)  # reflective bands
+        cosi = np.abs(_dot(nrm[keep], dirs[keep]))
         inten = np.clip(255.0 * (0.1 + 0.9 * refl) * np.sqrt(cosi), 0, 255)
         xyz = self.lidar_dirs[keep] * rng_noisy[keep, None]  # (M, 3) LiDAR frame
         pts = np.concatenate([xyz, inten[:, None], self.lidar_ring[keep, None]], 1).astype(np.float32)
-        return LidarSweep(pts, track[g].astype(np.int32))
+        return LidarSweep(pts, tables["track"][tri].astype(np.int32))
+
+
+def _rotate(a: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """(N,3) @ R.T written out: numpy's matmul with a tiny matrix is slow when BLAS threads contend."""
+    return a[:, 0:1] * R[:, 0] + a[:, 1:2] * R[:, 1] + a[:, 2:3] * R[:, 2]
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of (N,3) with (N,3) or (3,)."""
+    b = np.broadcast_to(b, a.shape)
+    return a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1] + a[:, 2] * b[:, 2]
 
 
 def _texture(p: np.ndarray, tex: np.ndarray) -> tuple:
@@ -212,7 +229,7 @@ def _texture(p: np.ndarray, tex: np.ndarray) -> tuple:
     m = tex == GRAIN
     if m.any():
         q = np.floor(p[m] / 0.05)
-        hsh = np.sin(q @ np.array([12.9898, 78.233, 37.719])) * 43758.5453
+        hsh = np.sin(q[:, 0] * 12.9898 + q[:, 1] * 78.233 + q[:, 2] * 37.719) * 43758.5453
         f[m] = 0.78 + 0.3 * (hsh - np.floor(hsh))
     m = tex == STRIPES
     if m.any():

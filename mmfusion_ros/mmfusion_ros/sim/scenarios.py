@@ -18,6 +18,7 @@ from .world import PREROLL, TAIL, EgoPlan, Scene, SimObject, make_ego_track
 
 MOVING = ("person", "dog", "bicycle", "car")  # classes that can move along a trajectory
 SPEED = {"person": (0.9, 1.5), "dog": (1.0, 2.2), "bicycle": (2.0, 4.0), "car": (2.0, 5.0)}
+HALF_LENGTH = {"car": 2.3, "bicycle": 0.9}  # metres; 0.5 for the other classes
 
 
 class _Builder:
@@ -233,6 +234,11 @@ def make_scenario(name: str, seconds: float, seed: int, cfg: Optional[SimConfig]
 # ------------------------------------------------------------------------------------------------
 # dataset scenes: one focus class, visible ahead and audible, plus distractors
 # ------------------------------------------------------------------------------------------------
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """Uniform draw that tolerates hi < lo (short scenes): then it is lo."""
+    return float(rng.uniform(lo, max(lo, hi)))
+
+
 def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: SimConfig) -> Scene:
     """A scene built around one focus object in front of the robot (3-12 m, within +-20 deg).
 
@@ -260,10 +266,10 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
         on = rng.uniform(0.0, T * 0.5)
         sound = [(on, on + rng.uniform(2.5, 6.0))]
     if mode == "static":
-        d = rng.uniform(3.0 + v * T, 12.0) if v * T < 8.5 else rng.uniform(11.5, 12.0)
-        if v * T >= 8.5:
-            v = 0.3
+        if 3.0 + v * T > 10.0:
+            v = rng.uniform(0.0, 7.0 / T)
             speed = [(-9.0, v)]
+        d = rng.uniform(3.0 + v * T, 10.0)
         bearing = np.deg2rad(rng.uniform(-18, 18))
         b.static(focus_cls, d * np.cos(bearing), d * np.sin(bearing), sound=sound)
     elif mode == "in_path":
@@ -278,22 +284,23 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
             t_stop = min(t_reach - 1.0, T * 0.8)
             speed = [(-9.0, v), (t_stop, v), (t_stop + 0.8, 0.0)]
     elif mode == "crossing":
-        x = rng.uniform(4.0, 10.0)
+        x = rng.uniform(4.0, 10.0) + HALF_LENGTH.get(focus_cls, 0.5)
         tc = rng.uniform(0.3, 0.7) * T
         side = rng.choice([-1.0, 1.0])
         b.line(focus_cls, (x + v * tc, side * sp * tc), (0.0, -side * sp), sound=sound)
     elif mode == "approach":
-        d = rng.uniform(8.0, 12.0)
+        stop = 1.5 + HALF_LENGTH.get(focus_cls, 0.5)  # it halts in front of the robot
+        d = rng.uniform(stop + 5.0, stop + 9.0)
         y = rng.uniform(-1.5, 1.5)
-        t_arrive = min((d - 2.5) / max(sp + v, 0.1), T + 2)
-        b.path(focus_cls, [(-PREROLL, d + sp * PREROLL, y), (t_arrive, 2.5 + v * t_arrive, y * 0.5),
-                           (T + TAIL, 2.5 + v * t_arrive + 0.1, y * 0.5)], sound=sound)
+        t_arrive = min((d - stop) / max(sp + v, 0.1), T + 2)
+        b.path(focus_cls, [(-PREROLL, d + sp * PREROLL, y), (t_arrive, stop + v * t_arrive, y * 0.5),
+                           (T + TAIL, stop + v * t_arrive + 0.1, y * 0.5)], sound=sound)
     else:  # leading: moves ahead of the robot in the same direction
-        d = rng.uniform(4.0, 8.0)
-        b.line(focus_cls, (d, rng.uniform(-1.0, 1.0)), (min(sp, 1.5), 0.0), sound=sound)
+        d = rng.uniform(4.0, 8.0) + HALF_LENGTH.get(focus_cls, 0.5)
+        b.line(focus_cls, (d, rng.uniform(-1.0, 1.0)), (max(min(sp, 1.5), v + 0.2), 0.0), sound=sound)
     # class-correlated ego behaviour
     if focus_cls == "person" and rng.random() < 0.7:
-        ts = rng.uniform(1.0, T * 0.6)
+        ts = _u(rng, 1.0, T * 0.6)
         speed = [(-9.0, max(v, 0.4)), (ts, max(v, 0.4)), (ts + 1.0, 0.0)]
     elif focus_cls == "alarm" and isinstance(sound, list):
         speed = [(-9.0, max(v, 0.3)), (sound[0][0] + 0.3, max(v, 0.3)), (sound[0][0] + 1.0, 0.0)]
@@ -304,14 +311,14 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
         rough.append((a, a + rng.uniform(2.0, 6.0)))
         yaw_rate = [(0.0, 0.0), (a, rng.uniform(-0.15, 0.15)), (a + 2.0, 0.0)]
     elif focus_cls == "box" and rng.random() < 0.4 and not impacts:
-        impacts.append((rng.uniform(0.5, T - 0.5), rng.uniform(0.3, 0.7)))
+        impacts.append((_u(rng, 0.5, T - 0.5), rng.uniform(0.3, 0.7)))
     elif focus_cls == "chair" and rng.random() < 0.5:
         yaw_rate = [(0.0, 0.0), (T * 0.4, rng.choice([-0.1, 0.1])), (T * 0.4 + 1.5, 0.0)]
     if not rough and rng.random() < 0.15:
         a = rng.uniform(-1.0, T * 0.7)
         rough.append((a, a + rng.uniform(2.0, 5.0)))
     if not impacts and rng.random() < 0.1:
-        impacts.append((rng.uniform(0.5, T - 0.5), rng.uniform(0.2, 0.5)))
+        impacts.append((_u(rng, 0.5, T - 0.5), rng.uniform(0.2, 0.5)))
     if max(s for _, s in speed) < 0.05:
         rough = []  # a robot standing still is not on rough ground for the event definition
     # distractors: off to the sides or further away, mostly quieter

@@ -92,7 +92,7 @@ def _jitter(rng: np.random.Generator, color, amount=0.06):
 def person(rng: np.random.Generator) -> Shape:
     b = _Builder()
     s = rng.uniform(0.92, 1.08)  # body scale: 1.6 .. 1.9 m tall
-    shirt = _jitter(rng, [(0.15, 0.35, 0.85), (0.85, 0.15, 0.2), (0.2, 0.7, 0.3), (0.95, 0.85, 0.2)][rng.integers(4)])
+    shirt = _jitter(rng, [(0.15, 0.35, 0.85), (0.55, 0.25, 0.7), (0.2, 0.7, 0.3), (0.95, 0.85, 0.2)][rng.integers(4)])
     skin = _jitter(rng, [(0.93, 0.76, 0.62), (0.62, 0.44, 0.3), (0.42, 0.28, 0.2)][rng.integers(3)], 0.03)
     trousers = _jitter(rng, (0.15, 0.17, 0.3))
     for y in (-0.11, 0.11):
@@ -186,7 +186,7 @@ def door(rng: np.random.Generator) -> Shape:
 def alarm(rng: np.random.Generator) -> Shape:
     b = _Builder()
     b.cylinder(0.06, 1.4, (0, 0, 0.7), (0.55, 0.55, 0.58))  # pole
-    b.box((0.45, 0.45, 0.45), (0, 0, 1.6), _jitter(rng, (0.9, 0.08, 0.08), 0.04), texture=CHECKER)
+    b.box((0.45, 0.45, 0.45), (0, 0, 1.6), _jitter(rng, (0.85, 0.03, 0.12), 0.04), texture=CHECKER)
     b.sphere(0.17, (0, 0, 1.95), (1.0, 0.85, 0.1), emissive=True, res=8)  # beacon
     return b.build()
 

@@ -471,7 +471,8 @@ class Trainer:
         for stage in self.cfg.stages:
             getattr(self, f"stage_{stage}")()
         final = self.out / "checkpoint.pt"
-        if all(self.progress.get(s, 0) >= self.cfg.epochs.get(s, 0) for s in STAGES if s in self.cfg.stages):
+        # the final checkpoint is a complete model: every stage has run its configured epochs
+        if all(self.progress.get(s, 0) >= self.cfg.epochs.get(s, 0) for s in STAGES):
             if "events" in self.cfg.stages:
                 self.metadata["event_thresholds"] = self.calibrate_event_thresholds()
             self.metadata["caption_memory_file"] = self.write_caption_memory()
