@@ -101,7 +101,9 @@ def test_cloud_round_trip_with_ring_nan_and_rosbags(rng):
 def test_cloud_zero_copy_view_shares_the_message_buffer(rng):
     pts = rng.normal(size=(100, 4)).astype(np.float32)
     msg = cv.xyzi_to_pointcloud2(pts)
-    m = SimpleNamespace(**{k: getattr(msg, k) for k in ("height", "width", "fields", "is_bigendian", "point_step", "row_step")})
+    m = SimpleNamespace(
+        **{k: getattr(msg, k) for k in ("height", "width", "fields", "is_bigendian", "point_step", "row_step")}
+    )
     m.data = bytearray(msg.data)
     view = cv.pointcloud2_to_xyz(m, drop_invalid=False)
     np.testing.assert_array_equal(view, pts[:, :3])
@@ -148,8 +150,15 @@ def test_data_containers_are_all_accepted(rng):
     msg = cv.xyzi_to_pointcloud2(pts)
     raw = bytes(msg.data)
     attrs = {k: getattr(msg, k) for k in ("height", "width", "fields", "is_bigendian", "point_step", "row_step")}
-    for data in (raw, bytearray(raw), memoryview(raw), array.array("B", raw), list(raw), [bytes([b]) for b in raw],
-                 np.frombuffer(raw, np.uint8)):
+    for data in (
+        raw,
+        bytearray(raw),
+        memoryview(raw),
+        array.array("B", raw),
+        list(raw),
+        [bytes([b]) for b in raw],
+        np.frombuffer(raw, np.uint8),
+    ):
         np.testing.assert_array_equal(cv.pointcloud2_to_xyzi(SimpleNamespace(**attrs, data=data)), pts)
 
 
@@ -207,7 +216,9 @@ def test_audio_int16_block_packs_unchanged_and_errors():
     with pytest.raises(cv.ConversionError, match=r"within \[-1, 1\] for S16LE"):
         cv.pack_audio(np.array([1.5], np.float32), "S16LE")
     bad = SimpleNamespace(encoding="S16LE", sample_rate=16000, channels=2, data=bytes(6))
-    with pytest.raises(cv.ConversionError, match="AudioFrame.data: 6 bytes is not a whole number of 2-channel S16LE frames"):
+    with pytest.raises(
+        cv.ConversionError, match="AudioFrame.data: 6 bytes is not a whole number of 2-channel S16LE frames"
+    ):
         cv.audio_to_array(bad)
     with pytest.raises(cv.ConversionError, match="AudioFrame.encoding: 'U8'"):
         cv.audio_to_array(SimpleNamespace(encoding="U8", sample_rate=16000, channels=1, data=b""))

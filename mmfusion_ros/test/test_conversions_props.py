@@ -43,12 +43,14 @@ def cloud_layouts(draw):
     n = height * width
 
     end = ">" if big else "<"
-    dt = np.dtype({
-        "names": [s[0] for s in specs],
-        "formats": [end + NUMERIC[t] if np.dtype(NUMERIC[t]).itemsize > 1 else NUMERIC[t] for _, t in specs],
-        "offsets": [offsets[s[0]] for s in specs],
-        "itemsize": point_step,
-    })
+    dt = np.dtype(
+        {
+            "names": [s[0] for s in specs],
+            "formats": [end + NUMERIC[t] if np.dtype(NUMERIC[t]).itemsize > 1 else NUMERIC[t] for _, t in specs],
+            "offsets": [offsets[s[0]] for s in specs],
+            "itemsize": point_step,
+        }
+    )
     rec = np.zeros(n, dt)
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
@@ -65,13 +67,21 @@ def cloud_layouts(draw):
         if s.startswith("extra"):
             rec[s] = rng.integers(0, 100, n)
     raw = rec.tobytes()
-    rows = [raw[r * width * point_step:(r + 1) * width * point_step] for r in range(height)]
+    rows = [raw[r * width * point_step : (r + 1) * width * point_step] for r in range(height)]
     pad = b"\xab" * (row_step - width * point_step)
     data = (pad.join(rows) + (pad if draw(st.booleans()) else b"")) if n else b""
 
     fields = [SimpleNamespace(name=s, offset=offsets[s], datatype=t, count=1) for s, t in (specs[i] for i in order)]
-    msg = SimpleNamespace(height=height, width=width, fields=fields, is_bigendian=big,
-                          point_step=point_step, row_step=row_step, data=data, is_dense=False)
+    msg = SimpleNamespace(
+        height=height,
+        width=width,
+        fields=fields,
+        is_bigendian=big,
+        point_step=point_step,
+        row_step=row_step,
+        data=data,
+        is_dense=False,
+    )
     expected = np.zeros((n, 4), np.float32)
     for i, a in enumerate("xyz"):
         expected[:, i] = rec[a].astype(np.float32)
@@ -139,8 +149,20 @@ def test_random_image_layouts_convert_exactly(case):
 
 # -------------------------------------------------------------------------------------- corruptions
 
-CLOUD_CORRUPTIONS = ["truncate", "point_step_small", "point_step_zero", "row_step_small", "bad_offset",
-                     "bad_datatype", "missing_xyz", "int_xyz", "negative", "not_int", "data_type", "no_fields"]
+CLOUD_CORRUPTIONS = [
+    "truncate",
+    "point_step_small",
+    "point_step_zero",
+    "row_step_small",
+    "bad_offset",
+    "bad_datatype",
+    "missing_xyz",
+    "int_xyz",
+    "negative",
+    "not_int",
+    "data_type",
+    "no_fields",
+]
 
 
 def pick(rng, options):
@@ -257,16 +279,33 @@ def test_audio_fuzz_only_conversion_errors(encoding, channels, rate, data, nan):
 
 @SETTINGS
 @given(
-    st.integers(-3, 6), st.integers(-3, 6), st.integers(-3, 40), st.integers(-3, 200),
-    st.lists(st.tuples(st.sampled_from(["x", "y", "z", "intensity", "q"]), st.integers(-2, 40),
-                       st.integers(-1, 10), st.integers(-1, 3)), max_size=6),
-    st.binary(max_size=300), st.booleans(),
+    st.integers(-3, 6),
+    st.integers(-3, 6),
+    st.integers(-3, 40),
+    st.integers(-3, 200),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["x", "y", "z", "intensity", "q"]),
+            st.integers(-2, 40),
+            st.integers(-1, 10),
+            st.integers(-1, 3),
+        ),
+        max_size=6,
+    ),
+    st.binary(max_size=300),
+    st.booleans(),
 )
 def test_cloud_fuzz_only_conversion_errors(height, width, point_step, row_step, fields, data, big):
     """Arbitrary headers over arbitrary bytes: a result or a ConversionError, nothing else."""
-    msg = SimpleNamespace(height=height, width=width, point_step=point_step, row_step=row_step, is_bigendian=big,
-                          fields=[SimpleNamespace(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields],
-                          data=data)
+    msg = SimpleNamespace(
+        height=height,
+        width=width,
+        point_step=point_step,
+        row_step=row_step,
+        is_bigendian=big,
+        fields=[SimpleNamespace(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields],
+        data=data,
+    )
     try:
         out = cv.pointcloud2_to_xyzi(msg)
     except cv.ConversionError:

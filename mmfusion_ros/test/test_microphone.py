@@ -28,7 +28,9 @@ def test_choose_device_by_default_index_and_name():
     assert mic.choose_device(DEVICES, "respeaker", -1, 4) == 2
     with pytest.raises(mic.MicrophoneError, match=r"no audio input device found \(available input devices: none\)"):
         mic.choose_device([], "", -1, 1)
-    with pytest.raises(mic.MicrophoneError, match=r"device 0 is not an input device .*1: USB Audio Device: Mic \(2 in, 44100 Hz\)"):
+    with pytest.raises(
+        mic.MicrophoneError, match=r"device 0 is not an input device .*1: USB Audio Device: Mic \(2 in, 44100 Hz\)"
+    ):
         mic.choose_device(DEVICES, "0", 2, 1)
     with pytest.raises(mic.MicrophoneError, match="'mic' matches 2 input"):
         mic.choose_device(DEVICES, "mic", 2, 1)
@@ -40,8 +42,14 @@ def test_choose_device_by_default_index_and_name():
 
 def test_config_validation():
     mic.MicrophoneConfig().validate()
-    for bad in (dict(encoding="U8"), dict(sample_rate=0), dict(channels=0), dict(channels=300), dict(chunk_ms=0.0),
-                dict(chunk_ms=0.01)):
+    for bad in (
+        dict(encoding="U8"),
+        dict(sample_rate=0),
+        dict(channels=0),
+        dict(channels=300),
+        dict(chunk_ms=0.0),
+        dict(chunk_ms=0.01),
+    ):
         with pytest.raises(mic.MicrophoneError, match="invalid parameter") as e:
             mic.MicrophoneConfig(**bad).validate()
         assert e.value.exit_code == mic.EXIT_BAD_PARAMETER
@@ -99,7 +107,9 @@ def fake_sounddevice(blocks, rate, node):
             for k, b in enumerate(blocks):
                 time.sleep(max(0.0, t0 + (k + 1) * self.blocksize / rate - time.monotonic()))
                 now = time.monotonic()
-                self.callback(b, len(b), types.SimpleNamespace(inputBufferAdcTime=now - len(b) / rate, currentTime=now), 0)
+                self.callback(
+                    b, len(b), types.SimpleNamespace(inputBufferAdcTime=now - len(b) / rate, currentTime=now), 0
+                )
 
         def __enter__(self):
             self.active = True
@@ -109,8 +119,12 @@ def fake_sounddevice(blocks, rate, node):
         def __exit__(self, *exc):
             self.active = False
 
-    sd = types.SimpleNamespace(PortAudioError=PortAudioError, InputStream=InputStream,
-                               query_devices=lambda: DEVICES, default=types.SimpleNamespace(device=[2, -1]))
+    sd = types.SimpleNamespace(
+        PortAudioError=PortAudioError,
+        InputStream=InputStream,
+        query_devices=lambda: DEVICES,
+        default=types.SimpleNamespace(device=[2, -1]),
+    )
     return sd
 
 

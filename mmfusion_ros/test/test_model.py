@@ -130,12 +130,12 @@ def test_default_model_within_jetson_budget():
 
 def test_mac_counter_counts_a_known_conv():
     m = build_model(tiny_config())
-    stem = m.modality_trunks["camera"].features[0]  # 3->8, 3x3, stride 2 on 128x128 -> 64x64
+    stem = m.modality_trunks["camera"].features[0]  # 3->8, 4x4 patchify, stride 4 on 128x128 -> 32x32
     total = []
-    h = stem.register_forward_hook(lambda mod, i, o: total.append(o.numel() * 3 * 9))
+    h = stem.register_forward_hook(lambda mod, i, o: total.append(o.numel() * 3 * 16))
     encoder_macs(m, SHAPES)
     h.remove()
-    assert total[0] == 8 * 64 * 64 * 27
+    assert total[0] == 8 * 32 * 32 * 48
 
 
 def test_vocab_roundtrip_and_specials():

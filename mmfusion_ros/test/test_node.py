@@ -242,7 +242,8 @@ def test_a_stopped_sensor_gives_partial_frames_and_a_warning(h):
 
         def lidar_warns():
             s = h.status("mmfusion: lidar input")
-            return s is not None and s.level == s.WARN and "stale" in s.message
+            return (s is not None and s.level == s.WARN and "stale" in s.message
+                    and int(kv(s)["frames_fused_without"]) >= len(late))
 
         h.spin_until(lidar_warns, 10, "a WARN for the stale LiDAR in /diagnostics")
         s = h.status("mmfusion: lidar input")

@@ -94,3 +94,26 @@ def test_inference_runs_on_the_worker_and_the_newest_frame_wins(tmp_path):
         node.release()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_full_lifecycle_can_repeat(tmp_path):
+    """configure/activate/deactivate/cleanup twice: entities are recreated, not leaked or left stale."""
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    node = SlowNode(context=ctx, parameter_overrides=[Parameter("model.dir", value=str(tmp_path)),
+                                                      Parameter("perception.enabled", value=False)])
+    try:
+        for _ in range(2):
+            node.trigger_configure()
+            assert node.state == "inactive" and len(node._pubs) == 4 and len(node._subs) == 6
+            node.trigger_activate()
+            assert node.state == "active" and node._worker.is_alive()
+            node.trigger_deactivate()
+            assert node.state == "inactive" and node.fake_backend.closed
+            node.trigger_cleanup()
+            assert node.state == "unconfigured" and not node._pubs and not node._subs
+            assert len(node._managed_entities) == 0
+    finally:
+        node.release()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)

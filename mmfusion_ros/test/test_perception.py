@@ -242,3 +242,28 @@ def test_shipped_configs_match_the_code(repo_root):
     T = load_extrinsics(cfg_dir / "extrinsics.yaml")
     sim_config = pytest.importorskip("mmfusion_ros.sim.config")
     assert np.allclose(T, sim_config.CameraConfig().lidar_to_camera())  # the simulator's camera mount
+
+
+def test_car_seen_end_on_is_completed_to_a_whole_car():
+    car = _box("car", 16.0, 0.3, size=(4.4, 1.8, 1.5))  # straight ahead: only its rear is visible
+    pts, _ = make_sweep(beams=64, columns=2048, seed=8, boxes=[car])
+    o, d = _nearest(Perception().process(pts, 0.0), car.center[:2])
+    assert d < 0.3 and o.size[0] == pytest.approx(4.4) and abs(math.sin(o.yaw)) < 0.05
+    assert o.label == "vehicle-sized object"
+    o, d = _nearest(Perception(PerceptionConfig(vehicle_completion=False)).process(pts, 0.0), car.center[:2])
+    assert 1.9 < d < 2.4  # without it the box is the rear face, half a car length too close
+
+
+def test_extrinsics_file_gives_the_default_transform(tmp_path):
+    f = tmp_path / "ext.yaml"
+    f.write_text("extrinsics:\n  translation: [0, 0, 0]\n  rpy: [0, 0, 0]\n")
+    per = Perception(PerceptionConfig(extrinsics_file=str(f)))
+    assert np.allclose(per.T_cam_lidar, T_OPT)
+    pts, _ = make_sweep(beams=32, columns=720, seed=9, boxes=[_box("person", 8.0, 0.0)], max_range=20)
+    o, _ = _nearest(per.process(pts, 0.0, camera=CAM), (8.0, 0.0))
+    assert o.box2d is not None  # projected with the file's transform
+    f.write_text("extrinsics:\n  translation: [0, 0]\n  rpy: [0, 0, 0]\n")
+    with pytest.raises(ValueError):
+        Perception(PerceptionConfig(extrinsics_file=str(f)))
+    with pytest.raises(ValueError):
+        Perception(PerceptionConfig(extrinsics_file=str(tmp_path / "missing.yaml")))

@@ -133,8 +133,9 @@ def test_real_ros1_bag_imu_in_order_with_original_stamps(shared_data, listener):
     assert len(expected) > 100
 
     listener.listen("/imu/data", Imu)
-    proc = run_replay(bag, "--rate", rate, "--start", start, "--duration", duration, "--topics", "/imu/data",
-                      "--wait-subscribers", 15)
+    proc = run_replay(
+        bag, "--rate", rate, "--start", start, "--duration", duration, "--topics", "/imu/data", "--wait-subscribers", 15
+    )
     assert proc.returncode == 0, proc.stderr
     assert listener.wait_for(lambda: len(listener.msgs("/imu/data")) >= len(expected), timeout=10)
     got = [stamp(m) for m in listener.msgs("/imu/data")]
@@ -167,29 +168,46 @@ def write_bag(path: Path, storage: str) -> dict:
             "/audio/audio": w.add_connection("/audio/audio", "mmfusion_msgs/msg/AudioFrame", typestore=ts),
             "/lidar/points": w.add_connection("/lidar/points", "sensor_msgs/msg/PointCloud2", typestore=ts),
         }
-        events = [(t0 + i * 5_000_000, "/imu/data", i) for i in range(200)]
-        events += [(t0 + i * 100_000_000 + 1, "/audio/audio", i) for i in range(10)]
-        events += [(t0 + i * 200_000_000 + 2, "/lidar/points", i) for i in range(5)]
-        for t, topic, i in sorted(events):
+        events = [(t0 + i * 5_000_000, "/imu/data") for i in range(200)]
+        events += [(t0 + i * 100_000_000 + 1, "/audio/audio") for i in range(10)]
+        events += [(t0 + i * 200_000_000 + 2, "/lidar/points") for i in range(5)]
+        for t, topic in sorted(events):
             hdr = Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id=topic.split("/")[1])
             if topic == "/imu/data":
                 acc = rng.normal(0, 1, 3)
                 msg = T["sensor_msgs/msg/Imu"](
-                    header=hdr, orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0), orientation_covariance=np.zeros(9),
-                    angular_velocity=V3(x=0.0, y=0.0, z=0.1), angular_velocity_covariance=np.zeros(9),
-                    linear_acceleration=V3(x=acc[0], y=acc[1], z=acc[2]), linear_acceleration_covariance=np.zeros(9))
+                    header=hdr,
+                    orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0),
+                    orientation_covariance=np.zeros(9),
+                    angular_velocity=V3(x=0.0, y=0.0, z=0.1),
+                    angular_velocity_covariance=np.zeros(9),
+                    linear_acceleration=V3(x=acc[0], y=acc[1], z=acc[2]),
+                    linear_acceleration_covariance=np.zeros(9),
+                )
                 contents[topic].append((t, float(acc[0])))
             elif topic == "/audio/audio":
                 data = rng.integers(0, 256, 3200, dtype=np.uint8)
-                msg = T["mmfusion_msgs/msg/AudioFrame"](header=hdr, sample_rate=16000, channels=1, encoding="S16LE", data=data)
+                msg = T["mmfusion_msgs/msg/AudioFrame"](
+                    header=hdr, sample_rate=16000, channels=1, encoding="S16LE", data=data
+                )
                 contents[topic].append((t, data.tobytes()))
             else:
                 pts = rng.normal(0, 5, (100, 4)).astype(np.float32)
-                fields = [T["sensor_msgs/msg/PointField"](name=n, offset=4 * k, datatype=7, count=1)
-                          for k, n in enumerate(["x", "y", "z", "intensity"])]
-                msg = T["sensor_msgs/msg/PointCloud2"](header=hdr, height=1, width=100, fields=fields, is_bigendian=False,
-                                                       point_step=16, row_step=1600, data=pts.view(np.uint8).reshape(-1),
-                                                       is_dense=True)
+                fields = [
+                    T["sensor_msgs/msg/PointField"](name=n, offset=4 * k, datatype=7, count=1)
+                    for k, n in enumerate(["x", "y", "z", "intensity"])
+                ]
+                msg = T["sensor_msgs/msg/PointCloud2"](
+                    header=hdr,
+                    height=1,
+                    width=100,
+                    fields=fields,
+                    is_bigendian=False,
+                    point_step=16,
+                    row_step=1600,
+                    data=pts.view(np.uint8).reshape(-1),
+                    is_dense=True,
+                )
                 contents[topic].append((t, pts))
             w.write(conns[topic], t, ts.serialize_cdr(msg, msg.__msgtype__))
     return contents
@@ -217,8 +235,9 @@ def test_mcap_round_trip_with_remap_and_clock(tmp_path, listener):
     proc = run_replay(bag, "--rate", 2, "--clock", "--remap", "/imu/data:=/robot/imu", "--wait-subscribers", 15)
     assert proc.returncode == 0, proc.stderr
     want = {"/robot/imu": 200, "/audio/audio": 10, "/lidar/points": 5}
-    assert listener.wait_for(lambda: all(len(listener.msgs(t)) >= n for t, n in want.items()), timeout=10), \
-        {t: len(listener.msgs(t)) for t in want}
+    assert listener.wait_for(lambda: all(len(listener.msgs(t)) >= n for t, n in want.items()), timeout=10), {
+        t: len(listener.msgs(t)) for t in want
+    }
 
     imu = listener.msgs("/robot/imu")
     assert [stamp(m) for m in imu] == [to_stamp(t) for t, _ in contents["/imu/data"]]
@@ -226,7 +245,7 @@ def test_mcap_round_trip_with_remap_and_clock(tmp_path, listener):
     audio = listener.msgs("/audio/audio")
     assert [bytes(m.data) for m in audio] == [d for _, d in contents["/audio/audio"]]
     assert audio_to_array(audio[0])[0].shape == (1600, 1)
-    for m, (_, pts) in zip(listener.msgs("/lidar/points"), contents["/lidar/points"]):
+    for m, (_, pts) in zip(listener.msgs("/lidar/points"), contents["/lidar/points"], strict=True):
         np.testing.assert_array_equal(pointcloud2_to_xyzi(m), pts)
     assert listener.msgs("/imu/data") == []  # remapped away
 
@@ -264,8 +283,20 @@ def test_loop_until_interrupted(tmp_path, listener):
     bag = tmp_path / "bag_loop"
     contents = write_bag(bag, "mcap")
     listener.listen("/audio/audio", AudioFrame)
-    cmd = [sys.executable, "-m", "mmfusion_ros.cli", "replay", str(bag), "--loop", "--rate", "10",
-           "--topics", "/audio/audio", "--wait-subscribers", "15"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmfusion_ros.cli",
+        "replay",
+        str(bag),
+        "--loop",
+        "--rate",
+        "10",
+        "--topics",
+        "/audio/audio",
+        "--wait-subscribers",
+        "15",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     try:
         assert listener.wait_for(lambda: len(listener.msgs("/audio/audio")) >= 25, timeout=30)
@@ -291,8 +322,18 @@ def test_replay_node_parameters(tmp_path, listener):
     listener.listen("/robot/imu", Imu)
     listener.listen("/robot/audio", AudioFrame)
     node = [sys.executable, "-m", "mmfusion_ros.ros.replay", "--ros-args"]
-    cmd = node + ["-p", f"bag:={bag}", "-p", "rate:=4", "-p", "topics:=[/imu/data]", "-p", "wait_subscribers:=15.0",
-                  "-p", "remaps:=['/imu/data:=/robot/imu']"]
+    cmd = node + [
+        "-p",
+        f"bag:={bag}",
+        "-p",
+        "rate:=4",
+        "-p",
+        "topics:=[/imu/data]",
+        "-p",
+        "wait_subscribers:=15.0",
+        "-p",
+        "remaps:=['/imu/data:=/robot/imu']",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr
     assert listener.wait_for(lambda: len(listener.msgs("/robot/imu")) >= 200, timeout=10)
@@ -300,8 +341,18 @@ def test_replay_node_parameters(tmp_path, listener):
     # ROS remapping rules (a launch file's <remap>) apply to the bag's topic names too; and a bare .mcap
     # file (no metadata.yaml beside it) plays as well
     (bag / "metadata.yaml").unlink()
-    cmd = node + ["-p", f"bag:={next(bag.glob('*.mcap'))}", "-p", "rate:=4.0", "-p", "topics:=[/audio/audio]", "-p", "wait_subscribers:=15.0",
-                  "-r", "/audio/audio:=/robot/audio"]
+    cmd = node + [
+        "-p",
+        f"bag:={next(bag.glob('*.mcap'))}",
+        "-p",
+        "rate:=4.0",
+        "-p",
+        "topics:=[/audio/audio]",
+        "-p",
+        "wait_subscribers:=15.0",
+        "-r",
+        "/audio/audio:=/robot/audio",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr
     assert listener.wait_for(lambda: len(listener.msgs("/robot/audio")) >= 10, timeout=10)
@@ -329,8 +380,13 @@ def test_unreadable_bags_exit_2_without_traceback(tmp_path):
     for k in range(len(raw) // 3, len(raw) // 2, 97):
         raw[k] ^= 0x5A
     db3.write_bytes(bytes(raw))
-    cases = [(garbage, "cannot read bag"), (truncated, "cannot read bag"), (no_meta, "without metadata.yaml"),
-             (tmp_path / "missing.bag", "does not exist"), (damaged, "cannot read bag")]
+    cases = [
+        (garbage, "cannot read bag"),
+        (truncated, "cannot read bag"),
+        (no_meta, "without metadata.yaml"),
+        (tmp_path / "missing.bag", "does not exist"),
+        (damaged, "cannot read bag"),
+    ]
     for path, why in cases:
         proc = run_replay(path, "--rate", 100)
         assert proc.returncode == 2, (path, proc.stdout, proc.stderr)

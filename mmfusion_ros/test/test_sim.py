@@ -228,3 +228,8 @@ def test_config_yaml_round_trip_and_rejects_typos(tmp_path):
     p.write_text("sim:\n  lidar:\n    beamz: 16\n")
     with pytest.raises(ValueError, match="beamz"):
         load_config(str(p))
+
+
+def test_shipped_sim_yaml_equals_the_defaults(repo_root):
+    cfg = load_config(str(repo_root / "mmfusion_ros" / "config" / "sim.yaml"))
+    assert cfg.to_dict() == SimConfig().to_dict()

@@ -46,7 +46,11 @@ def _conversion_rows(quick: bool) -> List[list]:
     cases = [
         ("PointCloud2 65k pts -> (N,3) f32, rclpy msg", lambda: conv.pointcloud2_to_xyz(cloud), 1.0),
         ("PointCloud2 65k pts -> (N,3) f32, rosbags msg", lambda: conv.pointcloud2_to_xyz(cloud_bag), 1.0),
-        ("PointCloud2 65k pts -> (N,3) zero-copy view", lambda: conv.pointcloud2_to_xyz(cloud, drop_invalid=False), 1.0),
+        (
+            "PointCloud2 65k pts -> (N,3) zero-copy view",
+            lambda: conv.pointcloud2_to_xyz(cloud, drop_invalid=False),
+            1.0,
+        ),
         ("PointCloud2 65k pts -> (N,4) x,y,z,i", lambda: conv.pointcloud2_to_xyzi(cloud), None),
         ("PointCloud2 65k pts, 10% NaN -> (N,4)", lambda: conv.pointcloud2_to_xyzi(cloud_nan), None),
         ("Image 640x480 rgb8 -> RGB", lambda: conv.image_to_rgb(img_rgb), None),
@@ -81,8 +85,11 @@ def _write_bag(path: Path, seconds: float, heavy: bool) -> int:
         events += [(t0 + int(i * 1e9 / 30) + 2, "/camera/image_raw") for i in range(int(seconds * 30))]
     cloud = serialize_message(conv.xyzi_to_pointcloud2(rng.normal(0, 20, (N_POINTS, 4)).astype(np.float32)))
     image = serialize_message(conv.rgb_to_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)))
-    types = {"/imu/data": "sensor_msgs/msg/Imu", "/lidar/points": "sensor_msgs/msg/PointCloud2",
-             "/camera/image_raw": "sensor_msgs/msg/Image"}
+    types = {
+        "/imu/data": "sensor_msgs/msg/Imu",
+        "/lidar/points": "sensor_msgs/msg/PointCloud2",
+        "/camera/image_raw": "sensor_msgs/msg/Image",
+    }
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conns = {t: w.add_connection(t, m, typestore=ts) for t, m in types.items() if heavy or t == "/imu/data"}
         for t, topic in sorted(events):
@@ -105,15 +112,19 @@ def _listen_main() -> None:
 
     from ..ros.replay import message_class
 
-    types = {"/imu/data": "sensor_msgs/msg/Imu", "/lidar/points": "sensor_msgs/msg/PointCloud2",
-             "/camera/image_raw": "sensor_msgs/msg/Image"}
+    types = {
+        "/imu/data": "sensor_msgs/msg/Imu",
+        "/lidar/points": "sensor_msgs/msg/PointCloud2",
+        "/camera/image_raw": "sensor_msgs/msg/Image",
+    }
     expected, topics = int(sys.argv[1]), sys.argv[2:]
     rclpy.init()
     node = rclpy.create_node("bench_replay_listener")
     counts = {t: 0 for t in topics}
     for t in topics:
-        node.create_subscription(message_class(types[t]), t, lambda _m, t=t: counts.__setitem__(t, counts[t] + 1),
-                                 QoSProfile(depth=1000))
+        node.create_subscription(
+            message_class(types[t]), t, lambda _m, t=t: counts.__setitem__(t, counts[t] + 1), QoSProfile(depth=1000)
+        )
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     print("ready", flush=True)
@@ -141,9 +152,16 @@ def _replay_rows(quick: bool) -> List[list]:
             topics = ["/imu/data"] + (["/lidar/points", "/camera/image_raw"] if heavy else [])
             # the listener is its own process, so it shares no GIL with the player being measured
             child = subprocess.Popen(
-                [sys.executable, "-c", "from mmfusion_ros.bench.ros_io import _listen_main; _listen_main()", str(n_msgs),
-                 *topics],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-c",
+                    "from mmfusion_ros.bench.ros_io import _listen_main; _listen_main()",
+                    str(n_msgs),
+                    *topics,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             try:
                 if child.stdout.readline().strip() != "ready":
@@ -164,9 +182,20 @@ def _replay_rows(quick: bool) -> List[list]:
             imu = np.asarray(stats.lateness_by_topic["/imu/data"]) * 1e3  # ms, one per IMU message
             worst = np.asarray(stats.lateness).max() * 1e3
             name = "200 Hz Imu" + (" + 10 Hz 65k-pt cloud + 30 Hz 640x480 image" if heavy else " only")
-            rows.append([name, f"{seconds:.0f} s", f"{received}/{n_msgs}", fmt(pct(imu, 50), 3), fmt(pct(imu, 99), 3),
-                         fmt(float(imu.max()), 3), f"{np.mean(imu <= 5.0) * 100:.1f}%", fmt(float(worst), 3),
-                         f"{load:.1f}", "yes" if imu.max() <= 5.0 else "NO"])
+            rows.append(
+                [
+                    name,
+                    f"{seconds:.0f} s",
+                    f"{received}/{n_msgs}",
+                    fmt(pct(imu, 50), 3),
+                    fmt(pct(imu, 99), 3),
+                    fmt(float(imu.max()), 3),
+                    f"{np.mean(imu <= 5.0) * 100:.1f}%",
+                    fmt(float(worst), 3),
+                    f"{load:.1f}",
+                    "yes" if imu.max() <= 5.0 else "NO",
+                ]
+            )
     return rows
 
 
@@ -183,8 +212,18 @@ def run(quick: bool) -> List[dict]:
         ),
         section(
             "Replay scheduling at 1x (ros/replay.py)",
-            ["stream", "bag", "received", "IMU lateness p50 ms", "p99 ms", "max ms", "IMU within 5 ms",
-             "any topic max ms", "load avg", "meets"],
+            [
+                "stream",
+                "bag",
+                "received",
+                "IMU lateness p50 ms",
+                "p99 ms",
+                "max ms",
+                "IMU within 5 ms",
+                "any topic max ms",
+                "load avg",
+                "meets",
+            ],
             replay_rows,
             "Lateness = publish time minus the message's due time (bag time / rate). Real rclpy publishers and a "
             "listener in a child process (FastDDS); the bag is read from mcap by rosbags while playing. 'load avg' is "

@@ -220,6 +220,9 @@ class Demo:
         cmd = _node_command() + ["--ros-args", "--params-file", str(_params_file()),
                                  "-p", "use_sim_time:=true", "-p", f"model.dir:={model}",
                                  "-p", f"backend.type:={self.args.backend}"]
+        for name in os.environ.get("MMFUSION_DEMO_RELIABLE", "").split(","):
+            if name:
+                cmd += ["-p", f"qos.{name}.reliability:=reliable"]
         self.node_log = self.logs / "fusion_node.log"
         with open(self.node_log, "w") as log:
             log.write("$ " + " ".join(cmd) + "\n")

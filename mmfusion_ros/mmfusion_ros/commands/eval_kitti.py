@@ -251,9 +251,11 @@ def _camera_labeller(model_dir: str, backend_type: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("frames", nargs="+", metavar="FRAME_DIR", help="folders with <id>.png, <id>.bin, <id>_calib.txt, <id>_label.txt")
+    p.add_argument("frames", nargs="+", metavar="FRAME_DIR",
+                   help="folders with <id>.png, <id>.bin, <id>_calib.txt, <id>_label.txt")
     p.add_argument("--json", metavar="FILE", help="also write all metrics as JSON ('-' for stdout)")
-    p.add_argument("--config", metavar="YAML", help="perception parameters (default: PerceptionConfig defaults, as config/perception.yaml)")
+    p.add_argument("--config", metavar="YAML",
+                   help="perception parameters (default: PerceptionConfig defaults, as in config/perception.yaml)")
     p.add_argument("--model", metavar="DIR", help="model bundle: label in-view clusters with its camera encoder and prompts")
     p.add_argument("--backend", default="auto", help="runtime backend for --model (auto, onnxruntime, tensorrt, torch)")
     p.add_argument("--render", metavar="DIR", help="write <id>.png: bird's-eye view and camera view with boxes")

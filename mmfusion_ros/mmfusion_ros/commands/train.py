@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,19 +28,91 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
 
 
+def bag_frames(bag: Path, rate_hz: float = 10.0):
+    """SensorFrames of one bag, cut by the node's own Collector from messages in time order.
+
+    The messages go through ros.conversions exactly as the node's callbacks do; the bag's own
+    timeline drives the Collector's clock (as in offline processing).
+    """
+    from rosbags.highlevel import AnyReader
+
+    from mmfusion_ros.core.sync import Collector, SyncConfig
+    from mmfusion_ros.ros import conversions as conv
+    from mmfusion_ros.ros.bag_io import typestore
+    from mmfusion_ros.ros.offline import load_param_values
+
+    if not bag.exists():
+        raise FileNotFoundError(f"bag not found: {bag}")
+    topics = load_param_values(None)
+    names = {topics[f"topics.{n}"].strip("/"): n for n in ("image", "compressed", "camera_info", "lidar", "audio", "imu")}
+    col = Collector(SyncConfig(rate_hz=rate_hz))
+    try:
+        reader = AnyReader([bag], default_typestore=typestore())
+        reader.open()
+    except Exception as e:  # rosbags raises several types for unreadable bags
+        raise ValueError(f"{bag}: cannot be read as a bag ({type(e).__name__}: {e})") from None
+    conns = [c for c in reader.connections if c.topic.strip("/") in names]
+    if not conns:
+        reader.close()
+        raise ValueError(f"{bag}: none of the input topics {sorted(names)} is in the bag")
+    last = None
+    bad = 0
+    try:
+        for conn, _, raw in reader.messages(connections=conns):
+            name = names[conn.topic.strip("/")]
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+                st = conv.header_stamp(msg)
+                if name == "image":
+                    col.add_image(st, conv.image_to_rgb(msg))
+                elif name == "compressed":
+                    col.add_image(st, conv.compressed_to_rgb(msg))
+                elif name == "camera_info":
+                    col.add_camera_info(st, conv.camera_info_to_intrinsics(msg))
+                elif name == "lidar":
+                    col.add_lidar(st, conv.pointcloud2_to_xyzi(msg), msg.header.frame_id or None)
+                elif name == "audio":
+                    samples, rate = conv.audio_to_array(msg)
+                    col.add_audio(st, samples, rate)
+                else:
+                    r = conv.imu_to_reading(msg)
+                    col.add_imu(st, r.accel, r.gyro)
+            except ValueError:  # ConversionError is a ValueError: count the bad message, keep going
+                bad += 1
+                continue
+            last = st if last is None else max(last, st)
+            yield from col.poll(last)
+        if last is not None:
+            yield from col.poll(last + 1.0)
+    finally:
+        reader.close()
+    if bad:
+        print(f"{bag}: {bad} messages could not be converted and were skipped", file=sys.stderr)
+
+
 def run(args) -> int:
     if args.bags:
         if not args.init or not args.out:
             print("error: --bags needs --init CKPT and --out DIR", file=sys.stderr)
             return 2
-        from mmfusion_ros.train.bags import train_from_bags
+        from mmfusion_ros.train.bags import concat_windows, train_on_windows, windows_from_frames
 
         try:
-            train_from_bags(args.bags, args.init, args.out, epochs=args.epochs, seed=args.seed or 0,
-                            batch_size=args.batch_size or 32)
-        except (FileNotFoundError, ValueError) as e:
+            parts = []
+            for i, bag in enumerate(args.bags):
+                w = windows_from_frames(bag_frames(Path(bag)), source=i)
+                print(f"{bag}: {len(w['t'])} complete windows ({int(w['skipped'])} frames lacked a sensor)")
+                parts.append(w)
+            report = train_on_windows(concat_windows(parts), args.init, args.out, epochs=args.epochs,
+                                      seed=args.seed or 0, batch_size=args.batch_size or 32)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        b, a = report["before"], report["after"]
+        for k in ("lidar", "audio", "imu"):
+            print(f"{k}->camera R@1 {100 * b[k + '->camera R@1']:.1f}% -> {100 * a[k + '->camera R@1']:.1f}%  "
+                  f"R@5 {100 * b[k + '->camera R@5']:.1f}% -> {100 * a[k + '->camera R@5']:.1f}%  "
+                  f"(gallery {int(a['gallery_size'])})")
         return 0
     if not args.config:
         print("error: give --config YAML (or --bags with --init)", file=sys.stderr)

@@ -14,9 +14,10 @@ class EncoderConfig:
 
     kind: str = "cnn2d"  # "cnn2d" (images, BEV grids, spectrograms) or "cnn1d" (IMU sequences)
     in_channels: int = 3  # input channels of the model input (camera 3, lidar 4, audio 1, imu 6)
-    stem_channels: int = 24  # channels after the stride-2 stem convolution
-    widths: Tuple[int, ...] = (32, 64, 128, 192)  # output channels of each stride-2 stage
-    blocks_per_stage: int = 1  # extra stride-1 residual blocks after each stage's downsampling block
+    stem_channels: int = 32  # channels after the patchify stem convolution
+    stem_stride: int = 4  # stem kernel = stride (4: a 128x128 input becomes 32x32)
+    widths: Tuple[int, ...] = (48, 96, 192)  # output channels of each stride-2 stage
+    blocks_per_stage: int = 1  # residual 3x3 convs after each stage's downsampling conv
     dropout: float = 0.0  # dropout before the head
 
 
@@ -57,8 +58,8 @@ def _default_encoders() -> Dict[str, EncoderConfig]:
     return {
         "camera": EncoderConfig(kind="cnn2d", in_channels=3),
         "lidar": EncoderConfig(kind="cnn2d", in_channels=4),
-        "audio": EncoderConfig(kind="cnn2d", in_channels=1, stem_channels=16, widths=(32, 64, 128, 160)),
-        "imu": EncoderConfig(kind="cnn1d", in_channels=6, stem_channels=32, widths=(48, 64, 96, 128)),
+        "audio": EncoderConfig(kind="cnn2d", in_channels=1, stem_channels=32, stem_stride=2, widths=(48, 96, 192)),
+        "imu": EncoderConfig(kind="cnn1d", in_channels=6, stem_channels=32, stem_stride=4, widths=(48, 96, 128)),
     }
 
 
@@ -114,10 +115,10 @@ def _sub(klass, v):
 def tiny_config(vocab_size: int = 4) -> ModelConfig:
     """A very small model for tests and smoke runs (same interfaces, a fraction of the compute)."""
     enc = {
-        "camera": EncoderConfig(kind="cnn2d", in_channels=3, stem_channels=8, widths=(16, 16, 32, 32)),
-        "lidar": EncoderConfig(kind="cnn2d", in_channels=4, stem_channels=8, widths=(16, 16, 32, 32)),
-        "audio": EncoderConfig(kind="cnn2d", in_channels=1, stem_channels=8, widths=(16, 16, 32, 32)),
-        "imu": EncoderConfig(kind="cnn1d", in_channels=6, stem_channels=8, widths=(16, 16, 32, 32)),
+        "camera": EncoderConfig(kind="cnn2d", in_channels=3, stem_channels=8, widths=(16, 32, 32)),
+        "lidar": EncoderConfig(kind="cnn2d", in_channels=4, stem_channels=8, widths=(16, 32, 32)),
+        "audio": EncoderConfig(kind="cnn2d", in_channels=1, stem_channels=8, stem_stride=2, widths=(16, 32, 32)),
+        "imu": EncoderConfig(kind="cnn1d", in_channels=6, stem_channels=8, widths=(16, 32, 32)),
     }
     return ModelConfig(
         name="mmfusion_tiny",

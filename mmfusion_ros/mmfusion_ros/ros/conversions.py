@@ -152,7 +152,9 @@ def image_to_array(msg: Any) -> np.ndarray:
     buf = _uint8_buffer(getattr(msg, "data", None), "Image.data")
     need = (height - 1) * step + row_bytes
     if buf.size < need:
-        raise ConversionError("Image.data", f"has {buf.size} bytes, expected at least {need} ({height} rows of step {step})")
+        raise ConversionError(
+            "Image.data", f"has {buf.size} bytes, expected at least {need} ({height} rows of step {step})"
+        )
     big = bool(getattr(msg, "is_bigendian", 0))
     dt = dtype.newbyteorder(">" if big else "<") if dtype.itemsize > 1 else dtype
     # strided view over the message buffer: rows `step` apart, padding never read
@@ -211,7 +213,9 @@ def array_to_image(pixels: np.ndarray, encoding: str = "rgb8", stamp: float = 0.
     if px.ndim == 2 and channels == 1:
         px = px[:, :, None]
     if px.ndim != 3 or px.shape[2] != channels:
-        raise ConversionError("Image.data", f"array of shape {px.shape} does not have {channels} channel(s) for {encoding}")
+        raise ConversionError(
+            "Image.data", f"array of shape {px.shape} does not have {channels} channel(s) for {encoding}"
+        )
     if px.dtype != dtype:
         raise ConversionError("Image.data", f"array dtype {px.dtype} is not {dtype} for {encoding}")
     h, w = px.shape[:2]
@@ -304,7 +308,9 @@ def _cloud_layout(msg: Any) -> CloudLayout:
         datatype = _int_field(f, "datatype", f"PointCloud2.fields[{i}]")
         count = _int_field(f, "count", f"PointCloud2.fields[{i}]")
         if datatype not in POINTFIELD_DTYPES:
-            raise ConversionError(f"PointCloud2.fields[{i}].datatype", f"{datatype} (field {name!r}) is not a PointField type 1..8")
+            raise ConversionError(
+                f"PointCloud2.fields[{i}].datatype", f"{datatype} (field {name!r}) is not a PointField type 1..8"
+            )
         end = offset + POINTFIELD_DTYPES[datatype].itemsize * max(count, 1)
         if end > point_step:
             raise ConversionError("PointCloud2.point_step", f"{point_step} is smaller than field {name!r} end {end}")
@@ -312,9 +318,13 @@ def _cloud_layout(msg: Any) -> CloudLayout:
             found[name] = (offset, POINTFIELD_DTYPES[datatype])
     for axis in "xyz":
         if axis not in found:
-            raise ConversionError("PointCloud2.fields", f"no field {axis!r} (have {[getattr(f, 'name', '?') for f in fields]})")
+            raise ConversionError(
+                "PointCloud2.fields", f"no field {axis!r} (have {[getattr(f, 'name', '?') for f in fields]})"
+            )
         if found[axis][1].kind != "f":
-            raise ConversionError("PointCloud2.fields", f"field {axis!r} is {found[axis][1]}, expected FLOAT32 or FLOAT64")
+            raise ConversionError(
+                "PointCloud2.fields", f"field {axis!r} is {found[axis][1]}, expected FLOAT32 or FLOAT64"
+            )
     wanted = {a: found[a] for a in "xyz"}
     for name in INTENSITY_NAMES:
         if name in found:
@@ -326,10 +336,14 @@ def _cloud_layout(msg: Any) -> CloudLayout:
         if point_step == 0:
             raise ConversionError("PointCloud2.point_step", f"is 0 for {n} points")
         if height > 1 and row_step < width * point_step:
-            raise ConversionError("PointCloud2.row_step", f"{row_step} is smaller than width*point_step {width * point_step}")
+            raise ConversionError(
+                "PointCloud2.row_step", f"{row_step} is smaller than width*point_step {width * point_step}"
+            )
         need = (height - 1) * row_step + width * point_step
         if buf.size < need:
-            raise ConversionError("PointCloud2.data", f"has {buf.size} bytes, expected at least {need} ({height}x{width} points)")
+            raise ConversionError(
+                "PointCloud2.data", f"has {buf.size} bytes, expected at least {need} ({height}x{width} points)"
+            )
     return CloudLayout(height, width, point_step, row_step, big, wanted, buf)
 
 
@@ -339,7 +353,11 @@ def _field_view(layout: CloudLayout, name: str) -> np.ndarray:
     dt = dt.newbyteorder(">" if layout.big_endian else "<") if dt.itemsize > 1 else dt
     row_stride = layout.row_step if layout.height > 1 else layout.width * layout.point_step
     return np.ndarray(
-        (layout.height, layout.width), dtype=dt, buffer=layout.buffer, offset=offset, strides=(row_stride, layout.point_step)
+        (layout.height, layout.width),
+        dtype=dt,
+        buffer=layout.buffer,
+        offset=offset,
+        strides=(row_stride, layout.point_step),
     )
 
 
@@ -458,7 +476,8 @@ def xyzi_to_pointcloud2(
         rec["ring"] = ring
     msg = PointCloud2(header=make_header(stamp, frame_id), height=h, width=w)
     msg.fields = [
-        PointField(name=n, offset=o, datatype=(UINT16 if n == "ring" else FLOAT32), count=1) for n, o in zip(names, offsets)
+        PointField(name=n, offset=o, datatype=(UINT16 if n == "ring" else FLOAT32), count=1)
+        for n, o in zip(names, offsets)
     ]
     msg.is_bigendian = sys.byteorder == "big"
     msg.point_step = step
@@ -556,7 +575,9 @@ def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
         raise ConversionError("CameraInfo.k", "contains non-finite values")
     K = K.reshape(3, 3)
     if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ConversionError("CameraInfo.k", f"focal lengths fx={K[0, 0]}, fy={K[1, 1]} must be > 0 (uncalibrated camera?)")
+        raise ConversionError(
+            "CameraInfo.k", f"focal lengths fx={K[0, 0]}, fy={K[1, 1]} must be > 0 (uncalibrated camera?)"
+        )
     width = _int_field(msg, "width", "CameraInfo")
     height = _int_field(msg, "height", "CameraInfo")
     if width == 0 or height == 0:
@@ -605,7 +626,8 @@ def audio_to_array(msg: Any) -> Tuple[np.ndarray, int]:
     frame_bytes = channels * dt.itemsize
     if buf.size % frame_bytes:
         raise ConversionError(
-            "AudioFrame.data", f"{buf.size} bytes is not a whole number of {channels}-channel {enc} frames ({frame_bytes} bytes each)"
+            "AudioFrame.data",
+            f"{buf.size} bytes is not a whole number of {channels}-channel {enc} frames ({frame_bytes} bytes each)",
         )
     samples = np.frombuffer(buf, dtype=dt).reshape(-1, channels)  # (S, C)
     if enc == "S16LE":
@@ -628,7 +650,9 @@ def pack_audio(samples: np.ndarray, encoding: str = "S16LE") -> Tuple[bytes, int
     if x.ndim == 1:
         x = x[:, None]  # (S, 1)
     if x.ndim != 2 or x.shape[1] == 0 or x.shape[1] > 255:
-        raise ConversionError("AudioFrame.channels", f"block of shape {np.shape(samples)} is not (S, C) with 1 <= C <= 255")
+        raise ConversionError(
+            "AudioFrame.channels", f"block of shape {np.shape(samples)} is not (S, C) with 1 <= C <= 255"
+        )
     if encoding == "S16LE":
         if x.dtype == np.int16:
             packed = x.astype("<i2")
@@ -658,6 +682,8 @@ def array_to_audio(
     if not isinstance(sample_rate, (int, np.integer)) or not 0 < sample_rate < 2**32:
         raise ConversionError("AudioFrame.sample_rate", f"{sample_rate!r} is not a positive integer")
     data, channels = pack_audio(samples, encoding)
-    msg = AudioFrame(header=make_header(stamp, frame_id), sample_rate=int(sample_rate), channels=channels, encoding=encoding)
+    msg = AudioFrame(
+        header=make_header(stamp, frame_id), sample_rate=int(sample_rate), channels=channels, encoding=encoding
+    )
     msg.data = data
     return msg

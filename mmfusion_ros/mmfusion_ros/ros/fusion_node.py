@@ -225,7 +225,9 @@ class FusionNode(Node):
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: free everything and go back to unconfigured (configure can be retried)."""
         self.release()
+        self._set_state("unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
     def release(self) -> None:
@@ -393,6 +395,8 @@ class FusionNode(Node):
                     self._diag.skipped(skipped)
                     self._log_error(f"pipeline failed on frame {frame.stamp:.3f}: {type(e).__name__}: {e}")
                     continue
+            # counted before publishing, so /diagnostics never lags what subscribers already received
+            self._diag.frame([getattr(m, "value", m) for m in result.present], messages.inference_ms(result), skipped)
             if not self.context.ok():  # shutting down (SIGINT): nothing can be published any more
                 return
             try:
@@ -401,7 +405,6 @@ class FusionNode(Node):
                 if not self.context.ok():
                     return
                 self._log_error(f"publishing failed: {type(e).__name__}: {e}")
-            self._diag.frame([m.value for m in result.present], messages.inference_ms(result), skipped)
 
     def _log_error(self, text: str) -> None:
         now = time.monotonic()
@@ -470,7 +473,7 @@ class FusionNode(Node):
             self.destroy_subscription(s)
         self._subs = []
         for p in self._pubs.values():
-            self.destroy_publisher(p)
+            self.destroy_lifecycle_publisher(p)
         self._pubs = {}
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)

@@ -75,7 +75,7 @@ class MicrophoneConfig:
 
 
 def describe_devices(devices: Sequence[dict]) -> str:
-    """"0: name (2 in, 44100 Hz); ..." over the input-capable devices, or "none"."""
+    """ "0: name (2 in, 44100 Hz); ..." over the input-capable devices, or "none"."""
     items = [
         f"{i}: {d.get('name', '?')} ({d.get('max_input_channels', 0)} in, {d.get('default_samplerate', 0):.0f} Hz)"
         for i, d in enumerate(devices)
@@ -107,7 +107,9 @@ def choose_device(devices: Sequence[dict], wanted: str, default_input: int, chan
         index = matches[0]
     have = devices[index].get("max_input_channels", 0)
     if channels > have:
-        raise MicrophoneError(f"device {index} ({devices[index].get('name')}) has {have} input channel(s), {channels} requested")
+        raise MicrophoneError(
+            f"device {index} ({devices[index].get('name')}) has {have} input channel(s), {channels} requested"
+        )
     return index
 
 
@@ -144,7 +146,10 @@ def _read_config(node) -> MicrophoneConfig:
         node.declare_parameter("frame_id", defaults.frame_id)
     except ParameterException as e:
         raise MicrophoneError(f"invalid parameter: {e}", EXIT_BAD_PARAMETER) from None
-    values = {n: node.get_parameter(n).value for n in ("device", "sample_rate", "channels", "chunk_ms", "encoding", "frame_id")}
+    values = {
+        n: node.get_parameter(n).value
+        for n in ("device", "sample_rate", "channels", "chunk_ms", "encoding", "frame_id")
+    }
     for name in ("sample_rate", "channels"):
         v = values[name]
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
@@ -152,8 +157,12 @@ def _read_config(node) -> MicrophoneConfig:
     if isinstance(values["chunk_ms"], bool) or not isinstance(values["chunk_ms"], (int, float)):
         raise MicrophoneError(f"invalid parameter: chunk_ms {values['chunk_ms']!r} is not a number", EXIT_BAD_PARAMETER)
     cfg = MicrophoneConfig(
-        device=str(values["device"]), sample_rate=int(values["sample_rate"]), channels=int(values["channels"]),
-        chunk_ms=float(values["chunk_ms"]), encoding=str(values["encoding"]), frame_id=str(values["frame_id"]),
+        device=str(values["device"]),
+        sample_rate=int(values["sample_rate"]),
+        channels=int(values["channels"]),
+        chunk_ms=float(values["chunk_ms"]),
+        encoding=str(values["encoding"]),
+        frame_id=str(values["frame_id"]),
     )
     cfg.validate()
     return cfg
@@ -192,15 +201,24 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
 
     try:
         stream = sd.InputStream(
-            device=index, samplerate=cfg.sample_rate, channels=cfg.channels, dtype=cfg.dtype,
-            blocksize=cfg.chunk_frames, callback=on_block, finished_callback=lambda: finished.__setitem__(0, True),
+            device=index,
+            samplerate=cfg.sample_rate,
+            channels=cfg.channels,
+            dtype=cfg.dtype,
+            blocksize=cfg.chunk_frames,
+            callback=on_block,
+            finished_callback=lambda: finished.__setitem__(0, True),
         )
     except (sd.PortAudioError, ValueError) as e:
+        name = devices[index].get("name")
         raise MicrophoneError(
-            f"cannot open device {index} ({devices[index].get('name')}) at {cfg.sample_rate} Hz, {cfg.channels} ch: {e} "
+            f"cannot open device {index} ({name}) at {cfg.sample_rate} Hz, {cfg.channels} ch: {e} "
             f"(available input devices: {describe_devices(devices)})"
         ) from None
-    log.info(f"capturing {devices[index].get('name')} at {cfg.sample_rate} Hz, {cfg.channels} ch, {cfg.chunk_frames} samples per frame")
+    log.info(
+        f"capturing {devices[index].get('name')} at {cfg.sample_rate} Hz, {cfg.channels} ch, "
+        f"{cfg.chunk_frames} samples per frame"
+    )
     reported = 0
     with stream:
         while is_running() and rclpy.ok(context=node.context):
@@ -208,14 +226,18 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
                 block, stamp = blocks.get(timeout=0.5)
             except queue.Empty:
                 if finished[0] or not stream.active:
-                    raise MicrophoneError(f"device {index} ({devices[index].get('name')}) stopped delivering audio") from None
+                    raise MicrophoneError(
+                        f"device {index} ({devices[index].get('name')}) stopped delivering audio"
+                    ) from None
                 continue
             try:
                 pub.publish(block_to_msg(block, stamp, cfg))
             except ConversionError as e:  # cannot happen for int16/float32 blocks, but never kill the node
                 log.error(f"dropped a chunk: {e}", throttle_duration_sec=5.0)
             if overflows[0] > reported:
-                log.warning(f"{overflows[0]} chunks overflowed (input too fast for this node)", throttle_duration_sec=5.0)
+                log.warning(
+                    f"{overflows[0]} chunks overflowed (input too fast for this node)", throttle_duration_sec=5.0
+                )
                 reported = overflows[0]
 
 

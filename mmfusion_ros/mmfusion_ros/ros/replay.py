@@ -78,7 +78,7 @@ class ReplayOptions:
     topics: Optional[List[str]] = None  # bag topics to play (None = every topic)
     remaps: Dict[str, str] = field(default_factory=dict)  # bag topic -> published topic
     clock: bool = False  # publish /clock (rosgraph_msgs/Clock) with the bag time, for use_sim_time
-    clock_hz: float = 100.0  # /clock rate between messages (it is also published before each message)
+    clock_hz: float = 100.0  # wall-clock rate of /clock between messages (also published before each message)
     qos: str = "reliable"  # "reliable" (depth qos_depth) or "sensor" (best effort, depth 5)
     qos_depth: int = 100  # history depth of reliable publishers
     wait_subscribers: float = 0.0  # seconds to wait, before playing, until every topic has a subscriber
@@ -195,11 +195,15 @@ def plan_topics(reader, opts: ReplayOptions, warn: Callable[[str], None]) -> Lis
 class Scheduler:
     """Waits until each message's due time: sleep, then busy-wait the last ``spin_window`` seconds.
 
-    ``time.sleep`` alone wakes up 0.1-2 ms late on a loaded machine, too coarse for a 200 Hz stream;
-    the short spin keeps publication within tens of microseconds of schedule.
+    ``time.sleep`` alone wakes up late by its timer slack (~0.08 ms median measured here) and by
+    however long the OS takes to reschedule us; the short spin removes the systematic part, so an
+    unloaded machine publishes within microseconds of schedule. It cannot beat CPU contention: on an
+    overloaded machine the process may be preempted while spinning (see bench/ros_io.py's load column).
     """
 
-    def __init__(self, rate: float = 1.0, spin_window: float = 0.001, on_idle: Optional[Callable[[float], float]] = None):
+    def __init__(
+        self, rate: float = 1.0, spin_window: float = 0.001, on_idle: Optional[Callable[[float], float]] = None
+    ):
         self.rate = rate
         self.spin_window = spin_window
         self.on_idle = on_idle  # called with the wall time while waiting; returns the next wall time it wants
@@ -297,7 +301,9 @@ def _qos(opts: ReplayOptions):
     return QoSProfile(depth=opts.qos_depth)  # reliable, volatile, keep last
 
 
-def _messages(reader, plans: List[TopicPlan], start_ns: int, stop_ns: Optional[int]) -> Iterator[Tuple[TopicPlan, int, bytes]]:
+def _messages(
+    reader, plans: List[TopicPlan], start_ns: int, stop_ns: Optional[int]
+) -> Iterator[Tuple[TopicPlan, int, bytes]]:
     by_conn = {}
     for p in plans:
         for c in reader.connections:
@@ -349,7 +355,8 @@ def replay(opts: ReplayOptions, node, should_stop: Callable[[], bool] = lambda: 
 
         bag_start = reader.start_time + int(round(opts.start * 1e9))
         if bag_start >= reader.end_time:
-            raise ReplayError(f"--start {opts.start} s is past the end of the bag ({(reader.end_time - reader.start_time) / 1e9:.2f} s)")
+            length = (reader.end_time - reader.start_time) / 1e9
+            raise ReplayError(f"--start {opts.start} s is past the end of the bag ({length:.2f} s)")
         stop_ns = None if opts.duration is None else bag_start + int(round(opts.duration * 1e9)) + 1
         clock_period = 1.0 / opts.clock_hz
         next_tick = [0.0]
@@ -365,13 +372,14 @@ def replay(opts: ReplayOptions, node, should_stop: Callable[[], bool] = lambda: 
         def on_idle(now: float) -> float:
             if now >= next_tick[0]:
                 publish_clock(int(round(sched.bag_time(now) * 1e9)))
-                next_tick[0] = now + clock_period / opts.rate
+                next_tick[0] = now + clock_period
             return next_tick[0]
 
         if clock_pub is not None:
             sched.on_idle = on_idle
         log.info(
-            f"playing {opts.bag} at {opts.rate}x: " + ", ".join(f"{p.topic}->{p.out_topic}" if p.topic != p.out_topic else p.topic for p in plans)
+            f"playing {opts.bag} at {opts.rate}x: "
+            + ", ".join(f"{p.topic}->{p.out_topic}" if p.topic != p.out_topic else p.topic for p in plans)
         )
         wall_begin = time.perf_counter()
         try:
@@ -392,12 +400,14 @@ def replay(opts: ReplayOptions, node, should_stop: Callable[[], bool] = lambda: 
                         cdr = plan.to_cdr(raw)
                     except Exception as e:  # noqa: BLE001 - a corrupt ROS 1 message: drop it, keep playing
                         stats.dropped += 1
-                        log.warning(f"dropped a message on {plan.topic} that does not convert: {e}", throttle_duration_sec=5.0)
+                        log.warning(
+                            f"dropped a message on {plan.topic} that does not convert: {e}", throttle_duration_sec=5.0
+                        )
                         continue
                     late = sched.wait(t_ns * 1e-9)
                     if clock_pub is not None:
                         publish_clock(t_ns)
-                        next_tick[0] = time.perf_counter() + clock_period / opts.rate
+                        next_tick[0] = time.perf_counter() + clock_period
                     pubs[plan.out_topic].publish(cdr)
                     stats.record(plan.out_topic, late)
                     n_this_pass += 1
@@ -467,9 +477,15 @@ def _node_options(node) -> ReplayOptions:
     except ValueError as e:
         raise ReplayError(str(e)) from None
     opts = ReplayOptions(
-        bag=Path(p["bag"]), rate=float(p["rate"]), loop=bool(p["loop"]), clock=bool(p["clock"]),
-        start=float(p["start"]), duration=float(p["duration"]) or None,
-        topics=[t for t in p["topics"] if t] or None, remaps=remaps, qos=str(p["qos"]),
+        bag=Path(p["bag"]),
+        rate=float(p["rate"]),
+        loop=bool(p["loop"]),
+        clock=bool(p["clock"]),
+        start=float(p["start"]),
+        duration=float(p["duration"]) or None,
+        topics=[t for t in p["topics"] if t] or None,
+        remaps=remaps,
+        qos=str(p["qos"]),
         wait_subscribers=float(p["wait_subscribers"]),
     )
     opts.validate()

@@ -113,7 +113,14 @@ class SimConfig:
     ground_truth_rate: float = 10.0  # GroundTruth messages per second in bags
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON-ready dict (tuples become lists, as they come back from JSON or YAML)."""
+        def plain(v):
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+        return plain(asdict(self))
 
 
 def _fill(cls, data: dict):

@@ -120,7 +120,7 @@ def s_dog_crossing(rng, seconds, cfg):
 
 def s_alarm(rng, seconds, cfg):
     b = _Builder(rng, seconds)
-    on = rng.uniform(0.5, seconds * 0.4)
+    on = _u(rng, min(0.5, seconds * 0.4), seconds * 0.4)
     b.static("alarm", rng.uniform(6, 10), rng.uniform(-2, 2), sound=[(on, on + rng.uniform(3, 6))])
     b.static("door", 12, 5.0, yaw=-np.pi / 2, sound=None)
     plan = EgoPlan(speed=[(-9, 0.5), (on + 0.3, 0.5), (on + 1.0, 0.0)])  # the robot halts when the alarm starts

@@ -144,15 +144,17 @@ def make_ego_track(plan: EgoPlan, duration: float, rng: np.random.Generator) -> 
     rough = np.zeros(n, bool)
     for a, b in plan.rough:
         rough |= (t >= a) & (t < b)
-    # vertical and attitude vibration: grows with speed on rough ground, tiny on smooth floor
-    speed_gain = np.clip(np.abs(v) / 1.0, 0.2, 2.0)
-    amp = np.where(rough, 0.012 * plan.roughness, 0.0008) * speed_gain
-    ramp = np.convolve(amp, np.ones(40) / 40, mode="same")  # soften entry/exit of rough stretches
-    z = ramp * _bandnoise(rng, n, 4.0, 25.0, CLOCK_HZ)
-    att = np.where(rough, 0.025 * plan.roughness, 0.001) * speed_gain
-    att = np.convolve(att, np.ones(40) / 40, mode="same")
-    roll = att * _bandnoise(rng, n, 0.8, 8.0, CLOCK_HZ)
-    pitch = att * _bandnoise(rng, n, 0.8, 8.0, CLOCK_HZ)
+    # vertical and attitude vibration, set by the vertical acceleration it causes (m/s^2 RMS):
+    # rough ground shakes the robot in proportion to its speed; a smooth floor barely at all
+    speed = np.clip(np.abs(v), 0.0, 2.0)
+    box = np.ones(40) / 40  # soften entry/exit of rough stretches
+    heave_acc = np.convolve(np.where(rough, 1.5 * plan.roughness * speed, 0.02 * speed), box, mode="same")
+    buzz_acc = np.convolve(np.where(rough, 1.0 * plan.roughness * speed, 0.03 * speed), box, mode="same")
+    z = heave_acc * _unit_accel(_bandnoise(rng, n, 1.0, 4.0, CLOCK_HZ))
+    z += buzz_acc * _unit_accel(_bandnoise(rng, n, 8.0, 30.0, CLOCK_HZ))
+    att = np.convolve(np.where(rough, 0.02 * plan.roughness * speed, 0.0005 * speed), box, mode="same")  # rad
+    roll = att * _bandnoise(rng, n, 0.8, 6.0, CLOCK_HZ)
+    pitch = att * _bandnoise(rng, n, 0.8, 6.0, CLOCK_HZ)
     for ti, s in plan.impacts:
         # a jolt: damped 12 Hz oscillation, strongest backwards (deceleration) and upwards
         dt = t - ti
@@ -160,9 +162,15 @@ def make_ego_track(plan: EgoPlan, duration: float, rng: np.random.Generator) -> 
         jolt = np.zeros(n)
         jolt[m] = np.exp(-dt[m] / 0.06) * np.sin(2 * np.pi * 12.0 * dt[m])
         a_long += -s * 25.0 * np.abs(jolt) * np.sign(np.maximum(v, 0.05))
-        z += s * 0.015 * jolt
-        pitch += s * 0.04 * jolt
+        z += s * 0.004 * jolt  # about 2 g peak vertical at full strength
+        pitch += s * 0.02 * jolt
     return EgoTrack(t, np.stack([x, y], 1), yaw, v, w, a_long, z, roll, pitch, rough, list(plan.impacts))
+
+
+def _unit_accel(z: np.ndarray) -> np.ndarray:
+    """Scale a displacement signal so that its second derivative has unit RMS."""
+    acc = np.gradient(np.gradient(z, 1.0 / CLOCK_HZ), 1.0 / CLOCK_HZ)
+    return z / (np.std(acc) + 1e-12)
 
 
 @dataclass

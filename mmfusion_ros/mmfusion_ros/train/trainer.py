@@ -470,6 +470,10 @@ class Trainer:
         t0 = time.time()
         for stage in self.cfg.stages:
             getattr(self, f"stage_{stage}")()
+            if stage == "camera" and self.progress.get("camera", 0) >= self.cfg.epochs.get("camera", 0):
+                # the starting point of a --supervised-upper-bound run (same camera, text-bound encoders)
+                self.save("after_camera.pt", {"progress": {"camera": self.progress["camera"]},
+                                              "stage_seconds": {"camera": self.stage_seconds.get("camera", 0.0)}})
         final = self.out / "checkpoint.pt"
         # the final checkpoint is a complete model: every stage has run its configured epochs
         if all(self.progress.get(s, 0) >= self.cfg.epochs.get(s, 0) for s in STAGES):
