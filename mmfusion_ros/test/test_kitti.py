@@ -69,3 +69,14 @@ def test_bad_frame_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "1.bin").write_bytes(np.zeros(6, np.float32).tobytes())
     rc = eval_kitti.run(eval_kitti.build_args([str(tmp_path)]))
     assert rc == 2 and "missing" in capsys.readouterr().err
+
+
+def test_camera_labels_from_a_model_bundle(kitti_dir, random_model_dir):
+    frame = eval_kitti.load_frame(kitti_dir)
+    image, camera, points = eval_kitti.through_messages(frame)
+    embed_crops, prompt_emb, prompts = eval_kitti._camera_labeller(str(random_model_dir), "onnxruntime")
+    objs = Perception().process(points, 0.0, image, camera, frame.T_cam_lidar, embed_crops, prompt_emb, prompts)
+    in_view = [o for o in objs if o.box2d is not None]
+    assert len(in_view) >= 12
+    assert all(o.label_from_camera and o.label in prompts and 0 < o.score <= 1 for o in in_view)
+    assert all(not o.label_from_camera for o in objs if o.box2d is None)

@@ -24,12 +24,15 @@ def yaml_values() -> dict:
     return P.flatten(doc["/**/mmfusion"]["ros__parameters"])
 
 
+SYNC = "after a PerceptionConfig change run `python -m mmfusion_ros.ros.params --sync-yaml`"
+
+
 def test_yaml_holds_exactly_the_code_defaults():
     in_yaml, in_code = yaml_values(), P.defaults()
-    assert sorted(set(in_yaml) - set(in_code)) == [], "keys in the yaml the node does not declare"
-    assert sorted(set(in_code) - set(in_yaml)) == [], "declared parameters missing from the yaml"
+    assert sorted(set(in_yaml) - set(in_code)) == [], f"keys in the yaml the node does not declare ({SYNC})"
+    assert sorted(set(in_code) - set(in_yaml)) == [], f"declared parameters missing from the yaml ({SYNC})"
     for name, default in in_code.items():
-        assert in_yaml[name] == default, name
+        assert in_yaml[name] == default, f"{name} ({SYNC})"
         assert type(in_yaml[name]) is type(default), f"{name}: yaml type {type(in_yaml[name]).__name__}"
 
 
@@ -129,3 +132,15 @@ def test_params_file_applies_under_any_namespace(tmp_path):
          "-p", "pipeline.top_k:=3"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["/robot7/mmfusion", "10", "0.25", "9", "3"]
+
+
+def test_sync_yaml_rewrites_only_the_perception_group(tmp_path):
+    pytest.importorskip("mmfusion_ros.core.perception")
+    copy = tmp_path / "mmfusion.yaml"
+    text = YAML.read_text()
+    copy.write_text(text.replace("      voxel_size:", "      voxel_size: 123.0 #", 1))
+    assert P.sync_yaml_perception(copy) is True
+    assert P.flatten(yaml.safe_load(copy.read_text())["/**/mmfusion"]["ros__parameters"]) == P.defaults()
+    before, after = text.split("\n    perception:")[0], copy.read_text().split("\n    perception:")[0]
+    assert before == after  # everything above the group untouched
+    assert copy.read_text().rstrip().endswith(text.rstrip().splitlines()[-1])  # and the keys after it

@@ -267,3 +267,21 @@ def test_extrinsics_file_gives_the_default_transform(tmp_path):
         Perception(PerceptionConfig(extrinsics_file=str(f)))
     with pytest.raises(ValueError):
         Perception(PerceptionConfig(extrinsics_file=str(tmp_path / "missing.yaml")))
+
+
+def test_car_seen_side_on_is_completed_to_its_width():
+    # beside a robot whose LiDAR is 1 m up (below the roof): only the car's side is visible
+    car = _box("car", 0.5, 6.0, size=(4.4, 1.8, 1.5), ground=-1.0)
+    pts, _ = make_sweep(beams=64, columns=2048, seed=10, boxes=[car], lidar_height=1.0)
+    o, d = _nearest(Perception().process(pts, 0.0), car.center[:2])
+    assert d < 0.3 and o.size[1] == pytest.approx(1.8) and 4.0 < o.size[0] < 4.6
+
+
+def test_image_of_another_size_than_camera_info_keeps_geometric_labels():
+    pts, _ = make_sweep(beams=32, columns=720, seed=11, boxes=[_box("person", 8.0, 0.0)], max_range=20)
+    per = Perception()
+    calls = []
+    objs = per.process(pts, 0.0, np.zeros((240, 320, 3), np.uint8), CAM, T_OPT,
+                       lambda crops: calls.append(crops) or np.zeros((len(crops), 384)), np.eye(1, 384), ["x"])
+    assert objs and not any(o.label_from_camera for o in objs) and not calls
+    assert per.stats["camera_skipped_size_mismatch"] == 1 and "320x240" in per.last_warning

@@ -65,17 +65,21 @@ def count_macs(module, args) -> int:
     return int(total[0])
 
 
-def peak_gflops(quick: bool) -> Tuple[float, int]:
-    """This CPU's float32 matmul throughput (numpy/BLAS, all its threads): best of a few 2048^3 products."""
+def peak_gflops(quick: bool, threads: int) -> Tuple[float, int]:
+    """This CPU's float32 matmul throughput with ``threads`` threads: best of a few n^3 products in torch
+    (numpy's BLAS is held to one thread in this package, see mmfusion_ros/__init__.py)."""
+    import torch
+
     n = 1024 if quick else 2048
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    a @ b  # warm up BLAS threads
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    b = torch.randn(n, n, generator=g)
+    torch.mm(a, b)  # warm up the thread pool
     best = float("inf")
     for _ in range(3 if quick else 5):
         t0 = time.perf_counter()
-        a @ b
+        torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best / 1e9, n
 
@@ -182,6 +186,22 @@ def run(quick: bool) -> List[dict]:
     sections = [section("Model latency: torch eager vs ONNX Runtime" + (" vs TensorRT" if trt_ok else ""),
                         cols, rows, lat_notes)]
 
+    # the same fused tick with one thread each: torch's OpenMP pool degrades badly when other processes
+    # compete for the cores, so the single-thread ratio shows the engines without that effect
+    if threads > 1:
+        torch.set_num_threads(1)
+        ob1 = create_backend(model_dir, "onnxruntime", intra_op_threads=1)
+        one = time_interleaved({"torch eager": _tick(tb, ins), "ONNX Runtime": _tick(ob1, ins)}, iters)
+        torch.set_num_threads(threads)
+        ob1.close()
+        t1, o1 = pct(one["torch eager"], 50), pct(one["ONNX Runtime"], 50)
+        sections.append(section(
+            "Fused tick with 1 thread per engine", ["engine", "p50 ms", "p99 ms", "speed-up vs torch (p50)"],
+            [["torch eager", fmt(t1), fmt(pct(one["torch eager"], 99)), "1.00x"],
+             ["ONNX Runtime", fmt(o1), fmt(pct(one["ONNX Runtime"], 99)), f"{t1 / o1:.2f}x"]],
+            f"Same model, inputs and interleaving as above, torch.set_num_threads(1) and intra_op_threads=1 "
+            f"({iters} calls each)."))
+
     # parameters and compute per part
     model = tb.model
     macs = {}
@@ -210,7 +230,7 @@ def run(quick: bool) -> List[dict]:
                             "MACs counted by a hand-written TorchFunctionMode counter (linear, conv, matmul, "
                             "attention) plus a GRU hook; 1 MAC = 2 FLOPs."))
 
-    peak, n = peak_gflops(quick)
+    peak, n = peak_gflops(quick, threads)
     frac_rows = []
     for label, _ in engines:
         t = pct(results["fused tick"][label], 50) / 1e3
@@ -218,7 +238,7 @@ def run(quick: bool) -> List[dict]:
         frac_rows.append([label, fmt(t * 1e3), fmt(achieved, 1), fmt(peak, 1), f"{100 * achieved / peak:.1f}%"])
     sections.append(section("Fused tick vs this CPU's measured peak", ["engine", "tick p50 ms", "achieved GFLOP/s",
                                                                         "peak GFLOP/s", "fraction of peak"], frac_rows,
-                            f"Peak = best of float32 {n}x{n} matmuls in numpy (BLAS, all threads). Small batch-1 "
+                            f"Peak = best of float32 {n}x{n} torch.mm products with {threads} threads. Small batch-1 "
                             f"convolutions (depthwise, 128x128 inputs) are memory- and overhead-bound, so a low "
                             f"fraction is expected; it says how much head-room batching or a GPU could win."))
     for _, be in engines:

@@ -68,7 +68,7 @@ def _conversion_rows(quick: bool) -> List[list]:
     return rows
 
 
-def _write_bag(path: Path, seconds: float, heavy: bool) -> int:
+def _write_bag(path: Path, seconds: float, heavy: bool) -> dict:
     """A rosbag2 mcap: 200 Hz Imu (+ 10 Hz 65k-point cloud and 30 Hz 640x480 image when heavy)."""
     from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -98,7 +98,7 @@ def _write_bag(path: Path, seconds: float, heavy: bool) -> int:
             else:
                 raw = cloud if topic == "/lidar/points" else image
             w.write(conns[topic], t, raw)
-    return len(events)
+    return {t: sum(1 for _, topic in events if topic == t) for t in conns}  # topic -> messages written
 
 
 def _listen_main() -> None:
@@ -133,7 +133,7 @@ def _listen_main() -> None:
         rclpy.spin_once(node, timeout_sec=0.05)
         if deadline is None and stop.is_set():
             deadline = time.monotonic() + 2.0
-    print(sum(counts.values()), flush=True)
+    print(" ".join(f"{t}={n}" for t, n in counts.items()), flush=True)
     node.destroy_node()
     rclpy.shutdown()
 
@@ -156,7 +156,7 @@ def _replay_rows(quick: bool) -> List[list]:
                     sys.executable,
                     "-c",
                     "from mmfusion_ros.bench.ros_io import _listen_main; _listen_main()",
-                    str(n_msgs),
+                    str(sum(n_msgs.values())),
                     *topics,
                 ],
                 stdin=subprocess.PIPE,
@@ -175,7 +175,8 @@ def _replay_rows(quick: bool) -> List[list]:
                     node.destroy_node()
                 finally:
                     rclpy.shutdown(context=ctx)
-                received = int(child.communicate(input="", timeout=30)[0].strip() or -1)
+                reply = child.communicate(input="", timeout=30)[0].split()
+                received = {t: int(n) for t, n in (kv.split("=") for kv in reply)}
             finally:
                 if child.poll() is None:
                     child.kill()
@@ -186,7 +187,7 @@ def _replay_rows(quick: bool) -> List[list]:
                 [
                     name,
                     f"{seconds:.0f} s",
-                    f"{received}/{n_msgs}",
+                    ", ".join(f"{t} {received.get(t, 0)}/{n}" for t, n in n_msgs.items()),
                     fmt(pct(imu, 50), 3),
                     fmt(pct(imu, 99), 3),
                     fmt(float(imu.max()), 3),
@@ -215,7 +216,7 @@ def run(quick: bool) -> List[dict]:
             [
                 "stream",
                 "bag",
-                "received",
+                "received / published",
                 "IMU lateness p50 ms",
                 "p99 ms",
                 "max ms",

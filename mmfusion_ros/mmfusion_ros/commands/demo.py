@@ -33,6 +33,8 @@ STAGES = {"simulate": 3, "node": 4, "replay": 5, "report": 6}
 #: the scenario the demo plays by default: a person walks up, a dog barks, an alarm rings, rough ground
 DEFAULT_SCENARIO = "demo"
 FALLBACK_SCENARIO = "street_mix"  # used when the simulator has no "demo" scenario
+#: files of the report folder (besides the outputs/ and scenario/ bags and logs/)
+REPORT_FILES = ("demo.mp4", "contact_sheet.png", "timeline.png", "summary.md", "summary.json")
 #: seconds to wait for the node to become active (model load) and for outputs to stop arriving
 NODE_START_TIMEOUT_S = 120.0
 FIRST_OUTPUT_TIMEOUT_S = 30.0
@@ -137,7 +139,7 @@ def resolve_model(model: Optional[Path], out: Path, say) -> Path:
         return write_random_bundle(out / "random_model", seed=0).resolve()
 
 
-def _stop(proc: Optional[subprocess.Popen], name: str, timeout: float = 10.0) -> None:
+def _stop(proc: Optional[subprocess.Popen], timeout: float = 10.0) -> None:
     """SIGINT (ROS shuts down cleanly), then SIGTERM, then SIGKILL, to the child's process group."""
     if proc is None or proc.poll() is not None:
         return
@@ -220,9 +222,6 @@ class Demo:
         cmd = _node_command() + ["--ros-args", "--params-file", str(_params_file()),
                                  "-p", "use_sim_time:=true", "-p", f"model.dir:={model}",
                                  "-p", f"backend.type:={self.args.backend}"]
-        for name in os.environ.get("MMFUSION_DEMO_RELIABLE", "").split(","):
-            if name:
-                cmd += ["-p", f"qos.{name}.reliability:=reliable"]
         self.node_log = self.logs / "fusion_node.log"
         with open(self.node_log, "w") as log:
             log.write("$ " + " ".join(cmd) + "\n")
@@ -314,22 +313,21 @@ class Demo:
             return bars[-1].update
 
         try:
-            video = None
             if self.args.no_video:
-                from ..report.summary import compute_summary, write_summary
                 from ..report.data import read_outputs, read_scenario
+                from ..report.summary import compute_summary, write_summary
 
                 s = compute_summary(read_scenario(bag), read_outputs(self.out / "outputs"), rate_hz, info=info)
                 write_summary(self.out, s)
                 return s
-            return build_report(bag, self.out / "outputs", self.out, rate_hz, T, info, video, progress)
+            return build_report(bag, self.out / "outputs", self.out, rate_hz, T, info, progress=progress)
         finally:
             for b in bars:
                 b.close()
 
     def cleanup(self) -> None:
-        _stop(self.replay, "replay")
-        _stop(self.node, "fusion node")
+        _stop(self.replay)
+        _stop(self.node)
         if self.recorder is not None:
             self.recorder.close()
             self.recorder = None
@@ -375,8 +373,11 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_LOG_DIR", str(args.out.resolve() / "logs" / "ros"))
     demo = Demo(args)
     demo.out.mkdir(parents=True, exist_ok=True)
+    # a report folder holds one run: leave nothing of an earlier one that this run might not rewrite
     if (demo.out / "outputs").exists():
         shutil.rmtree(demo.out / "outputs")
+    for f in REPORT_FILES:
+        (demo.out / f).unlink(missing_ok=True)
     demo.logs.mkdir(parents=True, exist_ok=True)
     stage = "simulate"
     t_all = time.monotonic()
@@ -433,7 +434,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(terminal(summary))
     print(f"\nreport written to {demo.out} in {summary['total_seconds']:.0f} s:")
-    for f in ("demo.mp4", "contact_sheet.png", "timeline.png", "summary.md", "summary.json", "outputs", "scenario"):
+    for f in REPORT_FILES + ("outputs", "scenario"):
         if (demo.out / f).exists():
             print(f"  {demo.out / f}")
     return 0

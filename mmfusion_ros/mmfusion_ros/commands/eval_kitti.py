@@ -74,6 +74,9 @@ def parse_calib(text: str) -> Dict[str, np.ndarray]:
             out[key.strip()] = np.array([float(v) for v in vals.split()], np.float64)
         except ValueError as e:
             raise ValueError(f"calib line {key!r}: {e}") from None
+    for alias, key in (("Tr_velo_cam", "Tr_velo_to_cam"), ("R_rect", "R0_rect")):  # KITTI tracking spelling
+        if key not in out and alias in out:
+            out[key] = out[alias]
     for key, n in (("P2", 12), ("R0_rect", 9), ("Tr_velo_to_cam", 12)):
         if key not in out or out[key].size != n:
             raise ValueError(f"calib: {key} missing or not {n} numbers")

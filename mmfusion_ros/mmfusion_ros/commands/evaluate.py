@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real-audio", help="folder of UrbanSound8K clips + labels.csv for real-audio zero-shot")
     p.add_argument("--max-samples", type=int, default=0, help="evaluate only the first shards up to this many frames")
     p.add_argument("--text-cache", default=None, help="folder for the text-embedding cache")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
 def run(args) -> int:

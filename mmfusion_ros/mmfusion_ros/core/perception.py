@@ -78,7 +78,7 @@ class PerceptionConfig:
     label_temperature: float = 0.05  # softmax temperature over prompt cosine similarities
     geometric_temperature: float = 0.3  # softmax temperature over geometric-prototype log-size distances
     extrinsics_file: str = ""  # YAML like config/extrinsics.yaml: T_cam_lidar used when process() is given none ("" = none)
-    tracking: TrackerConfig = None  # tracker settings (None = TrackerConfig defaults)
+    tracking: Optional[TrackerConfig] = None  # tracker settings (None = TrackerConfig defaults)
 
     def __post_init__(self) -> None:
         if self.tracking is None:
@@ -89,13 +89,15 @@ class PerceptionConfig:
         if self.cluster_method not in ("voxel", "dbscan"):
             raise ValueError(f"perception.cluster_method must be 'voxel' or 'dbscan', got {self.cluster_method!r}")
         for name in ("ground_cell", "ground_window", "max_range", "cluster_z_scale", "cluster_eps",
-                     "label_temperature", "geometric_temperature"):
+                     "label_temperature", "geometric_temperature", "vehicle_length", "vehicle_width"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"perception.{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if not 0 <= self.min_range < self.max_range:
             raise ValueError(f"perception.min_range must be in [0, max_range), got {self.min_range!r}")
         if self.cluster_min_points < 1 or self.min_cluster_points < 1:
             raise ValueError("perception.cluster_min_points and min_cluster_points must be >= 1")
+        if not 0.0 <= self.min_visible_fraction <= 1.0:
+            raise ValueError(f"perception.min_visible_fraction must be in [0, 1], got {self.min_visible_fraction!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "PerceptionConfig":
@@ -377,8 +379,14 @@ def load_extrinsics(path) -> np.ndarray:
     import yaml
 
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    return extrinsics_from_dict(data.get("extrinsics", data))
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from None
+    data = data.get("extrinsics", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with translation/rpy or T_cam_lidar")
+    return extrinsics_from_dict(data)
 
 
 # ---- the perception step ----
@@ -393,6 +401,7 @@ class Perception:
         self.timings_ms: Dict[str, float] = {}  # stage -> milliseconds of the last process() call
         self.stats: Dict[str, int] = {"sweeps": 0, "nonfinite_points_dropped": 0, "crops_labelled": 0}
         self.last_ground_grid: Optional[Tuple[np.ndarray, float, float]] = None  # (grid, origin, cell)
+        self.last_warning: str = ""  # why the last skipped camera labelling was skipped
         self.T_cam_lidar: Optional[np.ndarray] = None  # (4,4) from cfg.extrinsics_file, the default for process()
         if self.cfg.extrinsics_file:
             try:
@@ -507,8 +516,14 @@ class Perception:
         crops, owners = [], []
         if image is not None:
             ih, iw = image.shape[:2]
-            if (iw, ih) != (camera.width, camera.height):
-                raise ValueError(f"image is {iw}x{ih} but CameraInfo says {camera.width}x{camera.height}")
+            if (iw, ih) != (camera.width, camera.height) or image.ndim != 3:
+                # intrinsics of another resolution would put every crop in the wrong place: keep the
+                # geometric labels for this sweep and say why (counted; the caller logs stats)
+                self.stats["camera_skipped_size_mismatch"] = self.stats.get("camera_skipped_size_mismatch", 0) + 1
+                self.last_warning = (f"camera labels skipped: image is {iw}x{ih}"
+                                     f"{'' if image.ndim == 3 else ' (not RGB)'} but CameraInfo says "
+                                     f"{camera.width}x{camera.height}")
+                return
         for o in objs:
             proj = project_box(box_corners(o.center, o.size, o.yaw), T, camera, cfg.min_depth)
             if proj is None:

@@ -34,6 +34,16 @@ class TrackerConfig:
     max_gap: float = 2.0  # a time step (s) longer than this, or negative (bag loop), resets all tracks
     min_hits_for_velocity: int = 2  # a track reports zero velocity until it has been measured this often
 
+    def __post_init__(self) -> None:
+        for name in ("gate", "meas_std", "init_vel_std", "max_gap"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"perception.tracking.{name} must be a finite number > 0, got {v!r}")
+        if not (self.accel_std >= 0 and math.isfinite(self.accel_std)):
+            raise ValueError(f"perception.tracking.accel_std must be a finite number >= 0, got {self.accel_std!r}")
+        if self.max_missed < 0 or self.min_hits_for_velocity < 1:
+            raise ValueError("perception.tracking.max_missed must be >= 0 and min_hits_for_velocity >= 1")
+
 
 @dataclass
 class Track:

@@ -77,7 +77,13 @@ def load_checkpoint(path, map_location: str = "cpu", verify: bool = True) -> Tup
         raise ValueError(f"{path} is not an mmfusion checkpoint (format_version {FORMAT_VERSION})")
     cfg = ModelConfig.from_dict(payload["config"])
     model = build_model(cfg)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:  # the full message lists every key; the first line is what helps
+        missing = set(model.state_dict()) ^ set(payload["state_dict"])
+        raise ValueError(f"{path}: weights do not fit the model built from its own config (made by other model "
+                         f"code? {len(missing)} keys differ, e.g. {sorted(missing)[:3]}): "
+                         f"{str(e).splitlines()[0]}") from None
     model.eval()
     vocab = Vocab(payload["vocab"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}

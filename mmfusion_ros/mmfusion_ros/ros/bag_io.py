@@ -22,9 +22,12 @@ def msg_dir() -> Path:
             return p
     except Exception:  # noqa: BLE001 - not installed or no AMENT_PREFIX_PATH: fall back to the source tree
         pass
-    p = Path(__file__).resolve().parents[3] / "mmfusion_msgs" / "msg"
-    if p.is_dir():
-        return p
+    import sys
+
+    for p in (Path(sys.prefix) / "share" / "mmfusion_msgs" / "msg",  # a venv install without AMENT_PREFIX_PATH
+              Path(__file__).resolve().parents[3] / "mmfusion_msgs" / "msg"):  # the source tree
+        if p.is_dir():
+            return p
     raise FileNotFoundError("mmfusion_msgs .msg files not found (install mmfusion_msgs or run from the source tree)")
 
 

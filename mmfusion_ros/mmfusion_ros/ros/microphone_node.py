@@ -171,8 +171,12 @@ def _read_config(node) -> MicrophoneConfig:
 def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
     """Open the device and publish chunks until shutdown; MicrophoneError when the device fails."""
     import rclpy
-    import sounddevice as sd
     from rclpy.qos import qos_profile_sensor_data
+
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as e:  # OSError: the PortAudio shared library is missing
+        raise MicrophoneError(f"sounddevice/PortAudio unavailable ({e}); install libportaudio2") from None
 
     from mmfusion_msgs.msg import AudioFrame
 

@@ -313,22 +313,60 @@ def perception_dict(values: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _field_comments(cls) -> Dict[str, str]:
+    """{field: its trailing `# comment`} from a dataclass's source (the yaml repeats them)."""
+    import inspect
+    import re
+
+    src = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+= [^#\n]+#\s*(.*)$", src, re.M)}
+
+
 def perception_yaml() -> str:
-    """The perception.* group of config/mmfusion.yaml as the table has it (paste it in when PerceptionConfig changes)."""
-    lines = ["    perception:"]
+    """The perception group of config/mmfusion.yaml, written from PerceptionConfig (defaults and comments)."""
+    from mmfusion_ros.core.perception import PerceptionConfig
+    from mmfusion_ros.core.tracking import TrackerConfig
+
+    notes = {"": _field_comments(PerceptionConfig), "tracking.": _field_comments(TrackerConfig)}
+    lines = ["    perception:".ljust(36) + "# 3D objects from the LiDAR (core/perception.py PerceptionConfig)",
+             "      enabled: true".ljust(36) + "# cluster the LiDAR cloud into labelled 3D objects",
+             '      extrinsics_file: ""'.ljust(36) + '# LiDAR-to-camera extrinsics (config/extrinsics.yaml format); "" = that',
+             " " * 36 + "# file, the simulated robot's: give your robot's calibration here"]
+    group = None
     for p in PARAMS:
-        if not p.name.startswith("perception."):
+        if not p.name.startswith("perception.") or p.name in NODE_ONLY_PERCEPTION:
             continue
         keys = p.name.split(".")[1:]
-        for depth, k in enumerate(keys[:-1]):
-            head = "      " + "  " * depth + f"{k}:"
-            if head not in lines:
-                lines.append(head)
+        if len(keys) == 2 and keys[0] != group:
+            group = keys[0]
+            lines.append(f"      {group}:".ljust(36) + "# object tracking (core/tracking.py TrackerConfig)")
         v = p.default
         text = ("true" if v else "false") if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) else repr(v))
-        lines.append("      " + "  " * (len(keys) - 1) + f"{keys[-1]}: {text}")
-    return "\n".join(lines)
+        note = notes["tracking." if len(keys) == 2 else ""].get(keys[-1], "")
+        line = ("      " + "  " * (len(keys) - 1) + f"{keys[-1]}: {text}").ljust(36)
+        lines.append((line + (f"# {note}" if note else "")).rstrip())
+    return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m mmfusion_ros.ros.params: print the perception group for the yaml
-    print(perception_yaml())
+def sync_yaml_perception(path: Path) -> bool:
+    """Rewrite the perception group of a params file like config/mmfusion.yaml; True when it changed."""
+    import re
+
+    text = Path(path).read_text()
+    start = text.index("\n    perception:") + 1
+    nxt = re.compile(r"^ {0,4}\S", re.M).search(text, text.index("\n", start) + 1)  # the next sibling key
+    end = nxt.start() - 1 if nxt else len(text) - 1
+    new = text[:start] + perception_yaml() + text[end + 1:]
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m mmfusion_ros.ros.params --sync-yaml [FILE]: after PerceptionConfig changes
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--sync-yaml":
+        target = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[2] / "config" / "mmfusion.yaml"
+        print(f"{target}: {'updated' if sync_yaml_perception(target) else 'already in sync'}")
+    else:
+        print(perception_yaml(), end="")

@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import resource
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -172,6 +173,12 @@ def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue(), compresslevel=1)
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the worker pool)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _worker(args):
     plan, cfg = args
     return generate_scene(plan, cfg)
@@ -199,7 +206,7 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
     except ImportError:  # tqdm is a dependency; progress is cosmetic
         bar = None
     t_start = time.perf_counter()
-    results: Dict[int, Dict] = {}
+    cpu_start = _cpu_seconds()
     split_files: Dict[str, List[str]] = {"train": [], "val": [], "test": [], "heldout": []}
     scene_index = []
     pool = mp.get_context("fork").Pool(cfg.workers, initializer=_init_worker) if cfg.workers > 1 else None
@@ -233,6 +240,7 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t_start
+    cpu = _cpu_seconds() - cpu_start
     (out / "scenes.json").write_text(json.dumps(scene_index, indent=1))
     manifest = {
         "format_version": 1,
@@ -248,6 +256,8 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
         "split_samples": {s: int(sum(p.frames for p in plans if p.split == s)) for s in split_files},
         "heldout_combinations": [list(c) for c in HELDOUT_COMBINATIONS],
         "samples_per_second": round(cfg.n / elapsed, 2),
+        "cpu_ms_per_sample": round(1000.0 * cpu / cfg.n, 1),  # all processes; independent of other load
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "workers": cfg.workers,
         "machine": f"{os.cpu_count()} CPU cores",
         "sim_config": cfg.sim.to_dict(),

@@ -70,9 +70,9 @@ def _embed(model, data: Dict[str, np.ndarray], batch: int = 64) -> Dict[str, np.
     return out  # {modality: (N, 384)}
 
 
-def retrieval(model, data: Dict[str, np.ndarray], stride: int = 5) -> Dict[str, float]:
+def retrieval(model, data: Dict[str, np.ndarray], stride: int = 3) -> Dict[str, float]:
     """LiDAR/audio/IMU -> camera R@1/R@5 on every `stride`-th window (neighbours 0.1 s apart are
-    near-duplicates, so a sparser gallery measures what a user would call finding the moment)."""
+    near-duplicates, so a sparser gallery (0.3 s apart) measures what a user would call finding the moment)."""
     e = _embed(model, data)
     idx = np.arange(0, len(data["t"]), stride)
     match = np.eye(len(idx), dtype=bool)

@@ -18,7 +18,7 @@ class TrainConfig:
     model: str = "small"  # "small" (shipped) or "tiny" (tests, smoke runs)
     model_name: str = ""  # name written into the checkpoint/manifest (default: the model config's)
     seed: int = 0  # seeds torch, numpy and the data order
-    threads: int = 2  # torch CPU threads per process
+    threads: int = 1  # torch CPU threads per process (more only on an otherwise idle machine: shared cores spin-wait)
     device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
     max_samples: int = 0  # > 0: use only the first shards of the train split up to this many samples
     batch_size: int = 64  # per process

@@ -53,7 +53,7 @@ def embed_split(model: MMFusionModel, split: Split, batch: int = 128) -> np.ndar
 
 
 class Evaluator:
-    def __init__(self, model_path, text_cache=None, threads: int = 2):
+    def __init__(self, model_path, text_cache=None, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.model, self.vocab, self.info = load_checkpoint(model_path)
         self.model.eval()

@@ -47,9 +47,9 @@ def write_synthetic_dataset(out_dir, n_scenes: int = 24, frames_per_scene: int =
             size = 20 + int(10 * t / (frames_per_scene * frame_step))
             cam[r:r + size, q:q + size] = _COLORS[cls_global]
             lidar = np.zeros((4, pre.bev_cells, pre.bev_cells), np.float16)
-            cx, cy = rng.integers(20, pre.bev_cells - 20, 2)
-            rad = 2 + c
-            lidar[:, cx - rad:cx + rad, cy - rad:cy + rad] = 0.3 + 0.15 * c
+            cx, cy = rng.integers(30, pre.bev_cells - 30, 2)
+            rad = 6 + 3 * c
+            lidar[c % 4, cx - rad:cx + rad, cy - rad:cy + rad] = 1.0  # class -> BEV channel and blob size
             audio = rng.normal(-1.0, 0.1, (1, pre.n_mels, pre.audio_frames)).astype(np.float16)
             band = 6 + 12 * c
             audio[0, band:band + 6] += 1.5
