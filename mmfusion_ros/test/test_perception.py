@@ -285,3 +285,30 @@ def test_image_of_another_size_than_camera_info_keeps_geometric_labels():
                        lambda crops: calls.append(crops) or np.zeros((len(crops), 384)), np.eye(1, 384), ["x"])
     assert objs and not any(o.label_from_camera for o in objs) and not calls
     assert per.stats["camera_skipped_size_mismatch"] == 1 and "320x240" in per.last_warning
+
+
+def test_slope_envelope_keeps_ramps_and_flattens_bumps():
+    from mmfusion_ros.core.perception import slope_envelope
+
+    x = np.arange(40) * 0.5
+    ramp = np.tile(0.2 * x, (40, 1))  # rises 0.1 per 0.5 m cell: below the 0.3 limit
+    assert np.allclose(slope_envelope(ramp, 0.3 * 0.5), ramp)
+    bump = np.zeros((40, 40))
+    bump[18:22, 18:22] = 1.5  # a car roof among road cells
+    bump[5, 5] = np.inf  # an empty cell: the surface continues from its neighbours
+    env = slope_envelope(bump, 0.3 * 0.5)
+    assert env[20, 20] == pytest.approx(0.3)  # two cells from the road: 2 x 0.15, not the roof
+    assert env[5, 5] == pytest.approx(0.15) and env[0, 0] == 0.0
+
+
+def test_person_behind_parked_cars_is_found():
+    # a LiDAR 1.7 m up sees only the upper body of a person on the pavement behind a row of parked
+    # cars, in front of a facade
+    cars = [_box("car", x, 4.3, size=(4.5, 1.8, 1.5)) for x in (7.0, 12.3, 17.6, 22.9)]
+    wall = SceneBox("wall", np.array([15.0, 10.5, -H + 4.0]), np.array([40.0, 0.5, 8.0]), 0.0)
+    person = _box("person", 14.0, 7.2)
+    pts, _ = make_sweep(beams=64, columns=2048, seed=12, boxes=cars + [wall, person], lidar_height=H, max_range=40)
+    assert person.hits > 20
+    objs = Perception().process(pts, 0.0)
+    o, d = _nearest(objs, person.center[:2])
+    assert d < 0.5 and o.size[0] < 1.0  # its own box, not merged with a car or the wall

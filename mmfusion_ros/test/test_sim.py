@@ -150,7 +150,7 @@ def test_class_sounds_are_spectrally_distinct():
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             corr = float(np.mean(profiles[names[i]] * profiles[names[j]]))
-            assert corr < 0.97, f"{names[i]} and {names[j]} have nearly the same spectrum ({corr:.3f})"
+            assert corr < 0.93, f"{names[i]} and {names[j]} have nearly the same spectrum ({corr:.3f})"
 
 
 def test_scenario_library_covers_every_class_and_event():

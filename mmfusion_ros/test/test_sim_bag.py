@@ -16,9 +16,10 @@ EXPECTED = {"camera/image_raw": 6, "camera/camera_info": 6, "lidar/points": 4, "
             "sim/ground_truth": 4, "/tf_static": 1}
 
 
-def _write(tmp_path, name, seed=0, seconds=SECONDS):
+def _write(tmp_path, name, seed=0, seconds=SECONDS, workers=1):
     out = tmp_path / f"{name}_{seed}"
-    assert main(["sim", "--scenario", name, "--seconds", str(seconds), "--seed", str(seed), "--out", str(out)]) == 0
+    assert main(["sim", "--scenario", name, "--seconds", str(seconds), "--seed", str(seed), "--out", str(out),
+                 "--workers", str(workers)]) == 0
     return out
 
 
@@ -69,7 +70,7 @@ def test_bag_bytes_are_deterministic(tmp_path):
         return hashlib.sha256((p / f"{p.name}.mcap").read_bytes()).hexdigest()
 
     a = _write(tmp_path / "a", "dog_crossing", seed=5, seconds=0.3)
-    b = _write(tmp_path / "b", "dog_crossing", seed=5, seconds=0.3)
+    b = _write(tmp_path / "b", "dog_crossing", seed=5, seconds=0.3, workers=2)  # frames rendered in 2 processes
     c = _write(tmp_path / "c", "dog_crossing", seed=6, seconds=0.3)
     assert digest(a) == digest(b)
     assert digest(a) != digest(c)
@@ -84,3 +85,13 @@ def test_cli_list_and_errors(tmp_path, capsys):
     assert main(["sim", "--scenario", "idle", "--seconds", "-1", "--out", str(tmp_path / "y")]) == 2
     (tmp_path / "exists").mkdir()
     assert main(["sim", "--scenario", "idle", "--out", str(tmp_path / "exists")]) == 2
+
+
+def test_preview_writes_a_small_png(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "img" / "preview.png"
+    assert main(["sim", "preview", "--scenario", "dog_crossing", "--seconds", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size < 300_000
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape[0] > 400 and img.shape[1] > 600 and img.std() > 20

@@ -1,19 +1,18 @@
 """The ROS graph under load: the fusion node as its own process, sensor traffic at 1x, 2x, 4x ... the
 nominal rates, end-to-end latency and drops measured by a subscriber on the same machine.
 
-Method (as ros2_benchmark does it): a load generator publishes sensor messages at a multiple of the
-nominal rates and a subscriber records every FusedPerception. The node fuses on each LiDAR sweep
-(sync.trigger=lidar, i.e. 10 Hz fusion at 1x), so a frame's header stamp is the sweep's stamp, which the
-generator set to the wall clock when it published: latency = receive time - stamp (sensor stamp ->
-output, both on this machine's clock). Drops = sweeps published in the window without a FusedPerception.
-The node's peak RSS is sampled with psutil. The load generator and subscriber run in a child process of
-their own (fresh rclpy, private ROS_DOMAIN_ID, localhost only), so nothing else on the machine hears it.
+Method (as ros2_benchmark does it): a simulator bag (`mmfusion sim`, scenario street_mix: camera
+640x480 at 15 Hz, 32-beam LiDAR at 10 Hz, IMU 200 Hz, audio 50 frames/s) is replayed by ros/replay.py
+at a multiple of its recorded rate, with /clock, into a fresh node running on sim time; a child process
+records each LiDAR sweep's arrival and each FusedPerception. The node fuses on each sweep
+(sync.trigger=lidar, 10 Hz at 1x), so a frame's stamp is its sweep's stamp: latency = FusedPerception
+arrival - that sweep's arrival (sensor -> output on this machine's clock), and drops = sweeps in the
+window without a FusedPerception. The node's peak RSS is sampled with psutil. Children get a private
+ROS_DOMAIN_ID and localhost discovery, so nothing else on the machine hears them.
 
-Load: camera 640x480 rgb8 at 15 Hz (+ camera_info), LiDAR 32,000 points x,y,z,intensity at 10 Hz,
-IMU at 200 Hz, audio 20 ms frames at 50/s (16 kHz), the issue's nominal rates. Sensor content is a
-fixed synthetic scene (ground rings, a wall and a box; a textured image); it is built here rather than
-read from a simulator bag so the offered load is exact at every multiple (a bag replay of the same
-topics is `mmfusion replay BAG --rate N`).
+Where the simulator's bag writer is missing (or MMFUSION_BENCH_GRAPH_SOURCE=synthetic) a built-in load
+generator publishes a fixed synthetic scene at exactly the nominal rates (LiDAR 32,000 points), stamped
+with the wall clock, into one node on wall time.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import heapq
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,13 +30,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 NOMINAL_HZ = {"image": 15.0, "camera_info": 15.0, "lidar": 10.0, "imu": 200.0, "audio": 50.0}
 TOPICS = {"image": "camera/image_raw", "camera_info": "camera/camera_info", "lidar": "lidar/points",
           "imu": "imu/data", "audio": "audio/audio"}
+TOPICS_ABS = {k: "/" + v for k, v in TOPICS.items()}
 OUTPUT_TOPIC = "mmfusion/perception"
 AUDIO_RATE = 16000
 PKG_ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +180,91 @@ def _child(factors: List[float], seconds: float, warmup: float, ready_timeout: f
     os._exit(0)
 
 
+def _child_bag(bag: str, factor: float, warmup: float, ready_timeout: float) -> int:
+    """Replay a simulator bag (ros/replay.py, with /clock) into the node at ``factor`` x its recorded rate.
+
+    The node runs on sim time, so stamps are bag times; each sweep's stamp is mapped to the wall time
+    this process saw the sweep on the wire (a raw subscription: only the header is read), and latency is
+    FusedPerception arrival minus that.
+    """
+    import struct
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import PointCloud2
+
+    from mmfusion_msgs.msg import FusedPerception
+    from mmfusion_ros.ros.replay import ReplayOptions, replay
+
+    rclpy.init()
+    node = rclpy.create_node("mmfusion_bench_replay")
+    lock = threading.Lock()
+    seen: Dict[float, float] = {}  # sweep stamp -> wall time it arrived here
+    received: List[tuple] = []  # (stamp, wall time) of FusedPerception
+    diag: Dict[str, Dict[str, str]] = {}
+
+    def on_lidar(raw: bytes) -> None:
+        t = time.time()
+        little = raw[1] == 1  # CDR encapsulation: 0x0001 little-endian
+        sec, nsec = struct.unpack_from("<iI" if little else ">iI", raw, 4)  # header.stamp follows it
+        with lock:
+            seen[round(sec + nsec * 1e-9, 6)] = t
+
+    def on_output(msg) -> None:
+        t = time.time()
+        with lock:
+            received.append((round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 6), t))
+
+    def on_diag(msg) -> None:
+        with lock:
+            for st in msg.status:
+                diag[st.name] = {kv.key: kv.value for kv in st.values}
+
+    rel = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(PointCloud2, TOPICS["lidar"], on_lidar, rel, raw=True)
+    node.create_subscription(FusedPerception, OUTPUT_TOPIC, on_output, rel)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, QoSProfile(depth=10))
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    threading.Thread(target=ex.spin, daemon=True).start()
+
+    t_end = time.time() + ready_timeout
+    while time.time() < t_end:
+        with lock:
+            active = any(v.get("state") == "active" for k, v in diag.items() if k.endswith("pipeline"))
+        if active:
+            break
+        time.sleep(0.1)
+    else:
+        print(json.dumps({"error": f"the fusion node was not active within {ready_timeout:.0f} s"}), flush=True)
+        os._exit(1)
+    time.sleep(1.0)  # let discovery match the replay's publishers with the node's subscriptions
+    stats = replay(ReplayOptions(bag=Path(bag), rate=factor, clock=True), node)
+    time.sleep(1.5)  # outputs still in flight, and one more /diagnostics period
+    with lock:
+        sweeps = sorted(seen)
+        got = dict(received)
+        pipe = next((v for k, v in diag.items() if k.endswith("pipeline")), {})
+        lidar_in = next((v for k, v in diag.items() if k.endswith("lidar input")), {})
+    t0 = sweeps[0] + warmup if sweeps else 0.0
+    window = [s for s in sweeps if s >= t0]
+    lat = [(got[s] - seen[s]) * 1e3 for s in window if s in got]
+    wall = max(stats.wall_s, 1e-6)
+    rate = {k: round(stats.published.get(TOPICS_ABS[k], stats.published.get(TOPICS[k], 0)) / wall, 1)
+            for k in ("image", "lidar", "imu", "audio")}
+    late = np.asarray(stats.lateness) * 1e3
+    print(json.dumps({"factor": factor, "published": len(window), "received": len(lat), "latency_ms": lat,
+                      "achieved_hz": rate, "publisher_late_p99_ms": float(np.percentile(late, 99)) if len(late) else 0.0,
+                      "node": pipe, "sweeps_sent_total": len(sweeps),
+                      "node_sweeps_received": int(lidar_in.get("received", -1))}), flush=True)
+    if os.environ.get("MMFUSION_BENCH_DEBUG"):
+        print(json.dumps({"debug_sweeps": sweeps, "debug_outputs": sorted(got), "diag": diag}), flush=True)
+    sys.stdout.flush()
+    os._exit(0)  # see _child: no rclpy teardown under the spinning executor
+
+
 # --- where a node tick's time goes ----------------------------------------------------------------
 def stage_profile(model_dir: Path, iters: int) -> Dict[str, List[float]]:
     """Run the node's pipeline (ONNX Runtime, perception on, default settings) in this process on the
@@ -230,6 +316,56 @@ def _rss_sampler(pid: int, stop: threading.Event, peak: list) -> None:
         pass
 
 
+#: node parameters of the extra "reliable inputs" run (the large messages: camera image and LiDAR sweep)
+RELIABLE_INPUTS = ["qos.lidar.reliability:=reliable", "qos.image.reliability:=reliable"]
+
+
+def _start_node(model_dir: Path, env: dict, log_path: Path, sim_time: bool,
+                extra: Optional[List[str]] = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mmfusion_ros.ros.fusion_node", "--ros-args",
+           "-p", f"model.dir:={model_dir}", "-p", "backend.type:=onnxruntime", "-p", "sync.trigger:=lidar",
+           "-p", f"use_sim_time:={'true' if sim_time else 'false'}", "--log-level", "warn"]
+    for p in extra or []:
+        cmd += ["-p", p]
+    return subprocess.Popen(cmd, env=env, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
+
+
+def _stop_node(node: subprocess.Popen) -> None:
+    node.send_signal(signal.SIGINT)
+    try:
+        node.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        node.wait()
+
+
+def _run_child(args: List[str], env: dict, timeout: float) -> List[dict]:
+    """Run the load-generating child; its JSON lines, or RuntimeError with why it failed."""
+    cmd = [sys.executable, "-m", "mmfusion_ros.bench.graph", "--child", *args]
+    try:
+        cp = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("load generator timed out") from None
+    out = [json.loads(line) for line in cp.stdout.splitlines() if line.startswith("{")]
+    errors = [d["error"] for d in out if "error" in d]
+    if errors:
+        raise RuntimeError(errors[0])
+    if cp.returncode != 0:
+        raise RuntimeError(f"load generator exited {cp.returncode}: {cp.stderr[-500:]}")
+    return out
+
+
+def _sim_bag(out: Path, seconds: float) -> Optional[Path]:
+    """A street_mix scenario bag from the simulator (None when the simulator's bag writer is absent)."""
+    try:
+        from ..commands.sim import write_bag
+        from ..sim.scenarios import make_scenario
+    except ImportError:
+        return None
+    write_bag(make_scenario("street_mix", seconds, 0), out, seed=0)
+    return out
+
+
 def run(quick: bool) -> List[dict]:
     from . import bench_model_dir, fmt, model_label, pct, section
 
@@ -244,55 +380,57 @@ def run(quick: bool) -> List[dict]:
     env.setdefault("AMENT_PREFIX_PATH", os.environ.get("VIRTUAL_ENV", sys.prefix))
     logdir = Path(tempfile.mkdtemp(prefix="mmfusion_bench_graph_"))
     env["ROS_LOG_DIR"] = str(logdir)
-    node_cmd = [sys.executable, "-m", "mmfusion_ros.ros.fusion_node", "--ros-args",
-                "-p", f"model.dir:={model_dir}", "-p", "backend.type:=onnxruntime",
-                "-p", "sync.trigger:=lidar", "--log-level", "warn"]
-    node_log = open(logdir / "node.log", "w")
-    node = subprocess.Popen(node_cmd, env=env, stdout=node_log, stderr=subprocess.STDOUT)
-    stop = threading.Event()
+    log_path = logdir / "node.log"
+    source = os.environ.get("MMFUSION_BENCH_GRAPH_SOURCE", "bag")
+    bag = _sim_bag(logdir / "bag", seconds + warmup) if source == "bag" else None
     peak = [0]
-    sampler = threading.Thread(target=_rss_sampler, args=(node.pid, stop, peak), daemon=True)
-    sampler.start()
-    results = []
-    err = None
+    results: List[dict] = []
     try:
-        child_cmd = [sys.executable, "-m", "mmfusion_ros.bench.graph", "--child", "--factors",
-                     *[str(f) for f in factors], "--seconds", str(seconds), "--warmup", str(warmup)]
-        budget = 120 + len(factors) * (seconds + warmup + 3)
-        cp = subprocess.run(child_cmd, env=env, capture_output=True, text=True, timeout=budget)
-        for line in cp.stdout.splitlines():
-            if line.startswith("{"):
-                d = json.loads(line)
-                if "error" in d:
-                    err = d["error"]
-                else:
-                    results.append(d)
-        if cp.returncode != 0 and err is None:
-            err = f"load generator exited {cp.returncode}: {cp.stderr[-500:]}"
-    except subprocess.TimeoutExpired:
-        err = "load generator timed out"
+        if bag is not None:
+            # a fresh node per rate: it runs on the bag's /clock, which restarts with every replay
+            # plus, in a full run, 1x again with reliable QoS on the two large inputs (what it changes)
+            runs = [(f, None) for f in factors] + ([] if quick else [(1.0, RELIABLE_INPUTS)])
+            for f, extra in runs:
+                node = _start_node(model_dir, env, log_path, sim_time=True, extra=extra)
+                stop = threading.Event()
+                threading.Thread(target=_rss_sampler, args=(node.pid, stop, peak), daemon=True).start()
+                try:
+                    out = _run_child(["--bag", str(bag), "--factors", str(f), "--warmup", str(warmup)], env,
+                                     timeout=120 + (seconds + warmup) / f + 10)
+                    for d in out:
+                        d["variant"] = "reliable inputs" if extra else ""
+                    results += out
+                finally:
+                    stop.set()
+                    _stop_node(node)
+        else:
+            node = _start_node(model_dir, env, log_path, sim_time=False)
+            stop = threading.Event()
+            threading.Thread(target=_rss_sampler, args=(node.pid, stop, peak), daemon=True).start()
+            try:
+                results = _run_child(["--factors", *[str(f) for f in factors], "--seconds", str(seconds),
+                                      "--warmup", str(warmup)], env,
+                                     timeout=120 + len(factors) * (seconds + warmup + 3))
+            finally:
+                stop.set()
+                _stop_node(node)
+    except RuntimeError as e:
+        tail = log_path.read_text()[-1500:] if log_path.is_file() else ""
+        raise RuntimeError(f"{e}; node log tail:\n{tail}") from None
     finally:
-        stop.set()
-        node.send_signal(signal.SIGINT)
-        try:
-            node.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
-        node_log.close()
-    if err is not None:
-        tail = (logdir / "node.log").read_text()[-1500:]
-        raise RuntimeError(f"{err}; node log tail:\n{tail}")
+        shutil.rmtree(logdir, ignore_errors=True)
     rows = []
     best = None
     for d in results:
         drop = 1.0 - d["received"] / max(d["published"], 1)
-        if drop < 0.05:
-            best = d["factor"]
+        if drop < 0.05 and not d.get("variant"):
+            best = max(best or 0.0, d["factor"])
         hz = d["achieved_hz"]
-        rows.append([f"{d['factor']:g}x", f"{10 * d['factor']:g}",
+        rows.append([f"{d['factor']:g}x" + (f" ({d['variant']})" if d.get("variant") else ""), f"{10 * d['factor']:g}",
                      f"cam {hz['image']}, lidar {hz['lidar']}, imu {hz['imu']}, audio {hz['audio']}",
                      d["published"], d["received"], f"{100 * drop:.1f}%",
+                     (f"{d['node_sweeps_received']}/{d['sweeps_sent_total']}" if d.get("node_sweeps_received", -1) >= 0
+                      else "n/a"),
                      fmt(pct(d["latency_ms"], 50), 1), fmt(pct(d["latency_ms"], 99), 1)])
     nominal = results[0] if results else None
     verdict = ""
@@ -302,12 +440,18 @@ def run(quick: bool) -> List[dict]:
         verdict = (f" At 1x (nominal): p99 {fmt(p99, 1)} ms (target <= 100: {'met' if p99 <= 100 else 'MISSED'}), "
                    f"drops {100 * drop1:.1f}% (target < 1%: {'met' if drop1 < 0.01 else 'MISSED'}).")
     rss_mb = peak[0] / 2**20
-    notes = (f"Model: {model_label(model_dir)}; node backend onnxruntime, fusion on each LiDAR sweep. "
+    how = ("a simulator bag (street_mix, mmfusion sim) replayed by ros/replay.py with /clock, a fresh node on "
+           "sim time per rate" if bag is not None else
+           "the synthetic load generator of bench/graph.py (simulator bag writer not available)")
+    notes = (f"Model: {model_label(model_dir)}; node backend onnxruntime, fusion on each LiDAR sweep. Input: {how}. "
              f"{seconds:g} s measured per rate after {warmup:g} s warm-up. Highest input rate with under 5% "
              f"drops: {f'{best:g}x' if best else 'none of those tried'}. Node peak RSS {rss_mb:.0f} MB "
              f"(target <= 700 MB: {'met' if rss_mb <= 700 else 'MISSED'}).{verdict} The load generator shares "
              f"the CPU with the node; 'offered Hz' is what it achieved (below the asked rate means the "
-             f"machine, not the node, was saturated).")
+             f"machine, not the node, was saturated). 'Sweeps the node received' is the node's own /diagnostics "
+             f"count: a sweep sent but not received never reached its LiDAR callback, so it cannot be fused. "
+             f"The '(reliable inputs)' row reruns 1x with node parameters {' '.join(RELIABLE_INPUTS)} "
+             f"(default: best_effort), which shows whether those losses happen in transport.")
     node_info = results[-1].get("node", {}) if results else {}
     if node_info:
         notes += (f" Node's own /diagnostics at the last rate: inference p50 {node_info.get('inference_ms_p50')} ms, "
@@ -318,6 +462,7 @@ def run(quick: bool) -> List[dict]:
     prof_rows = [[k, fmt(pct(prof[k], 50)), fmt(pct(prof[k], 99))] for k in order if k in prof]
     sections = [section("ROS graph under load (fusion node process, sensor stamp -> FusedPerception received)",
                     ["input rate", "fusion Hz asked", "offered Hz", "sweeps sent", "fused frames", "dropped",
+                     "sweeps the node received (whole replay)",
                      "e2e p50 ms", "e2e p99 ms"], rows, notes)]
     sections.append(section(
         "Node tick profile (the node's pipeline in-process on the same frame, ONNX Runtime)",
@@ -335,7 +480,10 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--ready-timeout", type=float, default=90.0)
+    p.add_argument("--bag", default=None, help="replay this bag (one factor) instead of the synthetic load")
     a = p.parse_args(argv)
+    if a.bag:
+        return _child_bag(a.bag, a.factors[0], a.warmup, a.ready_timeout)
     return _child(a.factors, a.seconds, a.warmup, a.ready_timeout)
 
 

@@ -39,6 +39,7 @@ REPORT_FILES = ("demo.mp4", "contact_sheet.png", "timeline.png", "summary.md", "
 NODE_START_TIMEOUT_S = 120.0
 FIRST_OUTPUT_TIMEOUT_S = 30.0
 DRAIN_S = 2.0
+REPLAY_SLACK_S = 60.0  # replay may take 3x the bag's length plus this before it counts as hung
 #: the sensor message types replayed into the node (ground truth stays in the bag, for the report)
 SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo",
                 "sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/Imu", "mmfusion_msgs/msg/AudioFrame")
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ROS_DOMAIN_ID for the demo's processes (default: a free one, locked for the run)")
     parser.add_argument("--bag", type=Path, default=None,
                         help="play this simulator bag (with sim/ground_truth) instead of simulating one")
-    parser.add_argument("--no-video", action="store_true", help="skip the video and contact sheet (faster)")
+    parser.add_argument("--no-video", action="store_true", help="leave out the video and the contact sheet (faster)")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -279,6 +280,10 @@ class Demo:
                 if rec.count("perception") == 0 and time.monotonic() - started > span + FIRST_OUTPUT_TIMEOUT_S:
                     raise StageError("replay", f"no fused output within {span + FIRST_OUTPUT_TIMEOUT_S:.0f} s of "
                                                f"replay; node log {self.node_log}:\n{_tail(self.node_log)}")
+                if time.monotonic() - started > 3 * span + REPLAY_SLACK_S:
+                    raise StageError("replay", f"replay of {span:.0f} s of bag time still running after "
+                                               f"{time.monotonic() - started:.0f} s; its log ({self.replay_log}) "
+                                               f"ends:\n{_tail(self.replay_log)}")
                 time.sleep(0.1)
             if self.replay.returncode != 0:
                 raise StageError("replay", f"replay exited with code {self.replay.returncode}; its log "
@@ -313,14 +318,8 @@ class Demo:
             return bars[-1].update
 
         try:
-            if self.args.no_video:
-                from ..report.data import read_outputs, read_scenario
-                from ..report.summary import compute_summary, write_summary
-
-                s = compute_summary(read_scenario(bag), read_outputs(self.out / "outputs"), rate_hz, info=info)
-                write_summary(self.out, s)
-                return s
-            return build_report(bag, self.out / "outputs", self.out, rate_hz, T, info, progress=progress)
+            return build_report(bag, self.out / "outputs", self.out, rate_hz, T, info, progress=progress,
+                                with_video=not self.args.no_video)
         finally:
             for b in bars:
                 b.close()
@@ -382,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
     stage = "simulate"
     t_all = time.monotonic()
     import rclpy
+    from rclpy.signals import SignalHandlerOptions
 
     # SIGTERM (e.g. a CI timeout) cleans up like Ctrl-C does
     signal.signal(signal.SIGTERM, _interrupt)
@@ -396,7 +396,8 @@ def run(args: argparse.Namespace) -> int:
         stage = "node"
         t = time.monotonic()
         model = resolve_model(args.model, demo.out, demo.say)
-        rclpy.init()
+        # no rclpy signal handlers: Ctrl-C must raise KeyboardInterrupt here so the children are stopped
+        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         demo.start_node(model, bag)
         demo.times["node"] = time.monotonic() - t
         stage = "replay"

@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (bag, dataset) or PNG file (preview)")
     parser.add_argument("--config", default=None, help="sim YAML (default: built-in defaults = config/sim.yaml)")
     parser.add_argument("--n", type=int, default=1000, help="dataset: total samples (default 1000)")
-    parser.add_argument("--workers", type=int, default=1, help="dataset: worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes rendering scenes (dataset, default 2) or frames (bag, default 1: on a "
+                             "2-core machine one process with a 2-thread ray caster is faster)")
     parser.add_argument("--frames-per-scene", type=int, default=40, help="dataset: frames per scene (default 40 = 8 s)")
     parser.add_argument("--no-progress", action="store_true", help="dataset: no progress bar")
     parser.add_argument("--no-tf", action="store_true", help="bag: leave out /tf_static")
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         return _error(f"bad config {args.config}: {e}")
     if args.out is None:
         return _error("--out is required")
+    if args.workers is None:
+        args.workers = 2 if args.mode == "dataset" else 1
     if args.mode == "dataset":
         from ..sim.dataset import DatasetConfig, write_dataset
 
@@ -68,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {m['n_samples']} samples ({m['split_samples']}) to {args.out} "
               f"at {m['samples_per_second']} samples/s with {args.workers} worker(s)")
         return 0
+    if args.workers < 1:
+        return _error("--workers must be >= 1")
     if args.scenario is None:
         return _error("--scenario NAME is required (see --list)")
     if args.scenario not in SCENARIOS:
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists():
         return _error(f"{args.out} already exists (rosbag2 writes a new folder)")
     scene = make_scenario(args.scenario, args.seconds, args.seed, cfg)
-    info = write_bag(scene, args.out, seed=args.seed, tf_static=not args.no_tf)
+    info = write_bag(scene, args.out, seed=args.seed, tf_static=not args.no_tf, workers=args.workers)
     print(f"wrote {info['messages']} messages ({args.seconds:g} s of {args.scenario}) to {args.out} "
           f"in {info['wall_seconds']:.1f} s")
     return 0
@@ -209,8 +215,24 @@ def _schedule(seconds: float, rate: float) -> np.ndarray:
     return np.arange(int(np.ceil(seconds * rate - 1e-9))) / rate
 
 
-def write_bag(scene, out: Path, seed: int, tf_static: bool = True) -> dict:
-    """Write the scene as a rosbag2 (mcap, version 9) plus `<out>/sim_ground_truth.json`."""
+_BAG_RUNNER = None  # the scene runner forked worker processes render from (set before the pool starts)
+
+
+def _render_task(task):
+    """(kind, index, t, seed) -> rendered sensor; each frame has its own random stream, so the
+    bytes do not depend on how many processes render."""
+    kind, i, t, seed = task
+    rng = np.random.default_rng([seed, 21 if kind == "camera" else 22, i])
+    r = _BAG_RUNNER.render(t, rng, camera=kind == "camera", lidar=kind == "lidar")
+    return r[kind]
+
+
+def write_bag(scene, out: Path, seed: int, tf_static: bool = True, workers: int = 1) -> dict:
+    """Write the scene as a rosbag2 (mcap, version 9) plus `<out>/sim_ground_truth.json`.
+
+    workers > 1 renders camera and LiDAR frames in forked processes (do not use it from a process
+    that already runs rclpy: forking DDS threads is unsafe); the output is the same either way.
+    """
     import json
     import time
 
@@ -224,8 +246,9 @@ def write_bag(scene, out: Path, seed: int, tf_static: bool = True) -> dict:
     store = typestore()
     cfg = scene.config
     M = _Msgs(store, cfg)
-    runner = SceneRunner(scene, seed=seed, nthreads=0)
-    rng = np.random.default_rng([seed, 11])
+    global _BAG_RUNNER
+    runner = SceneRunner(scene, seed=seed, nthreads=0 if workers <= 1 else 1)
+    rng = np.random.default_rng([seed, 11])  # captions
     T = scene.duration
     # (time, order, kind, payload index) for every message, written in time order
     sched = []
@@ -243,44 +266,64 @@ def write_bag(scene, out: Path, seed: int, tf_static: bool = True) -> dict:
     frame_len = cfg.audio.rate * cfg.audio.frame_ms // 1000
     hfov = np.arctan2(cfg.camera.width / 2.0, cfg.camera.fx)
     n_msgs = 0
-    last_cloud = {}
-    with Writer(out, version=9, storage_plugin=StoragePlugin.MCAP) as w:
-        conns = {k: w.add_connection(topic, typ, typestore=store) for k, (topic, typ) in TOPICS.items()
-                 if tf_static or k != "tf"}
+    last_cloud = None
+    tasks, counters = [], {"camera": 0, "lidar": 0}
+    for t, _, kind in sched:
+        if kind in counters:
+            tasks.append((kind, counters[kind], float(t), seed))
+            counters[kind] += 1
+    _BAG_RUNNER = runner
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
 
-        def put(kind, t, msg):
-            nonlocal n_msgs
-            topic, typ = TOPICS[kind]
-            stamp_ns = int(round((STAMP_BASE + t) * 1e9))
-            w.write(conns[kind], stamp_ns, store.serialize_cdr(msg, typ))
-            n_msgs += 1
+        pool = mp.get_context("fork").Pool(workers)
+        frames = pool.imap(_render_task, tasks, chunksize=2)
+    else:
+        frames = map(_render_task, tasks)
+    try:
+        with Writer(out, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+            conns = {k: w.add_connection(topic, typ, typestore=store) for k, (topic, typ) in TOPICS.items()
+                     if tf_static or k != "tf"}
 
-        if tf_static:
-            put("tf", 0.0, M.tf_static())
-        for t, _, kind in sched:
-            if kind == "camera":
-                cam = runner.render(t, rng, lidar=False)["camera"]
-                put("image", t, M.image(t, cam.image))
-                put("info", t, M.camera_info(t))
-            elif kind == "lidar":
-                sweep = runner.render(t, rng, camera=False)["lidar"]
-                last_cloud = sweep
-                put("lidar", t, M.cloud(t, sweep.points))
-            elif kind == "gt":
-                seen = []
-                if last_cloud:
-                    p, ids = last_cloud.points, last_cloud.object_ids
-                    in_view = (p[:, 0] > 0) & (np.abs(np.arctan2(p[:, 1], p[:, 0])) < hfov)
-                    tid, cnt = np.unique(ids[in_view & (ids > 0)], return_counts=True)
-                    seen = [int(k) for c, k in sorted(zip(-cnt, tid)) if -c >= 3]
-                active = [e for e, on in zip(EVENT_TYPES, runner.events.now(t)) if on]
-                put("gt", t, M.ground_truth(t, runner.objects(t), runner.captions(t, seen, rng), active))
-            elif kind == "audio":
-                a = int(round((t - runner.audio_t0) * cfg.audio.rate))
-                put("audio", t, M.audio(t, runner.audio[a:a + frame_len]))
-            else:
-                i = int(scene.ego.index([t])[0])
-                put("imu", t, M.imu(t, runner.imu[i]))
+            def put(kind, t, msg):
+                nonlocal n_msgs
+                topic, typ = TOPICS[kind]
+                stamp_ns = int(round((STAMP_BASE + t) * 1e9))
+                w.write(conns[kind], stamp_ns, store.serialize_cdr(msg, typ))
+                n_msgs += 1
+
+            if tf_static:
+                put("tf", 0.0, M.tf_static())
+            for t, _, kind in sched:
+                if kind == "camera":
+                    cam = next(frames)
+                    put("image", t, M.image(t, cam.image))
+                    put("info", t, M.camera_info(t))
+                elif kind == "lidar":
+                    sweep = next(frames)
+                    last_cloud = sweep
+                    put("lidar", t, M.cloud(t, sweep.points))
+                elif kind == "gt":
+                    seen = []
+                    if last_cloud is not None:
+                        p, ids = last_cloud.points, last_cloud.object_ids
+                        in_view = (p[:, 0] > 0) & (np.abs(np.arctan2(p[:, 1], p[:, 0])) < hfov)
+                        tid, cnt = np.unique(ids[in_view & (ids > 0)], return_counts=True)
+                        seen = [int(k) for c, k in sorted(zip(-cnt, tid)) if -c >= 3]
+                    active = [e for e, on in zip(EVENT_TYPES, runner.events.now(t)) if on]
+                    put("gt", t, M.ground_truth(t, runner.objects(t), runner.captions(t, seen, rng), active))
+                elif kind == "audio":
+                    a = int(round((t - runner.audio_t0) * cfg.audio.rate))
+                    put("audio", t, M.audio(t, runner.audio[a:a + frame_len]))
+                else:
+                    i = int(scene.ego.index([t])[0])
+                    put("imu", t, M.imu(t, runner.imu[i]))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        _BAG_RUNNER = None
     sidecar = {
         "scenario": scene.name, "seed": seed, "seconds": T, "stamp_base": STAMP_BASE,
         "description": scene.description,

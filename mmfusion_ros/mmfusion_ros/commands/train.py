@@ -1,7 +1,8 @@
 """`mmfusion train`: the training recipe on a simulator dataset, or binding from robot bags.
 
   mmfusion train --config config/train_tiny.yaml [--data DIR] [--out DIR] [--resume]
-  mmfusion train --config ... --supervised-upper-bound        # LiDAR/audio/IMU trained with text
+  mmfusion train --config ... --supervised-upper-bound --init RUN/after_camera.pt --stages bind --out UB
+                                   # the upper bound: same camera, LiDAR/audio/IMU trained with text
   mmfusion train --bags BAG_DIR [BAG_DIR ...] --init CKPT --out DIR
   torchrun --nproc_per_node 2 -m mmfusion_ros.cli train --config ...   # DDP (gloo on CPU)
 """
@@ -23,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
     p.add_argument("--bags", nargs="+", help="bag folders/files: bind LiDAR/audio/IMU to the camera from co-located sensor data")
-    p.add_argument("--init", help="checkpoint to start from (required with --bags)")
+    p.add_argument("--init", help="checkpoint to start from (required with --bags); without --bags: a training "
+                                  "checkpoint (e.g. RUN/after_camera.pt) whose finished stages are kept")
+    p.add_argument("--stages", nargs="+", help="run only these stages (camera bind fusion caption events)")
     p.add_argument("--epochs", type=int, default=3, help="with --bags: passes over the bag windows")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
 
@@ -132,12 +135,33 @@ def run(args) -> int:
             setattr(cfg, k, v)
     if args.supervised_upper_bound:
         cfg.supervised_upper_bound = True
+    if args.stages:
+        cfg.stages = list(args.stages)
+    resume = args.resume
+    if args.init:
+        import shutil
+
+        out = Path(cfg.out)
+        init = Path(args.init)
+        if not init.is_file():
+            print(f"error: --init {init} not found", file=sys.stderr)
+            return 2
+        if (out / "last.pt").exists() and not args.resume:
+            print(f"error: {out}/last.pt exists; use --resume to continue it or another --out", file=sys.stderr)
+            return 2
+        if not (out / "last.pt").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(init, out / "last.pt")
+            side = init.with_name(init.name + ".sha256")
+            if side.is_file():
+                shutil.copyfile(side, out / "last.pt.sha256")
+        resume = True
     if not cfg.data:
         print("error: no dataset: set `data` in the config or pass --data DIR", file=sys.stderr)
         return 2
     try:
         cfg.validate()
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=resume)
     except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,7 +16,10 @@ point of each ``ground_cell`` grid cell is taken, empty cells borrow their neare
 grey-scale morphological opening with a ``ground_window``-wide window removes every bump narrower than
 the window (cars, people, poles) while leaving planar slopes unchanged (opening reproduces a linear
 ramp exactly). This is the progressive-morphological-filter idea (Zhang et al., 2003) in one pass;
-scipy.ndimage does the filtering, open3d has no ground model of this kind.
+scipy.ndimage does the filtering, open3d has no ground model of this kind. Behind a row of parked cars
+or along a facade the opening sees only roofs and walls, so the ground used is the lower of the opening
+and ``slope_envelope``: the highest surface under the cell minima that never rises faster than
+``ground_max_slope``, which keeps the ground there within reach of the road visible nearby.
 
 Frames. Points and boxes are in the LiDAR/robot frame: x forward, y left, z up (REP 103).
 ``T_cam_lidar`` (4,4) maps LiDAR-frame points into the camera optical frame: x right, y down,
@@ -58,6 +61,8 @@ class PerceptionConfig:
     voxel_size: float = 0.15  # voxel-grid downsampling edge, m (0 disables): a 64-beam ring gap at 20 m, 1/3 of a person
     ground_cell: float = 0.5  # ground grid cell edge, m
     ground_window: float = 8.0  # opening window, m: bumps narrower than this (vehicles, people) are not ground
+    ground_mode: str = "both"  # "opening", "cone" (slope-limited envelope) or "both" (the lower of the two)
+    ground_max_slope: float = 0.3  # cone: steepest ground between cells (rise/run; 0.3 = 17 deg)
     ground_threshold: float = 0.25  # points less than this above the ground surface are ground, m
     max_height: float = 4.0  # points higher than this above ground (canopy, overhangs) are ignored, m
     cluster_method: str = "voxel"  # "voxel": linked eps/2 voxels (fast, O(points)); "dbscan": open3d DBSCAN
@@ -66,7 +71,7 @@ class PerceptionConfig:
     cluster_min_points: int = 3  # dbscan method: core-point density (neighbours within eps, itself included)
     min_cluster_points: int = 5  # clusters with fewer (downsampled) points are dropped as noise
     max_cluster_points: int = 20000  # clusters with more points are dropped (a whole facade), keeps timing bounded
-    min_cluster_height: float = 0.2  # clusters whose box is lower than this are dropped (kerbs, debris), m
+    min_cluster_height: float = 0.2  # clusters whose top is less than this above ground are dropped (kerbs, debris), m
     vehicle_completion: bool = True  # grow a lone vehicle end or side face into a whole vehicle; see complete_vehicle_face
     vehicle_length: float = 4.4  # length given to a vehicle completed from its end face, m (a mid-size car)
     vehicle_width: float = 1.8  # width given to a vehicle completed from its side face, m
@@ -135,11 +140,18 @@ def ground_model(xyz: np.ndarray, cfg: PerceptionConfig) -> Tuple[np.ndarray, np
     if empty.all():
         grid = np.zeros((g, g))
     else:
-        if empty.any():
-            idx = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
-            zmin = zmin[idx[0], idx[1]]
-        w = max(1, int(round(cfg.ground_window / c)))
-        grid = ndimage.grey_opening(zmin, size=(w, w), mode="nearest")
+        mode = cfg.ground_mode
+        grids = []
+        if mode in ("opening", "both"):
+            filled = zmin
+            if empty.any():
+                idx = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
+                filled = zmin[idx[0], idx[1]]
+            w = max(1, int(round(cfg.ground_window / c)))
+            grids.append(ndimage.grey_opening(filled, size=(w, w), mode="nearest"))
+        if mode in ("cone", "both"):
+            grids.append(slope_envelope(zmin, cfg.ground_max_slope * c))
+        grid = grids[0] if len(grids) == 1 else np.minimum(grids[0], grids[1])
     height = xyz[:, 2] - grid.reshape(-1)[flat]  # (N,)
     return height, grid, origin
 
@@ -181,6 +193,23 @@ _FORWARD_NEIGHBOURS = [
 ]
 
 
+def slope_envelope(z: np.ndarray, step: float) -> np.ndarray:
+    """(G,G) cell heights (inf = empty) -> the highest surface below them whose slope between
+    neighbouring cells is at most ``step``: g(c) = min over c' of z(c') + step * L1(c, c').
+
+    Two passes per axis with np.minimum.accumulate (min-plus with a linear cone is separable in L1).
+    """
+    g = z
+    for axis in (0, 1):
+        n = g.shape[axis]
+        ramp = np.arange(n, dtype=np.float64) * step
+        ramp = ramp[:, None] if axis == 0 else ramp[None, :]
+        fwd = np.minimum.accumulate(g - ramp, axis=axis) + ramp
+        bwd = np.flip(np.minimum.accumulate(np.flip(g, axis) - ramp, axis=axis) + ramp, axis)
+        g = np.minimum(fwd, bwd)
+    return g
+
+
 def ground_height_at(grid: np.ndarray, origin: float, cell: float, xy: np.ndarray) -> np.ndarray:
     """Ground height (M,) under (M,2) BEV positions, from ``ground_model``'s grid."""
     g = grid.shape[0]
@@ -218,12 +247,14 @@ def complete_vehicle_face(
     """Grow a lone vehicle face into a whole vehicle; other boxes are returned unchanged.
 
     A LiDAR sees only the surfaces facing it: a car straight ahead shows just its rear (a thin face
-    1.3-2.6 m wide), a car beside the robot just its side (3-6 m long), and the box of those points
-    sits half a car length (or width) too close. Such a face is extended away from the sensor to
-    ``vehicle_length`` (an end) or ``vehicle_width`` (a side) when
+    1.3-2.6 m wide, within 30 deg of perpendicular to the line of sight), a car beside the robot just
+    its side (3-6 m), a car parked along the road ahead its side seen at a grazing angle (2-6 m, its
+    rear hidden by the car parked behind it), and the box of those points sits half a car length (or
+    width) too close. Such a face is extended away from the sensor to ``vehicle_length`` (an end) or
+    ``vehicle_width`` (a side) when
       (a) it is thin (< 0.6 m deep: bumper to rear window) and 1.1-2.0 m tall (doors with their
           frames are taller);
-      (b) it faces the sensor: its long side is within 30 deg of perpendicular to the line of sight;
+      (b) it has one of the three lengths and orientations above;
       (c) it is wide at the top too: points in its upper third span >= 55% of its length (rear window
           and roof, side windows). A cyclist or two people side by side are as wide but narrow at the
           top (one rider's torso), so they are left alone.
@@ -232,16 +263,15 @@ def complete_vehicle_face(
     length, width, height = (float(v) for v in size)
     if not (width < 0.6 and 1.1 <= height <= 2.0):
         return center, size, yaw
-    if 1.3 <= length <= 2.6:
-        depth = cfg.vehicle_length  # an end face
-    elif 3.0 <= length <= 6.0:
-        depth = cfg.vehicle_width  # a side face
-    else:
-        return center, size, yaw
     u = np.array([math.cos(yaw), math.sin(yaw)])  # along the face
     v = np.array([-u[1], u[0]])  # across it
     los = center[:2] / max(float(np.linalg.norm(center[:2])), 1e-6)
-    if abs(float(u @ los)) > math.sin(math.radians(30)):
+    facing = abs(float(u @ los)) <= math.sin(math.radians(30))  # face within 30 deg of perpendicular to the view
+    if facing and 1.3 <= length <= 2.6:
+        depth = cfg.vehicle_length  # an end face
+    elif (facing and 3.0 <= length <= 6.0) or (not facing and 2.0 <= length <= 6.0):
+        depth = cfg.vehicle_width  # a side face: beside the robot, or along the road (a parked car)
+    else:
         return center, size, yaw
     zbot = center[2] - height / 2
     top = pts[pts[:, 2] >= zbot + height * 2 / 3, :2] - center[:2]  # (T, 2)
@@ -471,13 +501,14 @@ class Perception:
             pts = xyz[order[s:e]]  # (n, 3)
             center, size, yaw = fit_box(pts)
             zlo, zhi = center[2] - size[2] / 2, center[2] + size[2] / 2
+            gz = zlo
             if self.last_ground_grid is not None:
                 grid, origin, cell = self.last_ground_grid
                 gz = float(ground_height_at(grid, origin, cell, center[:2])[0])
                 if zlo - gz <= cfg.ground_snap:
                     zlo = min(zlo, gz)  # the part of the object inside the ground band was removed with it
-            if zhi - zlo < cfg.min_cluster_height:
-                continue
+            if zhi - min(zlo, gz) < cfg.min_cluster_height:
+                continue  # low debris; a short cluster high up (a head above a parked car) is kept
             center[2] = 0.5 * (zlo + zhi)
             size[2] = zhi - zlo
             if cfg.vehicle_completion:

@@ -13,14 +13,14 @@ from mmfusion_ros.model.config import CaptionConfig
 
 
 class _CausalBlock(nn.Module):
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float, mlp_ratio: int = 4):
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.norm2 = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ class CaptionDecoder(nn.Module):
         self.prefix = nn.Linear(embed_dim, cfg.prefix_len * d)
         self.tok = nn.Embedding(cfg.vocab_size, d)
         self.pos = nn.Parameter(torch.randn(cfg.prefix_len + cfg.max_len, d) * 0.02)
-        self.blocks = nn.ModuleList([_CausalBlock(d, cfg.heads, cfg.dropout) for _ in range(cfg.layers)])
+        self.blocks = nn.ModuleList([_CausalBlock(d, cfg.heads, cfg.dropout, cfg.mlp_ratio) for _ in range(cfg.layers)])
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size)
         n = cfg.prefix_len + cfg.max_len

@@ -48,6 +48,7 @@ class CaptionConfig:
     d_model: int = 256  # decoder width
     layers: int = 2  # decoder blocks
     heads: int = 4  # attention heads
+    mlp_ratio: int = 2  # MLP hidden width / d_model
     prefix_len: int = 2  # learned prefix tokens projected from the 384-d embedding
     max_len: int = 24  # max caption tokens including BOS/EOS
     vocab_size: int = 4  # set from the vocabulary built from training captions (>= 4 specials)

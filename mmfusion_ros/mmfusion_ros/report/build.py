@@ -19,9 +19,11 @@ VIDEO, SHEET, TIMELINE = "demo.mp4", "contact_sheet.png", "timeline.png"
 def build_report(scenario_bag: Path, outputs_bag: Path, out_dir: Path, rate_hz: float,
                  T_cam_lidar: Optional[np.ndarray] = None, info: Optional[Dict[str, Any]] = None,
                  video: Optional[VideoConfig] = None,
-                 progress: Optional[Callable[[int], Callable[[int], None]]] = None) -> Dict[str, Any]:
+                 progress: Optional[Callable[[int], Callable[[int], None]]] = None,
+                 with_video: bool = True) -> Dict[str, Any]:
     """Write demo.mp4, contact_sheet.png, timeline.png, summary.md and summary.json; return the summary.
 
+    with_video=False leaves out the two pictures made from every frame (mp4, contact sheet).
     progress(total) -> update(n): an optional progress-bar factory for the video frames.
     Raises ValueError when the recording holds no fused frames (there is nothing to report).
     """
@@ -35,6 +37,8 @@ def build_report(scenario_bag: Path, outputs_bag: Path, out_dir: Path, rate_hz: 
     write_summary(out_dir, summary)
     title = f"{summary.get('scenario', '')}: events predicted by the node (blue, red = flagged) vs ground truth (grey)"
     write_timeline(out_dir / TIMELINE, scenario, outputs, title=title.strip(": "))
+    if not with_video:
+        return summary
     update = progress(len(outputs.frames)) if progress else None
     pictures = write_video(out_dir / VIDEO, Path(scenario_bag), scenario, outputs, T_cam_lidar, video, update)
     write_contact_sheet(out_dir / SHEET, pictures, video)

@@ -39,7 +39,7 @@ class VideoConfig:
 
 
 def _text(img: np.ndarray, text: str, org: Tuple[int, int], color=(235, 235, 235), scale: float = 0.5) -> None:
-    cv2.putText(img, text, org, FONT, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    """Text on the dark header/footer bars (no outline: a thick outline's glyphs run wider than the text)."""
     cv2.putText(img, text, org, FONT, scale, color, 1, cv2.LINE_AA)
 
 

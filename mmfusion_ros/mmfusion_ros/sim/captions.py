@@ -6,7 +6,7 @@ encoder sees variety; every phrasing names the same facts.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -73,16 +73,24 @@ def ego_phrase(scene: Scene, t: float) -> str:
 
 
 def captions(scene: Scene, t: float, seen: Sequence[int], heard: Sequence[int], rng: np.random.Generator,
-             n: int = 3) -> List[str]:
-    """n phrasings of the scene at t. seen/heard: track ids, most prominent first (focus first if present)."""
+             n: int = 3, collision_with: Optional[int] = None) -> List[str]:
+    """n phrasings of the scene at t. seen/heard: track ids, most prominent first (focus first if present);
+    collision_with: track id of the object a collision is imminent with, if any."""
     objs: Dict[int, SimObject] = {o.track_id: o for o in scene.objects}
-    seen_txt = [describe_object(scene, objs[k], t) for k in seen[:3]]
+    seen_txt = []
+    for k in seen:
+        d = describe_object(scene, objs[k], t)
+        if d not in seen_txt:  # two alike objects in the same place read as one
+            seen_txt.append(d)
+    seen_txt = seen_txt[:3]
     heard_cls = []
     for k in heard:
         if objs[k].cls not in heard_cls:
             heard_cls.append(objs[k].cls)
     heard_cls = heard_cls[:2]
     ego = ego_phrase(scene, t)
+    if collision_with in objs:
+        ego += f", about to hit {NAME[objs[collision_with].cls]}"
     out = []
     for j in range(n):
         snd = " and ".join(SOUND[c][int(rng.integers(2))] for c in heard_cls)

@@ -11,12 +11,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..core.types import OBJECT_CLASSES
+from ..core.types import EVENT_TYPES, OBJECT_CLASSES
 from . import audio as audio_mod
 from . import captions as captions_mod
 from . import events as events_mod
 from . import imu as imu_mod
-from .render import CameraImage, LidarSweep, Renderer
+from .render import CameraImage, Renderer
 from .world import CLOCK_HZ, Scene
 
 AUDIBLE_LEVEL = 0.05  # loudness / distance above which a sounding object counts as heard (20 m at 1.0)
@@ -110,7 +110,10 @@ class SceneRunner:
         return -1 if k < 0 else OBJECT_CLASSES.index(self.scene.objects[k].cls)
 
     def captions(self, t: float, seen: List[int], rng: np.random.Generator, n: int = 3) -> List[str]:
-        return captions_mod.captions(self.scene, t, seen, self.heard(t), rng, n)
+        e = EVENT_TYPES.index("collision_imminent")
+        i = self.events._idx(t)
+        hit = int(self.events.track[i, e]) if self.events.active[i, e] else None
+        return captions_mod.captions(self.scene, t, seen, self.heard(t), rng, n, collision_with=hit)
 
     def classes_present(self, seen: List[int], t: float) -> np.ndarray:
         """(C,) uint8 multi-hot of classes seen or heard at t."""

@@ -27,12 +27,15 @@ class TrainConfig:
     warmup_frac: float = 0.05  # fraction of each stage's steps spent warming up
     stages: List[str] = field(default_factory=lambda: list(STAGES))  # stages to run, in order
     epochs: Dict[str, int] = field(default_factory=lambda: {"camera": 6, "bind": 6, "fusion": 8, "caption": 10, "events": 10})  # per stage
+    head_holdout: float = 0.2  # share of train scenes kept out of the encoder stages to train the fusion on (0 = none)
     modality_dropout: float = 0.3  # fusion/events: chance each modality is dropped (one always kept)
     caption_noise: float = 0.6  # caption decoder: max norm of the noise added to text embeddings
     caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
     caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
     supervised_upper_bound: bool = False  # bind LiDAR/audio/IMU to caption TEXT (the upper-bound baseline), not the camera
     camera_jitter: float = 0.1  # camera stage: brightness/contrast jitter amplitude
+    camera_shift: int = 6  # camera stage: random translation, pixels (0 = off)
+    encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)
     log_every: int = 20  # steps between log lines in log.jsonl
     text_cache: str = ""  # folder of the text-embedding cache (default: <out>/text_cache)
 
@@ -66,6 +69,8 @@ class TrainConfig:
             raise ValueError("batch_size must be at least 2 (contrastive losses need negatives)")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
+        if not 0.0 <= self.head_holdout <= 0.5:
+            raise ValueError(f"head_holdout must be in [0, 0.5], got {self.head_holdout}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 

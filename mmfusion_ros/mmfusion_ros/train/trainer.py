@@ -188,6 +188,8 @@ class Trainer:
             self.vocab = Vocab.build(c for caps in self.train.captions for c in caps)
             mcfg = ModelConfig() if cfg.model == "small" else tiny_config()
             mcfg.caption.vocab_size = len(self.vocab)
+            for e in mcfg.encoders.values():
+                e.dropout = cfg.encoder_dropout
             mcfg.caption.max_len = cfg.caption_max_len
             if cfg.model_name:
                 mcfg.name = cfg.model_name
@@ -203,6 +205,13 @@ class Trainer:
             self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
             self.captions = CaptionTable(self.train, self.embedder)
         self.text = torch.from_numpy(self.captions.emb).to(self.dist.device)  # (U, 384)
+        # scenes held out from the encoder stages train the fusion: on frames the encoders memorised,
+        # the camera looks far more reliable than it is on new scenes, and fusion would learn that
+        scene = self.train.arrays["scene_id"].astype(np.int64)
+        k = int(round(1.0 / cfg.head_holdout)) if cfg.head_holdout > 0 else 0
+        held = (scene % k == 0) if k > 1 else np.zeros(len(scene), bool)
+        self.enc_idx = np.flatnonzero(~held) if held.any() else np.arange(len(scene))
+        self.head_idx = np.flatnonzero(held) if held.any() else np.arange(len(scene))
         self._tokens_cache: Optional[torch.Tensor] = None
 
     # ---------------------------------------------------------------- utilities
@@ -323,8 +332,18 @@ class Trainer:
                                      [self.model.logit_scales["camera"]])
         jit = self.cfg.camera_jitter
 
+        sel = self.enc_idx
+
         def make(idx):
+            idx = sel[idx]
             x = self._to(tr.camera_float(idx))  # (B, 3, S, S)
+            if self.cfg.camera_shift > 0:
+                # random translation (replicate padding): the caption's left/right/ahead survive a few pixels
+                sh = self.cfg.camera_shift
+                pad = F.pad(x, (sh, sh, sh, sh), mode="replicate")  # (B, 3, S+2sh, S+2sh)
+                off = self.rng.integers(0, 2 * sh + 1, (len(idx), 2))
+                s = x.shape[-1]
+                x = torch.stack([pad[i, :, o[0]:o[0] + s, o[1]:o[1] + s] for i, o in enumerate(off)])
             if jit > 0:
                 b = len(idx)
                 gain = 1 + jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
@@ -334,7 +353,7 @@ class Trainer:
             pos = same(self._to(self.captions.group[idx]))
             return x, self.text[self._to(tid)], pos
 
-        self._run_stage("camera", CameraTextStep(self.model), params, len(tr), make)
+        self._run_stage("camera", CameraTextStep(self.model), params, len(sel), make)
 
     def stage_bind(self) -> None:
         tr = self.train
@@ -342,13 +361,16 @@ class Trainer:
         params = self._set_trainable([m for k in keys for m in (self.model.modality_trunks[k], self.model.modality_heads[k])],
                                      [self.model.logit_scales[k] for k in keys])
         if self.progress.get("bind", 0) >= self.cfg.epochs.get("bind", 0):
-            return self._run_stage("bind", BindStep(self.model, keys), params, len(tr), None)
+            return self._run_stage("bind", BindStep(self.model, keys), params, len(self.enc_idx), None)
         upper = self.cfg.supervised_upper_bound
         if not upper:
             cam = self.embed_split(tr, ["camera"])[:, 0].to(self.dist.device)  # (N, 384) frozen anchors
         scene = tr.arrays["scene_id"].astype(np.int64)
 
+        sel = self.enc_idx
+
         def make(idx):
+            idx = sel[idx]
             x = {k: self._to(v) for k, v in tr.inputs(idx, keys).items()}
             if upper:
                 target = self.text[self._to(self.captions.pick(idx, self.rng))]
@@ -358,7 +380,7 @@ class Trainer:
                 pos = same(self._to(scene[idx]))  # co-located frames of one scene are all matches
             return x, target, pos
 
-        self._run_stage("bind", BindStep(self.model, keys), params, len(tr), make)
+        self._run_stage("bind", BindStep(self.model, keys), params, len(sel), make)
 
     def _tokens(self) -> torch.Tensor:
         if self._tokens_cache is None:
@@ -368,15 +390,17 @@ class Trainer:
     def stage_fusion(self) -> None:
         params = self._set_trainable([self.model.fusion], [self.model.logit_scales["fused"]])
         if self.progress.get("fusion", 0) >= self.cfg.epochs.get("fusion", 0):
-            return self._run_stage("fusion", FusionStep(self.model), params, len(self.train), None)
+            return self._run_stage("fusion", FusionStep(self.model), params, len(self.head_idx), None)
         toks = self._tokens()
+        sel = self.head_idx
 
         def make(idx):
+            idx = sel[idx]
             t = toks[self._to(idx)]  # (B, 4, 384)
             tid = self.captions.pick(idx, self.rng)
             return t, self._dropout_mask(len(idx)), self.text[self._to(tid)], same(self._to(self.captions.group[idx]))
 
-        self._run_stage("fusion", FusionStep(self.model), params, len(self.train), make)
+        self._run_stage("fusion", FusionStep(self.model), params, len(sel), make)
 
     @torch.no_grad()
     def _fused(self, present: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -390,27 +414,35 @@ class Trainer:
         return torch.cat(out)  # (N, 384)
 
     def stage_caption(self) -> None:
+        """One step item per distinct caption phrasing (frames repeat the same captions many times)."""
         params = self._set_trainable([self.model.caption_decoder])
+        n_text = len(self.captions.texts)
         if self.progress.get("caption", 0) >= self.cfg.epochs.get("caption", 0):
-            return self._run_stage("caption", CaptionStep(self.model), params, len(self.train), None)
+            return self._run_stage("caption", CaptionStep(self.model), params, n_text, None)
         max_len = self.mcfg.caption.max_len
         tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in self.captions.texts], np.int64))  # (U, L)
         fused = self._fused(self._dropout_mask(len(self.train)))  # (N, 384) with random missing modalities
+        frames_of: List[List[int]] = [[] for _ in range(n_text)]
+        for i, ids in enumerate(self.captions.sample_ids):
+            for t in ids:
+                frames_of[t].append(i)
         sigma = self.cfg.caption_noise
         frac = self.cfg.caption_fused_frac
 
         def make(idx):
-            tid = self._to(self.captions.pick(idx, self.rng))
+            tid = self._to(idx)
             text = self.text[tid]  # (B, 384)
             b = len(idx)
             scale = sigma * torch.rand(b, 1, device=text.device)
             noise = torch.randn_like(text) * scale / math.sqrt(text.shape[1])
             cond = F.normalize(text + noise, dim=-1)
+            # some steps condition on a real fused embedding of a frame with this caption
+            frame = self._to(np.array([frames_of[t][self.rng.integers(len(frames_of[t]))] for t in idx], np.int64))
             use_fused = torch.rand(b, 1, device=text.device) < frac
-            cond = torch.where(use_fused, fused[self._to(idx)], cond)
+            cond = torch.where(use_fused, fused[frame], cond)
             return cond, tok_table[tid]
 
-        self._run_stage("caption", CaptionStep(self.model), params, len(self.train), make)
+        self._run_stage("caption", CaptionStep(self.model), params, n_text, make)
 
     def stage_events(self) -> None:
         tr = self.train
