@@ -47,7 +47,6 @@ def test_render_table_and_markdown():
 def test_bench_command_runs_models_and_reports_missing(random_model_dir, tmp_path, monkeypatch, capsys):
     from mmfusion_ros.cli import main
 
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)  # one thread: keep it light
     out, js = tmp_path / "b.md", tmp_path / "b.json"
     rc = main(["bench", "--quick", "--only", "models", "--model", str(random_model_dir), "--out", str(out),
                "--json", str(js)])

@@ -6,7 +6,7 @@ import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 from .backend import Backend
 from .manifest import load_manifest

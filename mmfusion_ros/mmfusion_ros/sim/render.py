@@ -90,6 +90,7 @@ class Renderer:
         self.static_C = np.concatenate([s.colors for s in st])
         self.static_X = np.concatenate([s.textures for s in st])
         self.static_E = np.concatenate([s.emissive for s in st])
+        self.static_R = np.concatenate([s.reflectivity for s in st])
 
     # --- geometry -----------------------------------------------------------------------------
     def _build(self, t: float):
@@ -99,7 +100,7 @@ class Renderer:
         """
         rs = o3d.t.geometry.RaycastingScene(nthreads=self.nthreads)
         rs.add_triangles(o3d.core.Tensor(self.static_V), o3d.core.Tensor(self.static_T))
-        colors, textures, emissive = [self.static_C], [self.static_X], [self.static_E]
+        colors, textures, emissive, refl = [self.static_C], [self.static_X], [self.static_E], [self.static_R]
         track, counts = [np.zeros(len(self.static_T), np.int32)], [len(self.static_T)]
         for o in self.scene.objects:
             p = o.position([t])[0]
@@ -110,13 +111,15 @@ class Renderer:
             rs.add_triangles(o3d.core.Tensor(V.astype(np.float32)), o3d.core.Tensor(o.shape.triangles))
             colors.append(o.shape.colors)
             textures.append(o.shape.textures)
+            refl.append(o.shape.reflectivity)
             lit = bool(o.sounding([t])[0]) or o.cls == "car"  # beacons flash while sounding, headlights always on
             emissive.append(o.shape.emissive & lit)
             track.append(np.full(len(o.shape.triangles), o.track_id, np.int32))
             counts.append(len(o.shape.triangles))
         tables = {"offset": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64),
                   "color": np.concatenate(colors), "texture": np.concatenate(textures),
-                  "emissive": np.concatenate(emissive), "track": np.concatenate(track)}
+                  "emissive": np.concatenate(emissive), "track": np.concatenate(track),
+                  "reflectivity": np.concatenate(refl)}
         return rs, tables
 
     def sensor_pose(self, t: float) -> tuple:
@@ -201,9 +204,8 @@ class Renderer:
         keep = (gid != INVALID) & (th >= lc.min_range) & (th <= lc.max_range)
         keep &= rng.random(th.shape) >= lc.dropout
         tri = tables["offset"][gid[keep]] + pid[keep]
-        c = tables["color"][tri]  # (M, 3)
-        refl = 0.2126 * c[:, 0] + 0.7152 * c[:, 1] + 0.0722 * c[:, 2]
-        refl = np.where(tables["texture"][tri] == STRIPES, np.maximum(refl, 0.9), refl)  # reflective bands
+        refl = tables["reflectivity"][tri]  # (M,) material
+        refl = np.where(tables["texture"][tri] == STRIPES, np.maximum(refl, 0.95), refl)  # retro-reflective bands
         cosi = np.abs(_dot(nrm[keep], dirs[keep]))
         inten = np.clip(255.0 * (0.1 + 0.9 * refl) * np.sqrt(cosi), 0, 255)
         xyz = self.lidar_dirs[keep] * rng_noisy[keep, None]  # (M, 3) LiDAR frame

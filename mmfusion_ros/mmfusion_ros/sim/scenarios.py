@@ -298,22 +298,51 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
     else:  # leading: moves ahead of the robot in the same direction
         d = rng.uniform(4.0, 8.0) + HALF_LENGTH.get(focus_cls, 0.5)
         b.line(focus_cls, (d, rng.uniform(-1.0, 1.0)), (max(min(sp, 1.5), v + 0.2), 0.0), sound=sound)
-    # class-correlated ego behaviour
-    if focus_cls == "person" and rng.random() < 0.7:
+    # class-correlated ego behaviour (most scenes of a class, not all): the IMU then says something
+    # about the scene, as on a real robot that reacts to what it meets
+    p = rng.random()
+    if focus_cls == "person" and p < 0.75:  # stops for the person
         ts = _u(rng, 1.0, T * 0.6)
         speed = [(-9.0, max(v, 0.4)), (ts, max(v, 0.4)), (ts + 1.0, 0.0)]
-    elif focus_cls == "alarm" and isinstance(sound, list):
+    elif focus_cls == "alarm" and isinstance(sound, list):  # halts when the alarm starts
         speed = [(-9.0, max(v, 0.3)), (sound[0][0] + 0.3, max(v, 0.3)), (sound[0][0] + 1.0, 0.0)]
-    elif focus_cls == "dog" and rng.random() < 0.5:
-        speed = [(-9.0, 0.6), (T * 0.3, 0.2)]
-    elif focus_cls == "traffic_cone" and rng.random() < 0.6:
+    elif focus_cls == "dog" and p < 0.7:  # cautious stop-and-go
+        ph = rng.uniform(0.0, 1.2)
+        speed = [(k * 1.2 - ph, 0.6 if k % 2 else 0.1) for k in range(-2, int(T / 1.2) + 4)]
+    elif focus_cls == "car" and p < 0.7 and mode != "in_path":  # waits for the car
+        speed = [(-9.0, 0.0)]
+    elif focus_cls == "bicycle" and p < 0.7:  # swerves out of the cyclist's way and back
+        ts = _u(rng, 0.5, T * 0.6)
+        w = rng.choice([-0.35, 0.35])
+        speed = [(-9.0, max(v, 0.5))]
+        yaw_rate = [(0.0, 0.0), (ts, w), (ts + 1.0, -w), (ts + 2.0, 0.0)]
+    elif focus_cls == "traffic_cone" and p < 0.75:  # weaves over rough ground at a work site
         a = rng.uniform(-1.0, T * 0.5)
-        rough.append((a, a + rng.uniform(2.0, 6.0)))
-        yaw_rate = [(0.0, 0.0), (a, rng.uniform(-0.15, 0.15)), (a + 2.0, 0.0)]
-    elif focus_cls == "box" and rng.random() < 0.4 and not impacts:
+        rough.append((a, a + rng.uniform(3.0, 6.0)))
+        speed = [(-9.0, max(v, 0.4))]
+        w = rng.uniform(0.15, 0.3)
+        yaw_rate = [(a + 1.5 * k, w if k % 2 else -w) for k in range(0, 5)] + [(a + 7.5, 0.0)]
+    elif focus_cls == "box" and p < 0.5 and not impacts:  # bumps into crates and clutter
         impacts.append((_u(rng, 0.5, T - 0.5), rng.uniform(0.3, 0.7)))
-    elif focus_cls == "chair" and rng.random() < 0.5:
-        yaw_rate = [(0.0, 0.0), (T * 0.4, rng.choice([-0.1, 0.1])), (T * 0.4 + 1.5, 0.0)]
+    elif focus_cls == "chair" and p < 0.6:  # turns slowly on the spot indoors
+        ts = _u(rng, 0.5, T * 0.5)
+        speed = [(-9.0, 0.1)]
+        yaw_rate = [(0.0, 0.0), (ts, rng.choice([-0.2, 0.2])), (ts + 2.0, 0.0)]
+    elif focus_cls == "door" and p < 0.6 and mode != "in_path":  # stops at the door, then goes on
+        ts = _u(rng, 1.0, T * 0.5)
+        speed = [(-9.0, 0.5), (ts, 0.5), (ts + 0.6, 0.0), (ts + 2.0, 0.0), (ts + 2.6, 0.3)]
+    if mode == "static":
+        # keep the static focus object ahead of the robot however far the chosen behaviour drives
+        tt = np.linspace(0.0, T, 200)
+        ks = np.array(speed, float)
+        travel = float(np.trapezoid(np.interp(tt, ks[:, 0], ks[:, 1]), tt))
+        if travel > 6.5:
+            speed = [(k, s * 6.5 / travel) for k, s in speed]
+            travel = 6.5
+        o = b.objects[0]
+        d = rng.uniform(3.0 + travel, max(10.0, 3.5 + travel))
+        bearing = np.arctan2(o.xy[0, 1], o.xy[0, 0])
+        o.xy = np.array([[d * np.cos(bearing), d * np.sin(bearing)]])
     if not rough and rng.random() < 0.15:
         a = rng.uniform(-1.0, T * 0.7)
         rough.append((a, a + rng.uniform(2.0, 5.0)))

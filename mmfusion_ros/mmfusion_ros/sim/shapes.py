@@ -8,7 +8,7 @@ identifies the object and the primitive id its part.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import open3d as o3d
@@ -27,6 +27,7 @@ class Shape:
     textures: np.ndarray  # (M,) int8 texture code
     size: np.ndarray  # (3,) length, width, height of the bounding box, metres
     emissive: np.ndarray  # (M,) bool: lit regardless of shading (alarm beacon)
+    reflectivity: Optional[np.ndarray] = None  # (M,) float32 LiDAR reflectivity in [0, 1] (material, not colour)
 
 
 class _Builder:
@@ -97,7 +98,7 @@ def person(rng: np.random.Generator) -> Shape:
     trousers = _jitter(rng, (0.15, 0.17, 0.3))
     for y in (-0.11, 0.11):
         b.cylinder(0.08 * s, 0.85 * s, (0, y * s, 0.425 * s), trousers)
-    b.box((0.28 * s, 0.46 * s, 0.62 * s), (0, 0, 1.16 * s), shirt, texture=STRIPES)
+    b.box((0.28 * s, 0.46 * s, 0.62 * s), (0, 0, 1.16 * s), shirt, texture=CHECKER)
     for y in (-0.29, 0.29):
         b.cylinder(0.055 * s, 0.6 * s, (0, y * s, 1.15 * s), shirt)
     b.sphere(0.12 * s, (0, 0, 1.6 * s), skin, res=8)
@@ -198,10 +199,25 @@ BUILDERS: Dict[str, Callable[[np.random.Generator], Shape]] = {
 }
 
 
+#: LiDAR reflectivity of each class's main material: a real sensor's intensity tells fur from metal
+#: from retro-reflective plastic, whatever the visible colour
+REFLECTIVITY: Dict[str, float] = {"person": 0.3, "dog": 0.15, "car": 0.75, "bicycle": 0.45, "traffic_cone": 0.6,
+                                  "box": 0.5, "chair": 0.22, "door": 0.65, "alarm": 0.88}
+
+
+def _with_reflectivity(shape: Shape, base: float, rng: Optional[np.random.Generator] = None) -> Shape:
+    lum = shape.colors @ np.array([0.2126, 0.7152, 0.0722], np.float32)  # (M,)
+    r = np.full(len(shape.triangles), base + (rng.uniform(-0.04, 0.04) if rng is not None else 0.0), np.float32)
+    r[lum < 0.1] = 0.08  # black rubber and glass return little
+    r[shape.emissive] = 0.9  # lamps and beacons
+    shape.reflectivity = np.clip(r, 0.0, 1.0)
+    return shape
+
+
 def make_shape(cls: str, rng: np.random.Generator) -> Shape:
     if cls not in BUILDERS:
         raise ValueError(f"unknown object class {cls!r}; known: {sorted(BUILDERS)}")
-    return BUILDERS[cls](rng)
+    return _with_reflectivity(BUILDERS[cls](rng), REFLECTIVITY[cls], rng)
 
 
 def ground_and_walls(rng: np.random.Generator, extent: float, rough: bool, urban: bool) -> List[Shape]:
@@ -210,7 +226,7 @@ def ground_and_walls(rng: np.random.Generator, extent: float, rough: bool, urban
     b = _Builder()
     g = (0.33, 0.31, 0.28) if rough else (0.42, 0.42, 0.44)
     b.box((2 * extent, 2 * extent, 0.02), (extent * 0.5, 0, -0.01), g, texture=GRAIN if rough else CHECKER)
-    out.append(b.build())
+    out.append(_with_reflectivity(b.build(), 0.22 if rough else 0.3))
     for side in (-1, 1):
         x = -extent * 0.5
         while x < extent * 1.5:
@@ -221,6 +237,6 @@ def ground_and_walls(rng: np.random.Generator, extent: float, rough: bool, urban
             wb = _Builder()
             col = _jitter(rng, (0.62, 0.55, 0.5) if urban else (0.5, 0.5, 0.48), 0.1)
             wb.box((L, D, H), (x + L / 2, y, H / 2), col, texture=PLANKS if urban else PLAIN)
-            out.append(wb.build())
+            out.append(_with_reflectivity(wb.build(), 0.4))
             x += L + rng.uniform(1.0, 5.0)
     return out
