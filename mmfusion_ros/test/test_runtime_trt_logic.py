@@ -324,3 +324,14 @@ def test_int8_calibrates_encoders_on_dataset_samples(random_model_dir, tmp_path,
         assert by_part[part]["flags"] == {"fp16"} and by_part[part]["calibration"] == []
     assert len(list((tmp_path / "e").glob("*-int8-*.engine"))) == 7
     b.close()
+
+
+def test_old_tensorrt_is_refused_with_reason(random_model_dir, tmp_path, monkeypatch, caplog):
+    old = make_trt([])
+    old.__version__ = "8.4.3"
+    monkeypatch.setattr(tb, "import_tensorrt", lambda: old)
+    monkeypatch.setattr(tb, "import_cudart", make_cudart)
+    with caplog.at_level("WARNING", logger="mmfusion_ros.runtime"):
+        b = create_backend(random_model_dir, "tensorrt", engine_cache_dir=str(tmp_path / "e"))
+    assert b.name == "onnxruntime"
+    assert any("needs TensorRT >= 8.5" in r.getMessage() for r in caplog.records)

@@ -228,8 +228,31 @@ def test_config_yaml_round_trip_and_rejects_typos(tmp_path):
     p.write_text("sim:\n  lidar:\n    beamz: 16\n")
     with pytest.raises(ValueError, match="beamz"):
         load_config(str(p))
+    for bad in ("lidar:\n    beams: 16.5", "camera:\n    shadows: maybe", "camera:\n    rpy: [0, 0]",
+                "lidar:\n    range_noise: .nan", "lidar:\n    beams: 0"):
+        p.write_text("sim:\n  " + bad + "\n")
+        with pytest.raises(ValueError):
+            load_config(str(p))
 
 
 def test_shipped_sim_yaml_equals_the_defaults(repo_root):
     cfg = load_config(str(repo_root / "mmfusion_ros" / "config" / "sim.yaml"))
     assert cfg.to_dict() == SimConfig().to_dict()
+
+
+def test_lidar_intensity_follows_the_material(street):
+    scene, runner, out = street
+    sweep = out["lidar"]
+    cls = {o.track_id: o.cls for o in scene.objects}
+    mean = {cls[int(k)]: sweep.points[sweep.object_ids == k, 3].mean() for k in np.unique(sweep.object_ids)
+            if k > 0 and (sweep.object_ids == k).sum() >= 10}
+    assert {"traffic_cone", "dog", "person"} <= set(mean)
+    assert mean["traffic_cone"] > mean["person"] > mean["dog"]  # retro-reflective > cloth > fur
+    assert np.all((sweep.points[:, 3] >= 0) & (sweep.points[:, 3] <= 255))
+
+
+def test_demo_scenario_shows_every_class_and_event():
+    scene = make_scenario("demo", 25.0, seed=1)
+    assert {o.cls for o in scene.objects} == set(OBJECT_CLASSES)
+    iv = events_mod.compute(scene).intervals()
+    assert {i["type"] for i in iv if 0.0 <= i["onset"] < 25.0} == set(EVENT_TYPES)

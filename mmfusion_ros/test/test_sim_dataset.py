@@ -13,7 +13,7 @@ from mmfusion_ros.core.preprocess import DEFAULT
 from mmfusion_ros.core.types import EVENT_HORIZONS, EVENT_TYPES, OBJECT_CLASSES
 from mmfusion_ros.sim.dataset import HELDOUT_COMBINATIONS, DatasetConfig, plan_scenes, write_dataset
 
-SMALL = dict(n=72, frames_per_scene=6)  # 12 scenes: every split gets at least one
+SMALL = dict(n=48, frames_per_scene=4)  # 12 scenes: every split gets at least one
 
 
 def _digest(folder: Path) -> dict:

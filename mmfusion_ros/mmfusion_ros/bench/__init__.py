@@ -100,6 +100,9 @@ def model_label(model_dir: Path) -> str:
     import json
 
     man = json.loads((Path(model_dir) / "manifest.json").read_text())
+    if _random_bundle is not None and Path(model_dir) == _random_bundle:
+        return (f"{man.get('name')} (random weights, the shipped architecture; no trained bundle was found, "
+                f"so one was written to a temporary folder for this run)")
     rnd = "random weights" if "random" in man.get("name", "") else "trained"
     return f"{man.get('name')} ({rnd}) at {model_dir}"
 

@@ -351,6 +351,11 @@ class TensorRTBackend(Backend):
         self.options = options or TrtOptions()
         self.options.validate()
         trt = import_tensorrt()
+        version = tuple(int(x) for x in trt.__version__.split(".")[:2] if x.isdigit())
+        if version < (8, 5):
+            # the binding-index API of older releases is not implemented (JetPack 5.1+ ships 8.5 or newer)
+            raise RuntimeError(f"TensorRT {trt.__version__} is too old: the name-based tensor API "
+                               f"(execute_async_v3) needs TensorRT >= 8.5")
         cudart = import_cudart()
         self.cudart = cudart
         self.gpu = gpu_info(self.options.device_id)

@@ -30,6 +30,7 @@ class CameraConfig:
     translation: Tuple[float, float, float] = (0.10, 0.0, -0.15)  # camera centre in the LiDAR frame, metres
     rpy: Tuple[float, float, float] = (0.0, 0.02, 0.0)  # roll, pitch (down positive), yaw of the camera, radians
     noise_std: float = 3.0  # Gaussian pixel noise, in 0..255 units
+    shadows: bool = True  # cast shadow rays towards the sun (about +40 % camera render time)
     rate: float = 15.0  # frames per second in bags
     frame_id: str = "camera_optical"  # frame of the image messages
 
@@ -134,13 +135,31 @@ def _fill(cls, data: dict):
     for k, v in data.items():
         cur = getattr(defaults, k)
         if is_dataclass(cur):
-            kwargs[k] = _fill(type(cur), v or {})
+            if not isinstance(v, dict):
+                raise ValueError(f"{cls.__name__}.{k} must be a mapping, got {v!r}")
+            kwargs[k] = _fill(type(cur), v)
         elif isinstance(cur, tuple):
-            if len(v) != len(cur):
+            if not isinstance(v, (list, tuple)) or len(v) != len(cur):
                 raise ValueError(f"{cls.__name__}.{k} needs {len(cur)} values, got {v}")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                raise ValueError(f"{cls.__name__}.{k} must be numbers, got {v}")
             kwargs[k] = tuple(float(x) for x in v)
+        elif isinstance(cur, bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"{cls.__name__}.{k} must be true or false, got {v!r}")
+            kwargs[k] = v
+        elif isinstance(cur, int):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{cls.__name__}.{k} must be an integer, got {v!r}")
+            kwargs[k] = v
+        elif isinstance(cur, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ValueError(f"{cls.__name__}.{k} must be a finite number, got {v!r}")
+            kwargs[k] = float(v)
         else:
-            kwargs[k] = type(cur)(v)
+            if not isinstance(v, str):
+                raise ValueError(f"{cls.__name__}.{k} must be a string, got {v!r}")
+            kwargs[k] = v
     return cls(**kwargs)
 
 
@@ -153,4 +172,19 @@ def load_config(path: Optional[str] = None) -> SimConfig:
     cfg = _fill(SimConfig, data)
     if cfg.lidar.beams < 1 or cfg.lidar.columns < 8 or cfg.camera.width < 8 or cfg.camera.height < 8:
         raise ValueError("sim config: sensor resolution too small")
+    positive = {"camera.fx": cfg.camera.fx, "camera.fy": cfg.camera.fy, "camera.rate": cfg.camera.rate,
+                "lidar.rate": cfg.lidar.rate, "lidar.max_range": cfg.lidar.max_range, "audio.rate": cfg.audio.rate,
+                "audio.frame_ms": cfg.audio.frame_ms, "audio.speed_of_sound": cfg.audio.speed_of_sound,
+                "imu.rate": cfg.imu.rate, "lidar_height": cfg.lidar_height, "ground_truth_rate": cfg.ground_truth_rate}
+    bad = [k for k, v in positive.items() if not v > 0]
+    nonneg = {"camera.noise_std": cfg.camera.noise_std, "lidar.range_noise": cfg.lidar.range_noise,
+              "lidar.min_range": cfg.lidar.min_range, "audio.ambient_level": cfg.audio.ambient_level,
+              "imu.accel_noise": cfg.imu.accel_noise, "imu.gyro_noise": cfg.imu.gyro_noise}
+    bad += [k for k, v in nonneg.items() if v < 0]
+    if not 0.0 <= cfg.lidar.dropout < 1.0:
+        bad.append("lidar.dropout")
+    if not cfg.lidar.fov_down < cfg.lidar.fov_up or not cfg.lidar.min_range < cfg.lidar.max_range:
+        bad.append("lidar.fov_down/fov_up or min_range/max_range order")
+    if bad:
+        raise ValueError(f"sim config: out of range: {', '.join(bad)}")
     return cfg

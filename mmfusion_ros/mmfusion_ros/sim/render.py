@@ -141,6 +141,7 @@ class Renderer:
         return out
 
     def _cast(self, rs, origin, dirs):
+        """origin: (3,) shared or (N,3) per ray; dirs (N,3)."""
         rays = np.empty((len(dirs), 6), np.float32)  # (N, 6) origin, direction
         rays[:, :3] = origin
         rays[:, 3:] = dirs
@@ -177,6 +178,12 @@ class Renderer:
             nl = _dot(n, LIGHT_DIR32)
             # two-sided Lambert: the side the viewer sees is lit only if it faces the sun
             shade = np.where((_dot(n, d) < 0) == (nl > 0), np.abs(nl), 0.0)
+            if self.cfg.camera.shadows:
+                lit = np.flatnonzero(shade > 0)
+                if len(lit):  # shadow rays towards the sun from the lit points
+                    o = pts[lit] + np.float32(0.02) * np.where((nl[lit] > 0)[:, None], n[lit], -n[lit])
+                    sr = self._cast(rs, o, np.broadcast_to(LIGHT_DIR32, o.shape))
+                    shade[lit[np.isfinite(sr["t_hit"].numpy())]] = 0.0
             col = base * (0.38 + 0.62 * shade)[:, None]
             fog = np.minimum(t_hit / 150.0, 0.5)[:, None]  # aerial perspective towards the horizon colour
             col = col * (1.0 - fog) + (SKY_TOP + SKY_HORIZON) * fog

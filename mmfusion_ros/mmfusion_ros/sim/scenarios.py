@@ -197,6 +197,45 @@ def s_idle(rng, seconds, cfg):
     return _scene("idle", b, plan, cfg, rng, description="the robot stands still in front of a door")
 
 
+def _ego_x(speed: List[Tuple[float, float]], t: float) -> float:
+    """Distance driven straight ahead from t = 0 to t under speed keyframes (negative t: behind)."""
+    ks = np.array(speed, float)
+    tt = np.linspace(0.0, t, 400)
+    return float(np.trapezoid(np.interp(tt, ks[:, 0], ks[:, 1]), tt))
+
+
+def s_demo(rng, seconds, cfg):
+    """One drive that shows every class and every event in turn, timed as fractions of `seconds`."""
+    b = _Builder(rng, seconds)
+    T = seconds
+    f = lambda a: a * T  # noqa: E731 - fraction of the scenario to seconds
+    v = 0.7
+    t_alarm, t_hit = f(0.42), f(0.9)
+    speed = [(-9.0, v), (t_alarm + 0.3, v), (t_alarm + 1.0, 0.0), (t_alarm + 3.0, 0.0), (t_alarm + 3.7, v),
+             (t_hit, v), (t_hit + 0.08, 0.0)]
+    X = lambda t: _ego_x(speed, t)  # noqa: E731
+    # a person crosses, a dog runs across barking, an alarm rings (the robot halts), rough ground,
+    # a cyclist rings past, a person walks up, a car passes, and the robot ends against a crate
+    tc = f(0.12)
+    b.line("person", (X(tc) + 6.0, 1.2 * tc), (0.0, -1.2))
+    td = f(0.28)
+    b.line("dog", (X(td) + 5.0, -1.8 * td), (0.0, 1.8), sound=[(td - 2.0, td + 2.5)])
+    b.static("alarm", X(t_alarm) + 7.0, 2.5, sound=[(t_alarm, t_alarm + 4.0)])
+    b.static("traffic_cone", X(f(0.55)) + 6.0, -2.2, sound=None)
+    b.static("traffic_cone", X(f(0.58)) + 6.5, 2.2, sound=None)
+    tb = f(0.66)
+    b.line("bicycle", (X(tb) + 3.0, -1.8), (-3.0, 0.0), sound=[(tb - 3.0, tb + 1.0)])
+    tp = f(0.78)
+    b.path("person", [(tp - 4.0, X(tp) + 9.0, 0.8), (tp, X(tp) + 3.5, 0.8), (tp + 1.0, X(tp) + 3.5, 3.5),
+                      (T + 3.0, X(tp) + 3.5, 6.0)], sound=[(tp - 4.0, tp + 1.0)])
+    b.line("car", (X(f(0.5)), 5.0), (5.0, 0.0))
+    b.static("chair", X(f(0.2)) + 5.0, 3.0, sound=[(f(0.18), f(0.24))])
+    b.static("door", X(f(0.35)) + 8.0, -4.5, yaw=np.pi / 2, sound=[(f(0.33), f(0.4))])
+    b.static("box", X(t_hit) + 0.4 + 0.5, 0.0, yaw=0.0, sound=None)
+    plan = EgoPlan(speed=speed, rough=[(f(0.55), f(0.64))], roughness=1.0, impacts=[(t_hit, 1.0)])
+    return _scene("demo", b, plan, cfg, rng, description="a drive past every class and event in turn")
+
+
 @dataclass
 class ScenarioInfo:
     fn: Callable
@@ -216,6 +255,7 @@ SCENARIOS: Dict[str, ScenarioInfo] = {
     "office_chairs": ScenarioInfo(s_office_chairs, "indoors: squeaking chairs, a slamming door, a bump"),
     "street_mix": ScenarioInfo(s_street_mix, "a busy street: person, dog, car, bicycle, alarm, cone; rough patch"),
     "idle": ScenarioInfo(s_idle, "the robot stands still facing a creaking door (stationary IMU)"),
+    "demo": ScenarioInfo(s_demo, "a drive past every class and event in turn (best at 20-30 s; `mmfusion demo`)"),
 }
 
 

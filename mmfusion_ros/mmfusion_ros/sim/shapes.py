@@ -201,7 +201,7 @@ BUILDERS: Dict[str, Callable[[np.random.Generator], Shape]] = {
 
 #: LiDAR reflectivity of each class's main material: a real sensor's intensity tells fur from metal
 #: from retro-reflective plastic, whatever the visible colour
-REFLECTIVITY: Dict[str, float] = {"person": 0.3, "dog": 0.15, "car": 0.75, "bicycle": 0.45, "traffic_cone": 0.6,
+REFLECTIVITY: Dict[str, float] = {"person": 0.3, "dog": 0.12, "car": 0.75, "bicycle": 0.7, "traffic_cone": 0.6,
                                   "box": 0.5, "chair": 0.22, "door": 0.65, "alarm": 0.88}
 
 
