@@ -57,22 +57,24 @@ def active_within(intervals: Sequence[Interval], t: np.ndarray, horizon: float) 
 
 
 # ---------------------------------------------------------------------------------------- latency
-def clock_offset(clock_recv: Sequence[float], clock_value: Sequence[float]) -> float:
-    """Wall time minus sim time, from /clock messages and their receive (wall) times.
+def clock_offset(clock_recv: Sequence[float], clock_value: Sequence[float], rate: float = 1.0) -> float:
+    """Wall time minus sim time / rate, from /clock messages and their receive (wall) times.
 
-    Each /clock message arrives some delay after it was sent, never before, so the smallest
-    difference is the best estimate of the offset (the lower envelope).
+    The replay runs sim time at `rate` x wall time. Each /clock message arrives some delay after it
+    was sent, never before, so the smallest difference is the best estimate (the lower envelope).
     """
     r = np.asarray(clock_recv, np.float64)
     v = np.asarray(clock_value, np.float64)
     if len(r) == 0 or len(r) != len(v):
         raise ValueError("need equal, non-zero numbers of /clock receive times and values")
-    return float(np.min(r - v))
+    if not rate > 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    return float(np.min(r - v / rate))
 
 
-def latency_ms(stamps: Sequence[float], recv: Sequence[float], offset: float) -> np.ndarray:
-    """(F,) milliseconds from an output's stamp (its frame time, on the sim clock) to its reception."""
-    return (np.asarray(recv, np.float64) - (np.asarray(stamps, np.float64) + offset)) * 1000.0
+def latency_ms(stamps: Sequence[float], recv: Sequence[float], offset: float, rate: float = 1.0) -> np.ndarray:
+    """(F,) wall-clock milliseconds from an output's stamp (its frame time on the sim clock) to its reception."""
+    return (np.asarray(recv, np.float64) - (np.asarray(stamps, np.float64) / rate + offset)) * 1000.0
 
 
 def percentile(x: Sequence[float], q: float) -> float:

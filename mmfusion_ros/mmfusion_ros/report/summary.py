@@ -50,8 +50,9 @@ def compute_summary(scenario: Scenario, outputs: Outputs, rate_hz: float,
     out["marker_arrays"] = outputs.markers
     # latency: frame stamp (sim clock) -> reception (wall clock), through the /clock mapping
     if len(outputs.clock) and len(frames):
-        offset = M.clock_offset(outputs.clock[:, 0], outputs.clock[:, 1])
-        lat = M.latency_ms(stamps, [f.recv for f in frames], offset)
+        rate = float((info or {}).get("replay_rate", 1.0))
+        offset = M.clock_offset(outputs.clock[:, 0], outputs.clock[:, 1], rate)
+        lat = M.latency_ms(stamps, [f.recv for f in frames], offset, rate)
         out["latency_ms"] = {"p50": _r(M.percentile(lat, 50), 1), "p99": _r(M.percentile(lat, 99), 1),
                              "max": _r(float(np.max(lat)), 1)}
     else:
@@ -95,8 +96,10 @@ def rows(s: Dict[str, Any]) -> List[List[str]]:
     lat, inf, d, lab = s["latency_ms"], s["inference_ms"], s["drops"], s["labels"]
     pres = ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["presence"].items() if v is not None)
     r = [
-        ["scenario", f"{s.get('scenario', '?')} ({_fmt(s.get('seconds'))} s, seed {s.get('seed', '?')})"],
-        ["model / backend", f"{s.get('model', '?')} / {s.get('backend') or '?'}"],
+        ["scenario", f"{s.get('scenario', '?')} ({_fmt(s.get('seconds'))} s, seed {s.get('seed', '?')}"
+                     + (f", replayed at {s['replay_rate']:g}x" if s.get("replay_rate", 1.0) != 1.0 else "") + ")"],
+        ["model / backend", f"{s.get('model', '?')} / {s.get('backend') or '?'}"
+                            + (f" (inputs: {s['input_qos']})" if s.get("input_qos") else "")],
         ["frames fused", f"{s['frames_fused']} (captions {s['captions']}, event arrays {s['event_arrays']}, "
                          f"marker arrays {s['marker_arrays']})"],
         ["latency p50 / p99 (stamp -> received)", f"{_fmt(lat['p50'])} / {_fmt(lat['p99'])} ms"],

@@ -31,7 +31,7 @@ class VideoConfig:
     bev_back: float = 6.0  # extent behind, m
     bev_side: float = 18.0  # extent to each side, m
     fourcc: str = "mp4v"  # cv2.VideoWriter codec (mp4v plays in browsers' and desktop players)
-    fps: float = 10.0  # video frame rate; the fusion rate makes the video play in real time
+    fps: float = 10.0  # video frame rate; each fused frame is held until the next, so it plays in scene time
     sheet_frames: int = 6  # pictures on the contact sheet
     sheet_columns: int = 2  # contact sheet columns
     sheet_width: int = 1400  # contact sheet width, pixels
@@ -142,7 +142,7 @@ def key_moments(times: np.ndarray, scenario: Scenario, outputs: Outputs, n: int)
 def write_video(path: Path, scenario_bag: Path, scenario: Scenario, outputs: Outputs,
                 T_cam_lidar: Optional[np.ndarray], cfg: Optional[VideoConfig] = None,
                 progress=None) -> Dict[int, np.ndarray]:
-    """Write the mp4 (one picture per fused frame); return the key-moment pictures by frame index
+    """Write the mp4 (each fused frame's picture held until the next); return the key-moment pictures by frame index
     (their camera photo median-filtered, for a small contact-sheet PNG)."""
     cfg = cfg or VideoConfig()
     frames = outputs.frames
@@ -176,7 +176,10 @@ def write_video(path: Path, scenario_bag: Path, scenario: Scenario, outputs: Out
                 size = pic.shape[:2]
             if pic.shape[:2] != size:
                 pic = cv2.resize(pic, (size[1], size[0]))
-            writer.write(pic)
+            # held until the next fused frame, so the video plays in scene time and shows the node's real rate
+            hold = times[i + 1] - t if i + 1 < len(times) else 1.0 / cfg.fps
+            for _ in range(max(1, int(round(hold * cfg.fps)))):
+                writer.write(pic)
             if i in keys:  # the simulated camera's pixel noise is what makes a PNG big: a 3x3 median removes it
                 clean = None if image is None else cv2.medianBlur(np.ascontiguousarray(image), 3)
                 kept[i] = compose(float(t) - scenario.origin, frames[i], clean, cloud, scenario.camera, T_cam_lidar,

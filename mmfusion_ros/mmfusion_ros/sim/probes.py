@@ -29,6 +29,7 @@ def features(shard: Path) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     z = np.load(shard)
     side = json.loads(shard.with_suffix(".json").read_text())
     lid = z["lidar"].astype(np.float32)  # (n, 4, C, C)
+    cam = z["camera"]  # (n, S, S, 3); read once (NpzFile decompresses on every item access)
     out: Dict[str, List[np.ndarray]] = {"lidar": [], "camera": []}
     for i in range(len(lid)):
         focus = [o for o in side["objects"][i] if o["track_id"] == 1][0]
@@ -39,8 +40,8 @@ def features(shard: Path) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
         out["lidar"].append(np.array([occ.sum(), crop[1].max(), crop[2][occ].mean() if m else 0.0,
                                       crop[3][occ].mean() if m else 0.0, crop[3].max(), crop[0].max(),
                                       (crop[1] > 0.5).sum(), (crop[1] > 0.6).sum(), (crop[1] > 0.7).sum()]))
-        img = z["camera"][i].astype(np.float32) / 255.0  # (S, S, 3)
-        q = (z["camera"][i] // 64).astype(np.int64)  # 4x4x4 colour histogram of the whole image
+        img = cam[i].astype(np.float32) / 255.0  # (S, S, 3)
+        q = (cam[i] // 64).astype(np.int64)  # 4x4x4 colour histogram of the whole image
         h = np.bincount((q[..., 0] * 16 + q[..., 1] * 4 + q[..., 2]).ravel(), minlength=64) / q[..., 0].size
         out["camera"].append(np.concatenate([h, img.mean((0, 1))]))
     aud = z["audio"].astype(np.float32)[:, 0]  # (n, M, F)

@@ -126,7 +126,7 @@ def train_on_windows(data: Dict[str, np.ndarray], init, out_dir, epochs: int = 3
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         log(f"bags epoch {ep + 1}/{epochs} loss {np.mean(losses[-max(1, n // b):]):.4f}")
     model.eval()
     after = retrieval(model, data)
