@@ -166,8 +166,7 @@ def _demo(args, tmp: Path, timeout: float = 240):
 def demo_run(random_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     out = tmp / "out"
-    p = _demo(["--out", out, "--scenario", "street_mix", "--seconds", 4, "--seed", 1, "--model", random_model_dir],
-              tmp)
+    p = _demo(["--out", out, "--seconds", 4, "--seed", 1, "--model", random_model_dir], tmp)  # default scenario
     return p, out, tmp
 
 
@@ -183,7 +182,7 @@ def test_demo_end_to_end(demo_run):
     assert s["frames_fused"] > 0
     assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] < 5000
     assert s["drops"]["expected"] >= 35  # 4 s at 10 Hz
-    assert s["scenario"] == "street_mix" and s["backend"] == "onnxruntime"
+    assert s["scenario"] in ("demo", "street_mix") and s["backend"] == "onnxruntime"
     assert s["captions"] > 0 and s["event_arrays"] == s["frames_fused"]
     assert str(out) in p.stdout and "frames fused" in p.stdout  # the table and where the report is
     import cv2
@@ -215,3 +214,20 @@ def test_demo_names_the_failed_stage(demo_run, random_model_dir, tmp_path):
     assert p.returncode == 4, p.stdout[-2000:] + p.stderr[-2000:]
     assert "stage 'node' failed" in p.stderr and "fusion_node.log" in p.stderr
     assert _demo(["--out", tmp_path / "o2", "--model", tmp_path / "nowhere"], tmp, timeout=60).returncode == 2
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_report_rebuilt_from_bags(demo_run, tmp_path):
+    """--bag + --outputs: the report again from the two bags alone, with the same figures."""
+    p0, out, tmp = demo_run
+    assert p0.returncode == 0
+    again = tmp_path / "again"
+    p = _demo(["--out", again, "--bag", out / "scenario", "--outputs", out / "outputs", "--no-video"], tmp, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (out, again))
+    for k in ("frames_fused", "latency_ms", "drops", "labels", "events", "event_map"):
+        assert a[k] == b[k], k
+    assert (again / "timeline.png").is_file() and not (again / "demo.mp4").exists()
+    bad = _demo(["--out", tmp_path / "x", "--bag", out / "scenario", "--outputs", out / "scenario"], tmp, timeout=120)
+    assert bad.returncode == 6 and "stage 'report' failed" in bad.stderr  # a bag with no fused frames

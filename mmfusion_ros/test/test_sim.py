@@ -104,7 +104,8 @@ def test_stationary_imu_reads_gravity_and_no_rotation():
 
 def test_integrated_gyro_follows_the_heading():
     rng = np.random.default_rng(1)
-    plan = EgoPlan(speed=[(0.0, 1.0)], yaw_rate=[(0.0, 0.0), (0.5, 0.4), (2.5, 0.4), (3.0, 0.0), (4.0, -0.3), (5.0, 0.0)])
+    turns = [(0.0, 0.0), (0.5, 0.4), (2.5, 0.4), (3.0, 0.0), (4.0, -0.3), (5.0, 0.0)]
+    plan = EgoPlan(speed=[(0.0, 1.0)], yaw_rate=turns)
     track = make_ego_track(plan, 6.0, rng)
     imu = synthesize(track, SimConfig().imu, rng)
     heading = np.cumsum(imu[:, 5]) / CLOCK_HZ
@@ -116,15 +117,29 @@ def test_integrated_gyro_follows_the_heading():
     assert abs(imu[i - 20:i + 20, 1].mean() - 1.0 * 0.4) < 0.1
 
 
-def _single_source_rms(cls: str, distance: float) -> float:
+def _single_source(cls: str, distance: float) -> np.ndarray:
+    """Microphone track of one sounding object at `distance` ahead of a parked robot, no ambient noise."""
     cfg = SimConfig()
     cfg.audio.ambient_level = 0.0
     rng = np.random.default_rng(5)
     b = _Builder(rng, 3.0)
     b.static(cls, distance, 0.0, sound="all")
     scene = _scene("t", b, EgoPlan(speed=[(0.0, 0.0)]), cfg, rng)
-    track, t0 = audio_mod.mix(scene, np.random.default_rng(0))
-    return float(np.sqrt(np.mean(track[int(2.5 * cfg.audio.rate):] ** 2)))
+    return audio_mod.mix(scene, np.random.default_rng(0))[0]
+
+
+def _single_source_rms(cls: str, distance: float) -> float:
+    track = _single_source(cls, distance)
+    return float(np.sqrt(np.mean(track[int(2.5 * 16000):] ** 2)))
+
+
+def test_sound_arrives_later_from_further_away():
+    near, far = _single_source("traffic_cone", 3.43), _single_source("traffic_cone", 34.3)  # same knocks
+    a, b = near[16000:48000] / np.abs(near).max(), far[16000:48000] / np.abs(far).max()
+    lags = np.arange(-400, 2400)
+    xc = [np.dot(a[2400:-2400], b[2400 + k:len(b) - 2400 + k]) for k in lags]
+    lag = lags[int(np.argmax(xc))] / 16000.0
+    assert abs(lag - (34.3 - 3.43) / 343.0) < 0.003, lag
 
 
 def test_a_source_gets_quieter_with_distance():

@@ -88,8 +88,8 @@ def test_splits_keep_scenes_apart_and_heldout_combinations_out_of_train(dataset)
             ei = EVENT_TYPES.index(e)
             assert not d["events_now"][rows, ei].any() and not d["events_future"][rows, ei].any(), (split, c, e)
     h = _load(out, "heldout")
-    combos = {(OBJECT_CLASSES[c], EVENT_TYPES[e]) for c, e in
-              zip(*np.nonzero(np.stack([h["events_now"][h["class_id"] == k].any(0) for k in range(len(OBJECT_CLASSES))])))}
+    per_class = np.stack([h["events_now"][h["class_id"] == k].any(0) for k in range(len(OBJECT_CLASSES))])  # (C, E)
+    combos = {(OBJECT_CLASSES[c], EVENT_TYPES[e]) for c, e in zip(*np.nonzero(per_class))}
     assert combos & set(HELDOUT_COMBINATIONS)
 
 
@@ -111,8 +111,29 @@ def test_same_seed_same_bytes_and_different_seed_differs(dataset, tmp_path):
     assert not np.array_equal(a["camera"], b["camera"])
 
 
-def test_cli_dataset_rejects_bad_options(tmp_path, capsys):
+def test_cli_dataset_writes_and_rejects_bad_options(tmp_path, capsys):
     from mmfusion_ros.cli import main
 
+    out = tmp_path / "nested" / "ds"
+    assert main(["sim", "dataset", "--n", "8", "--frames-per-scene", "4", "--seed", "2", "--out", str(out),
+                 "--workers", "1", "--no-progress"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["n_samples"] == 8 and m["splits"]["train"] == ["train-0.npz"]
+    assert len(np.load(out / "train-0.npz")["t"]) == 8
+    # writing a smaller dataset into the same folder leaves none of the old shards behind
+    assert main(["sim", "dataset", "--n", "16", "--frames-per-scene", "4", "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    assert main(["sim", "dataset", "--n", "4", "--frames-per-scene", "4", "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "scenes.json", "train-0.json", "train-0.npz"]
     assert main(["sim", "dataset", "--n", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--n" in capsys.readouterr().err
+
+
+def test_linear_probes_run_on_a_dataset(dataset):
+    from mmfusion_ros.sim.probes import run_probes
+
+    out, _ = dataset
+    acc = run_probes(out)
+    assert set(acc) == {"camera", "lidar", "audio", "imu"}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())

@@ -20,7 +20,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(dict(model="tiny", data=str(data), out=str(tmp_path / "run"), threads=1, batch_size=8,
                                        epochs={"camera": 1, "bind": 1, "fusion": 1, "caption": 1, "events": 1},
-                                       log_every=1, text_cache=str(tmp_path / "tc"))))
+                                       log_every=1, head_holdout=0.0, text_cache=str(tmp_path / "tc"))))
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mmfusion_ros.cli", "train",

@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "so a busy machine does not lose large messages in the demo)")
     parser.add_argument("--bag", type=Path, default=None,
                         help="play this simulator bag (with sim/ground_truth) instead of simulating one")
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="with --bag: build the report from this recording of the node's outputs (e.g. the bag "
+                             "`mmfusion process` wrote) instead of running the node")
     parser.add_argument("--no-video", action="store_true", help="leave out the video and the contact sheet (faster)")
 
 
@@ -239,9 +242,9 @@ class Demo:
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
             self.node = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        from ..report.data import _reader
+        from ..report.data import open_bag
 
-        with _reader(bag) as r:
+        with open_bag(bag) as r:
             extra = {c.topic: c.msgtype for c in r.connections if c.msgtype == GT_TYPE}
         self.recorder = OutputRecorder(self.out / "outputs", extra_topics=extra)
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
@@ -264,9 +267,9 @@ class Demo:
 
     # 3 ---------------------------------------------------------------------------------------------
     def play(self, bag: Path, t_start: float, t_end: float) -> None:
-        from ..report.data import _reader
+        from ..report.data import open_bag
 
-        with _reader(bag) as r:
+        with open_bag(bag) as r:
             played = sorted({c.topic for c in r.connections if c.msgtype in SENSOR_TYPES + (GT_TYPE,)})
         cmd = [sys.executable, "-m", "mmfusion_ros.cli", "replay", str(bag), "--clock", "--wait-subscribers", "10",
                "--rate", repr(self.args.rate)]
@@ -360,6 +363,40 @@ def _rate_hz(params_file: Path) -> float:
     return 10.0
 
 
+def report_only(args: argparse.Namespace) -> int:
+    """--bag SCENARIO --outputs RECORDING: stage 4 alone, on bags made earlier."""
+    from ..report.build import build_report
+    from ..report.summary import terminal
+
+    if args.bag is None or not args.outputs.is_dir():
+        print("mmfusion demo: error: --outputs needs --bag SCENARIO_BAG and an existing recording folder",
+              file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    info = {"scenario": args.bag.name, "model": f"recording {args.outputs}", "replay_rate": args.rate}
+    side = args.bag / "sim_ground_truth.json"
+    if side.is_file():
+        import json
+
+        meta = json.loads(side.read_text())
+        info.update(scenario=meta.get("scenario", args.bag.name), seconds=meta.get("seconds"), seed=meta.get("seed"))
+    try:
+        with _progress("report", None, "frame") as bar:
+            def progress(total: int):
+                bar.reset(total)
+                return bar.update
+
+            s = build_report(args.bag, args.outputs, out, _rate_hz(_params_file()), info=info, progress=progress,
+                             with_video=not args.no_video)
+    except Exception as e:  # noqa: BLE001 - unreadable bags, no frames...: say so, no traceback
+        print(f"mmfusion demo: stage 'report' failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return STAGES["report"]
+    print()
+    print(terminal(s))
+    print(f"\nreport written to {out}")
+    return 0
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -376,6 +413,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bag is not None and not args.bag.is_dir():
         print(f"mmfusion demo: error: --bag {args.bag}: not a rosbag2 folder", file=sys.stderr)
         return 2
+    if args.outputs is not None:
+        return report_only(args)
     try:
         domain, lock = _lock_domain(args.domain_id)
     except (ValueError, RuntimeError) as e:

@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
             return _error("--n, --workers and --frames-per-scene must be >= 1")
         dc = DatasetConfig(n=args.n, seed=args.seed, workers=args.workers, frames_per_scene=args.frames_per_scene,
                            sim=cfg)
-        m = write_dataset(args.out, dc, progress=not args.no_progress)
+        try:
+            m = write_dataset(args.out, dc, progress=not args.no_progress)
+        except (OSError, ValueError, RuntimeError) as e:
+            return _error(f"dataset not written: {e}")
         print(f"wrote {m['n_samples']} samples ({m['split_samples']}) to {args.out} "
               f"at {m['samples_per_second']} samples/s with {args.workers} worker(s)")
         return 0
@@ -156,8 +159,9 @@ class _Msgs:
         for k, name in enumerate(("x", "y", "z", "intensity")):
             rec[name] = pts[:, k]
         rec["ring"] = pts[:, 4].astype(np.uint16)
-        fields = [PF(name=n, offset=o, datatype=7, count=1) for n, o in (("x", 0), ("y", 4), ("z", 8), ("intensity", 12))]
-        fields.append(PF(name="ring", offset=16, datatype=4, count=1))
+        fields = [PF(name=n, offset=o, datatype=7, count=1)  # FLOAT32
+                  for n, o in (("x", 0), ("y", 4), ("z", 8), ("intensity", 12))]
+        fields.append(PF(name="ring", offset=16, datatype=4, count=1))  # UINT16
         return self.T["sensor_msgs/msg/PointCloud2"](
             header=self.header(t, self.cfg.lidar.frame_id), height=1, width=len(pts), fields=fields,
             is_bigendian=False, point_step=20, row_step=20 * len(pts), data=rec.view(np.uint8).reshape(-1),

@@ -183,6 +183,7 @@ class Pipeline:
             caption, conf = self._caption
 
         events = []
+        probs = None
         if self.event_tracker is not None:
             history = self._history(frame.stamp, fused)  # (1, T, D)
             probs = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
@@ -210,6 +211,7 @@ class Pipeline:
             caption=caption,
             caption_confidence=float(conf),
             events=events,
+            event_probs=probs,
             timings_ms=ms,
             frame_id=frame.frame_id,
         )

@@ -144,5 +144,6 @@ class FusionResult:
     caption: Optional[str] = None
     caption_confidence: float = 0.0
     events: List[Event] = field(default_factory=list)
+    event_probs: Optional[np.ndarray] = None  # (E, H) raw event-head output, EVENT_TYPES x EVENT_HORIZONS order
     timings_ms: Dict[str, float] = field(default_factory=dict)
     frame_id: str = "base_link"

@@ -7,4 +7,5 @@ An "all"-layer helper like commands/ (may import core, ros, sim, runtime, train.
 - video.py     annotated mp4 and contact sheet (camera with projected boxes + bird's-eye LiDAR)
 - timeline.py  event probabilities against ground truth, captions along the time axis (PNG)
 - summary.py   the summary table: terminal, summary.md and summary.json
+- build.py     all of the above from the two bags into one report folder
 """

@@ -25,6 +25,7 @@ def build_report(scenario_bag: Path, outputs_bag: Path, out_dir: Path, rate_hz: 
 
     with_video=False leaves out the two pictures made from every frame (mp4, contact sheet).
     progress(total) -> update(n): an optional progress-bar factory for the video frames.
+    T_cam_lidar: (4,4) LiDAR -> camera for the boxes in the camera view (default: the simulator sidecar's).
     Raises ValueError when the recording holds no fused frames (there is nothing to report).
     """
     out_dir = Path(out_dir)
@@ -40,6 +41,7 @@ def build_report(scenario_bag: Path, outputs_bag: Path, out_dir: Path, rate_hz: 
     if not with_video:
         return summary
     update = progress(len(outputs.frames)) if progress else None
-    pictures = write_video(out_dir / VIDEO, Path(scenario_bag), scenario, outputs, T_cam_lidar, video, update)
+    T = T_cam_lidar if T_cam_lidar is not None else scenario.T_cam_lidar  # else the simulator's sidecar
+    pictures = write_video(out_dir / VIDEO, Path(scenario_bag), scenario, outputs, T, video, update)
     write_contact_sheet(out_dir / SHEET, pictures, video)
     return summary

@@ -23,7 +23,8 @@ STATE_END = 2  # mmfusion_msgs/Event.STATE_END
 SIDECAR = "sim_ground_truth.json"  # the simulator's ground-truth file inside the bag folder
 
 
-def _reader(bag: Path):
+def open_bag(bag: Path):
+    """rosbags AnyReader on one bag (rosbag2 or ROS 1) that knows mmfusion_msgs; use as a context manager."""
     from rosbags.highlevel import AnyReader
 
     from ..ros.bag_io import typestore
@@ -95,7 +96,7 @@ def read_scenario(bag: Path) -> Scenario:
     gt_t, gt_obj, gt_act, gt_cap = [], [], [], []
     camera = None
     t0, t1 = math.inf, -math.inf
-    with _reader(bag) as r:
+    with open_bag(bag) as r:
         topics = {c.topic: (c.msgtype, c.msgcount) for c in r.connections}
         conns = [c for c in r.connections
                  if c.msgtype in ("mmfusion_msgs/msg/GroundTruth", "sensor_msgs/msg/CameraInfo")]
@@ -153,7 +154,7 @@ def sensor_frames(bag: Path, times: Sequence[float], lookahead: float = 0.05
     img = cloud = None
     img_t = cloud_t = -math.inf
     k = 0
-    with _reader(bag) as r:
+    with open_bag(bag) as r:
         conns = [c for c in r.connections if c.msgtype in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
                                                            "sensor_msgs/msg/PointCloud2")]
         pending: List[Tuple[float, str, object]] = []
@@ -201,19 +202,24 @@ class Outputs:
     markers: int  # MarkerArray messages
     clock: np.ndarray  # (C, 2) receive time, /clock value (seconds); empty for offline bags
     pipeline: Dict[str, str] = field(default_factory=dict)  # newest pipeline diagnostics values
+    event_scores: Dict[float, Dict[str, float]] = field(default_factory=dict)  # stamp -> {type: raw prob, max over horizons}
 
     @property
     def stamps(self) -> np.ndarray:
         return np.array([f.stamp for f in self.frames], np.float64)
 
     def event_matrix(self, times: np.ndarray, event_types: Sequence[str] = EVENT_TYPES) -> Tuple[np.ndarray, np.ndarray]:
-        """(F,E) published probability (0 when absent or ended) and (F,E) flagged (started/ongoing),
-        at the EventArray stamped nearest each time (within 1 ms)."""
+        """(F,E) probability and (F,E) flagged (started/ongoing) at the EventArray stamped at each time
+        (within 1 ms). The probability is the head's raw output (max over horizons) where the message
+        carries it, else the flagged event's probability (0 when absent or ended)."""
         idx = {n: i for i, n in enumerate(event_types)}
         by_stamp = {round(s, 3): evs for s, evs in self.events}
         P = np.zeros((len(times), len(event_types)))
         A = np.zeros((len(times), len(event_types)), bool)
         for f, t in enumerate(times):
+            for name, p in self.event_scores.get(round(float(t), 3), {}).items():
+                if name in idx:  # the head's raw output, published whether flagged or not
+                    P[f, idx[name]] = p
             for e in by_stamp.get(round(float(t), 3), []):
                 i = idx.get(e["type"])
                 if i is None or e["state"] == STATE_END:
@@ -240,9 +246,10 @@ def _detected(o) -> DetectedObject:
 def read_outputs(bag: Path) -> Outputs:
     """FusedPerception, Caption, EventArray, MarkerArray, /diagnostics and /clock of a recording."""
     frames, captions, events, clock = [], [], [], []
+    event_scores: Dict[float, Dict[str, float]] = {}
     markers = 0
     pipeline: Dict[str, str] = {}
-    with _reader(bag) as r:
+    with open_bag(bag) as r:
         for c, log_ns, raw in r.messages():
             t_log = log_ns * 1e-9
             if c.msgtype == "visualization_msgs/msg/MarkerArray":
@@ -260,6 +267,11 @@ def read_outputs(bag: Path) -> Outputs:
                     {"type": e.type, "probability": float(e.probability), "horizon": float(e.horizon),
                      "state": int(e.state), "track_id": int(e.track_id), "time_to_event": float(e.time_to_event)}
                     for e in msg.events]))
+                n_h = len(getattr(msg, "horizons", []))
+                if n_h and len(msg.types):
+                    probs = np.asarray(msg.probabilities, np.float32).reshape(len(msg.types), n_h)  # (E, H)
+                    event_scores[round(conv.header_stamp(msg), 3)] = {
+                        str(k): float(v) for k, v in zip(msg.types, probs.max(axis=1))}
             elif c.msgtype == "rosgraph_msgs/msg/Clock":
                 clock.append((t_log, msg.clock.sec + msg.clock.nanosec * 1e-9))
             elif c.msgtype == "diagnostic_msgs/msg/DiagnosticArray":
@@ -269,4 +281,5 @@ def read_outputs(bag: Path) -> Outputs:
     frames.sort(key=lambda f: f.stamp)
     captions.sort(key=lambda c: c[0])
     events.sort(key=lambda e: e[0])
-    return Outputs(frames, captions, events, markers, np.asarray(clock, np.float64).reshape(-1, 2), pipeline)
+    return Outputs(frames, captions, events, markers, np.asarray(clock, np.float64).reshape(-1, 2), pipeline,
+                   event_scores)

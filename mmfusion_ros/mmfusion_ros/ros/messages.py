@@ -18,7 +18,7 @@ from geometry_msgs.msg import Pose, Quaternion, Vector3
 from std_msgs.msg import Header
 
 from mmfusion_msgs.msg import Caption, DetectedObject, Event, EventArray, FusedPerception, LabelScore
-from mmfusion_ros.core.types import SENSOR_MODALITIES, FusionResult
+from mmfusion_ros.core.types import EVENT_HORIZONS, EVENT_TYPES, SENSOR_MODALITIES, FusionResult
 
 #: All four sensor modality names in model order (FusedPerception.modality_names).
 MODALITY_NAMES = [m.value for m in SENSOR_MODALITIES]
@@ -127,4 +127,17 @@ def events_msg(result: FusionResult, frame_id: Optional[str] = None) -> EventArr
             )
             for e in result.events
         ],
+        **_event_scores(result),
     )
+
+
+def _event_scores(result: FusionResult) -> dict:
+    """The head's raw (E, H) output, so a subscriber can score or plot every event, flagged or not."""
+    if result.event_probs is None:
+        return {}
+    probs = np.asarray(result.event_probs, np.float32)  # (E, H)
+    return {
+        "types": list(EVENT_TYPES[: probs.shape[0]]),
+        "horizons": array.array("f", EVENT_HORIZONS[: probs.shape[1]]),
+        "probabilities": array.array("f", probs.tobytes()),
+    }

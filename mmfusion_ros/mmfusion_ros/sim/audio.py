@@ -164,7 +164,8 @@ def door(t, iv, rng, fs):
         creak = creak / (np.std(creak) + 1e-9) * np.sin(np.pi * tt / d)
         _place(x, t[0], creak, s, fs)
         ts = np.arange(int(0.35 * fs)) / fs
-        slam = (np.sin(2 * np.pi * 80 * ts) * 3 + rng.standard_normal(len(ts)) * np.exp(-ts / 0.005) * 3) * np.exp(-ts / 0.08)
+        click = rng.standard_normal(len(ts)) * np.exp(-ts / 0.005)
+        slam = 3.0 * (np.sin(2 * np.pi * 80 * ts) + click) * np.exp(-ts / 0.08)
         _place(x, t[0], 2.5 * slam, s + d, fs)
     return x
 
@@ -214,7 +215,8 @@ def mix(scene: Scene, rng: np.random.Generator) -> Tuple[np.ndarray, float]:
     out += 0.02 * rough * np.clip(v, 0, 1.5) * _band(rng.standard_normal(n), 150, 900, fs)
     for ti, s in scene.ego.impacts:
         tt = np.arange(int(0.3 * fs)) / fs
-        thud = (np.sin(2 * np.pi * 60 * tt) + 0.5 * rng.standard_normal(len(tt)) * np.exp(-tt / 0.01)) * np.exp(-tt / 0.06)
+        click = 0.5 * rng.standard_normal(len(tt)) * np.exp(-tt / 0.01)
+        thud = (np.sin(2 * np.pi * 60 * tt) + click) * np.exp(-tt / 0.06)
         _place(out, t0, 0.5 * s * thud, ti, fs)
     # ambient: pink-ish noise (first-order low-passed white plus a little white)
     amb = lfilter([1.0], [1.0, -0.97], rng.standard_normal(n))

@@ -45,7 +45,8 @@ def describe_object(scene: Scene, o: SimObject, t: float) -> str:
         if abs(vo[1]) > 0.7 * sp and x > 0:
             return f"{NAME[o.cls]} {MOVE[o.cls]} across the path {where}"
         if toward > 0.5 * sp:
-            src = {"ahead": "ahead", "ahead on the left": "the left", "ahead on the right": "the right"}.get(where, where[3:])
+            src = {"ahead on the left": "the left", "ahead on the right": "the right"}.get(where, where)
+            src = src[3:] if src.startswith("on ") else src
             return f"{NAME[o.cls]} {MOVE[o.cls]} toward the robot from {src}"
         return f"{NAME[o.cls]} {MOVE[o.cls]} {'away' if toward < -0.5 * sp else 'past'} {where}"
     return f"{NAME[o.cls]} {STILL[o.cls]} {where}"

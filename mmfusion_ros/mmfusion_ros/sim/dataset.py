@@ -173,6 +173,23 @@ def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue(), compresslevel=1)
 
 
+def _remove_previous(out: Path) -> None:
+    """Delete the shards a previous dataset in `out` listed, so none of them outlives its manifest."""
+    old = out / "manifest.json"
+    if not old.is_file():
+        return
+    try:
+        splits = json.loads(old.read_text()).get("splits", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f"{old} exists and is not a dataset manifest; choose another --out") from None
+    for files in splits.values():
+        for f in files:
+            for p in (out / f, (out / f).with_suffix(".json")):
+                if p.parent == out and p.is_file():
+                    p.unlink()
+    old.unlink()
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (the worker pool)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -193,6 +210,7 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_scenes(cfg)
+    _remove_previous(out)
     # shards: consecutive scenes of one split, in plan order
     shards: List[Tuple[str, List[ScenePlan]]] = []
     for split in ("train", "val", "test", "heldout"):

@@ -55,8 +55,8 @@ class EventTimeline:
             starts = np.flatnonzero(~a[:-1] & a[1:])
             ends = np.flatnonzero(a[:-1] & ~a[1:])
             for s, f in zip(starts, ends):
-                out.append({"type": name, "onset": round(float(self.t[s]), 3), "end": round(float(self.t[f - 1] + dt), 3),
-                            "track_id": int(self.track[s, e])})
+                out.append({"type": name, "onset": round(float(self.t[s]), 3),
+                            "end": round(float(self.t[f - 1] + dt), 3), "track_id": int(self.track[s, e])})
         return sorted(out, key=lambda d: (d["onset"], d["type"]))
 
     def _idx(self, t: float) -> int:

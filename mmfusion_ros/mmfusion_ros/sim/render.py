@@ -86,7 +86,8 @@ class Renderer:
         st = scene.static
         off = np.cumsum([0] + [len(s.vertices) for s in st])
         self.static_V = np.concatenate([s.vertices for s in st]).astype(np.float32)
-        self.static_T = np.concatenate([s.triangles.astype(np.int64) + off[i] for i, s in enumerate(st)]).astype(np.uint32)
+        tris = [s.triangles.astype(np.int64) + off[i] for i, s in enumerate(st)]
+        self.static_T = np.concatenate(tris).astype(np.uint32)
         self.static_C = np.concatenate([s.colors for s in st])
         self.static_X = np.concatenate([s.textures for s in st])
         self.static_E = np.concatenate([s.emissive for s in st])

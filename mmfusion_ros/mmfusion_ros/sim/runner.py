@@ -89,7 +89,8 @@ class SceneRunner:
         lv = []
         for o in self.scene.objects:
             if o.sounding([t])[0]:
-                level = audio_mod.LOUDNESS[o.cls] * o.loudness / max(float(self.scene.relative(o, [t])["range"][0]), 1.0)
+                r = float(self.scene.relative(o, [t])["range"][0])
+                level = audio_mod.LOUDNESS[o.cls] * o.loudness / max(r, 1.0)
                 if level >= AUDIBLE_LEVEL:
                     lv.append((-level, o.track_id))
         return [k for _, k in sorted(lv)]

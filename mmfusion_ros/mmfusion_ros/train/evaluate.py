@@ -20,7 +20,6 @@ from mmfusion_ros.model.checkpoint import load_checkpoint
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel
 from mmfusion_ros.model.prompts import default_prompts
 from mmfusion_ros.model.text import TextEmbedder
-from mmfusion_ros.model.vocab import Vocab
 from mmfusion_ros.train import metrics as M
 from mmfusion_ros.train.data import Split, load_split
 
