@@ -173,3 +173,39 @@ def test_config_rejects_unknown_keys():
     d["fusion"]["hiden"] = 3
     with pytest.raises(ValueError, match="hiden"):
         ModelConfig.from_dict(d)
+
+
+def test_residual_fusion_is_the_mean_of_present_tokens_plus_attention():
+    """A fresh residual fusion starts as (gains 1) the mean of the present embeddings plus the
+    attention output; changing an absent token never moves it and weights stay a distribution."""
+    from mmfusion_ros.model.config import FusionConfig
+    from mmfusion_ros.model.fusion import AttentionFusion
+
+    torch.manual_seed(0)
+    fus = AttentionFusion(FusionConfig(hidden=32, heads=2, residual=True), 384).eval()
+    tok = torch.nn.functional.normalize(torch.randn(3, 4, 384), dim=-1)  # (B, 4, D)
+    present = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    with torch.no_grad():
+        fused, w = fus(tok * present[..., None], present)
+        # with the attention gain switched off, the fused vector is exactly the normalised mean
+        fus.log_att.fill_(-30.0)
+        mean_only, w0 = fus(tok * present[..., None], present)
+    mean = (tok * present[..., None]).sum(1) / present.sum(1, keepdim=True)  # (B, D)
+    torch.testing.assert_close(mean_only, torch.nn.functional.normalize(mean, dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w0, present / present.sum(1, keepdim=True), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(w.sum(-1).numpy(), 1.0, atol=1e-5)
+    assert float((w * (1 - present)).abs().max()) < 1e-6  # absent modalities get no share
+    np.testing.assert_allclose(fused.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    # the single-modality case is that modality's own direction
+    assert float(torch.nn.functional.cosine_similarity(fused[2], tok[2, 2], dim=0)) > 0.99
+
+
+def test_legacy_fusion_config_loads_without_residual():
+    """Checkpoints saved before the residual fusion existed keep attention-only pooling."""
+    d = tiny_config().to_dict()
+    assert d["fusion"]["residual"] is True  # new models are residual
+    del d["fusion"]["residual"]
+    cfg = ModelConfig.from_dict(d)
+    assert cfg.fusion.residual is False
+    m = build_model(cfg)
+    assert not m.fusion.residual and not hasattr(m.fusion, "log_gain")

@@ -312,3 +312,17 @@ def test_person_behind_parked_cars_is_found():
     objs = Perception().process(pts, 0.0)
     o, d = _nearest(objs, person.center[:2])
     assert d < 0.5 and o.size[0] < 1.0  # its own box, not merged with a car or the wall
+
+
+def test_object_cap_keeps_the_nearest_and_counts_the_rest():
+    # six people at 5, 8, ... 20 m in different directions; a cap of 3 keeps the three nearest, counts three dropped
+    people = [_box("person", (5.0 + 3.0 * k) * math.cos(0.8 * k), (5.0 + 3.0 * k) * math.sin(0.8 * k)) for k in range(6)]
+    pts, _ = make_sweep(beams=64, columns=2048, seed=3, boxes=people)
+    full = Perception(PerceptionConfig(max_objects=0)).process(pts, 0.0)
+    assert len(full) == 6, [o.center for o in full]
+    p = Perception(PerceptionConfig(max_objects=3))
+    capped = p.process(pts, 0.0)
+    assert sorted(round(float(np.hypot(*o.center[:2]))) for o in capped) == [5, 8, 11]
+    assert p.stats["objects_dropped_cap"] == 3
+    with pytest.raises(ValueError, match="max_objects"):
+        PerceptionConfig(max_objects=-1)

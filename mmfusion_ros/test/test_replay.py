@@ -148,8 +148,10 @@ def test_real_ros1_bag_imu_in_order_with_original_stamps(shared_data, listener):
 # ----------------------------------------------------------------------------- rosbag2 round trips
 
 
-def write_bag(path: Path, storage: str) -> dict:
-    """A rosbag2 bag written with rosbags + the package typestore: 200 Hz IMU, 10 Hz audio, 5 Hz cloud."""
+def write_bag(path: Path, storage: str, relative_names: bool = False) -> dict:
+    """A rosbag2 bag written with rosbags + the package typestore: 200 Hz IMU, 10 Hz audio, 5 Hz cloud.
+
+    ``relative_names`` stores topics without the leading slash, as some writers (and `mmfusion sim`) do."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from mmfusion_ros.ros.bag_io import typestore
@@ -162,11 +164,14 @@ def write_bag(path: Path, storage: str) -> dict:
     t0 = 1_700_000_000 * 10**9
     contents = {"/imu/data": [], "/audio/audio": [], "/lidar/points": []}
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    def name(topic):
+        return topic.lstrip("/") if relative_names else topic
+
     with Writer(path, version=9, storage_plugin=plugin) as w:
         conns = {
-            "/imu/data": w.add_connection("/imu/data", "sensor_msgs/msg/Imu", typestore=ts),
-            "/audio/audio": w.add_connection("/audio/audio", "mmfusion_msgs/msg/AudioFrame", typestore=ts),
-            "/lidar/points": w.add_connection("/lidar/points", "sensor_msgs/msg/PointCloud2", typestore=ts),
+            "/imu/data": w.add_connection(name("/imu/data"), "sensor_msgs/msg/Imu", typestore=ts),
+            "/audio/audio": w.add_connection(name("/audio/audio"), "mmfusion_msgs/msg/AudioFrame", typestore=ts),
+            "/lidar/points": w.add_connection(name("/lidar/points"), "sensor_msgs/msg/PointCloud2", typestore=ts),
         }
         events = [(t0 + i * 5_000_000, "/imu/data") for i in range(200)]
         events += [(t0 + i * 100_000_000 + 1, "/audio/audio") for i in range(10)]
@@ -272,6 +277,21 @@ def test_sqlite3_topic_selection(tmp_path, listener):
     assert [stamp(m) for m in listener.msgs("/audio/audio")] == [to_stamp(t) for t, _ in contents["/audio/audio"]]
     assert listener.msgs("/imu/data") == []
     assert "/imu/data" not in proc.stdout
+
+
+@pytest.mark.ros
+def test_topic_selection_matches_bags_with_relative_names(tmp_path, listener):
+    """A bag whose topics lack the leading slash is selected and remapped by either spelling."""
+    from mmfusion_msgs.msg import AudioFrame
+
+    bag = tmp_path / "bag_relative"
+    contents = write_bag(bag, "mcap", relative_names=True)
+    listener.listen("/robot/audio", AudioFrame)
+    proc = run_replay(bag, "--rate", 4, "--topics", "audio/audio", "--remap", "/audio/audio:=/robot/audio",
+                      "--wait-subscribers", 15)
+    assert proc.returncode == 0, proc.stderr
+    assert listener.wait_for(lambda: len(listener.msgs("/robot/audio")) >= 10, timeout=10)
+    assert [stamp(m) for m in listener.msgs("/robot/audio")] == [to_stamp(t) for t, _ in contents["/audio/audio"]]
 
 
 @pytest.mark.ros

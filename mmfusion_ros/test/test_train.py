@@ -59,6 +59,12 @@ def test_lead_time_and_false_alarms():
     # false alarms: rising edges at 0 and 9 outside the future window -> 2 in 2 s of data
     assert M.false_alarms_per_minute(alarm, future, scene, 0.2) == pytest.approx(2 / (10 * 0.2 / 60))
     assert M.best_f1_threshold(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.9])) == pytest.approx(0.675, abs=0.03)
+    # a rare event whose scores barely separate: unconstrained F1 picks a near-zero threshold
+    # (flag everything); the floor keeps calibration from doing that
+    y = np.r_[np.ones(5), np.zeros(95)]
+    sc = np.r_[np.full(5, 0.12), np.linspace(0.0, 0.2, 95)]
+    assert M.best_f1_threshold(y, sc) < 0.3
+    assert M.best_f1_threshold(y, sc, floor=0.3) >= 0.3
 
 
 def test_mentions_and_precision_recall():

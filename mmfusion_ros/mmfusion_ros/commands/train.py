@@ -138,6 +138,7 @@ def run(args) -> int:
     if args.stages:
         cfg.stages = list(args.stages)
     resume = args.resume
+    restart: list = []
     if args.init:
         import shutil
 
@@ -155,13 +156,15 @@ def run(args) -> int:
             side = init.with_name(init.name + ".sha256")
             if side.is_file():
                 shutil.copyfile(side, out / "last.pt.sha256")
+            # a fresh run from --init: the stages named in --stages are retrained from scratch
+            restart = list(args.stages or [])
         resume = True
     if not cfg.data:
         print("error: no dataset: set `data` in the config or pass --data DIR", file=sys.stderr)
         return 2
     try:
         cfg.validate()
-        trainer = Trainer(cfg, resume=resume)
+        trainer = Trainer(cfg, resume=resume, restart_stages=restart)
     except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

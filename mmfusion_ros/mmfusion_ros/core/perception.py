@@ -52,6 +52,10 @@ GEOMETRIC_PROTOTYPES: Dict[str, Tuple[float, float, float]] = {
 }
 
 
+#: (P, 3) log of GEOMETRIC_PROTOTYPES sizes, in its order (computed once, not per box)
+_LOG_PROTOTYPES = np.log(np.array(list(GEOMETRIC_PROTOTYPES.values()), np.float64))
+
+
 @dataclass
 class PerceptionConfig:
     """Perception defaults, chosen for a 64-beam spinning LiDAR on a robot or car (SI units)."""
@@ -71,6 +75,7 @@ class PerceptionConfig:
     cluster_min_points: int = 3  # dbscan method: core-point density (neighbours within eps, itself included)
     min_cluster_points: int = 5  # clusters with fewer (downsampled) points are dropped as noise
     max_cluster_points: int = 20000  # clusters with more points are dropped (a whole facade), keeps timing bounded
+    max_objects: int = 64  # at most this many objects a sweep, the nearest kept (0 = no cap); stats count the rest
     min_cluster_height: float = 0.2  # clusters whose top is less than this above ground are dropped (kerbs, debris), m
     vehicle_completion: bool = True  # grow a lone vehicle end or side face into a whole vehicle; see complete_vehicle_face
     vehicle_length: float = 4.4  # length given to a vehicle completed from its end face, m (a mid-size car)
@@ -99,6 +104,8 @@ class PerceptionConfig:
                 raise ValueError(f"perception.{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if not 0 <= self.min_range < self.max_range:
             raise ValueError(f"perception.min_range must be in [0, max_range), got {self.min_range!r}")
+        if not isinstance(self.max_objects, int) or self.max_objects < 0:
+            raise ValueError(f"perception.max_objects must be an integer >= 0, got {self.max_objects!r}")
         if self.cluster_min_points < 1 or self.min_cluster_points < 1:
             raise ValueError("perception.cluster_min_points and min_cluster_points must be >= 1")
         if not 0.0 <= self.min_visible_fraction <= 1.0:
@@ -332,8 +339,7 @@ def geometric_label(size: np.ndarray, temperature: float = 0.3) -> Tuple[str, fl
     """Label a box by its size: the nearest prototype in log-size, scored by a softmax over prototypes."""
     s = np.maximum(np.asarray(size, np.float64), 0.05)
     names = list(GEOMETRIC_PROTOTYPES)
-    protos = np.array([GEOMETRIC_PROTOTYPES[n] for n in names])  # (P, 3)
-    r = np.log(s[None, :] / protos)  # (P, 3) log size ratios
+    r = np.log(s)[None, :] - _LOG_PROTOTYPES  # (P, 3) log size ratios
     # LiDAR sees only the near surface, so a thin footprint says nothing about depth: width counts only when too wide
     r[:, 1] = np.maximum(r[:, 1], 0.0)
     d = np.sqrt(np.mean(r**2, axis=1))  # (P,)
@@ -429,7 +435,8 @@ class Perception:
         self.cfg = cfg or PerceptionConfig()
         self.tracker = Tracker(self.cfg.tracking)
         self.timings_ms: Dict[str, float] = {}  # stage -> milliseconds of the last process() call
-        self.stats: Dict[str, int] = {"sweeps": 0, "nonfinite_points_dropped": 0, "crops_labelled": 0}
+        self.stats: Dict[str, int] = {"sweeps": 0, "nonfinite_points_dropped": 0, "crops_labelled": 0,
+                                      "objects_dropped_cap": 0}
         self.last_ground_grid: Optional[Tuple[np.ndarray, float, float]] = None  # (grid, origin, cell)
         self.last_warning: str = ""  # why the last skipped camera labelling was skipped
         self.T_cam_lidar: Optional[np.ndarray] = None  # (4,4) from cfg.extrinsics_file, the default for process()
@@ -494,10 +501,19 @@ class Perception:
         sorted_labels = labels[order]
         starts = np.searchsorted(sorted_labels, np.arange(ids.max() + 1))
         ends = np.searchsorted(sorted_labels, np.arange(ids.max() + 1), side="right")
-        for s, e in zip(starts, ends):
+        counts = ends - starts  # (C,)
+        valid = np.nonzero((counts >= cfg.min_cluster_points) & (counts <= cfg.max_cluster_points))[0]
+        if cfg.max_objects and len(valid) > cfg.max_objects:
+            # a street or a sim world of facades and fences splits into many clusters: fit only the
+            # nearest max_objects (BEV distance of the cluster mean, from prefix sums), count the rest
+            cs = np.vstack([np.zeros((1, 2)), np.cumsum(xyz[order, :2], axis=0)])  # (K+1, 2) prefix sums
+            means = (cs[ends[valid]] - cs[starts[valid]]) / counts[valid, None]  # (V, 2) cluster BEV means
+            dist = np.hypot(means[:, 0], means[:, 1])  # (V,)
+            keep = np.sort(valid[np.argsort(dist, kind="stable")[:cfg.max_objects]])
+            self.stats["objects_dropped_cap"] += len(valid) - len(keep)
+            valid = keep
+        for s, e in zip(starts[valid], ends[valid]):
             n = e - s
-            if n < cfg.min_cluster_points or n > cfg.max_cluster_points:
-                continue
             pts = xyz[order[s:e]]  # (n, 3)
             center, size, yaw = fit_box(pts)
             zlo, zhi = center[2] - size[2] / 2, center[2] + size[2] / 2

@@ -28,6 +28,7 @@ class FusionConfig:
     hidden: int = 128  # attention width (queries/keys/values are projected to this size)
     heads: int = 4  # attention heads
     layers: int = 1  # self-attention layers over the tokens before pooling
+    residual: bool = True  # fused = L2norm(gain-weighted mean of present tokens + attention output); False: attention pooling only (checkpoints before this field)
 
 
 @dataclass
@@ -91,7 +92,10 @@ class ModelConfig:
         if "encoders" in d:
             d["encoders"] = {k: _sub(EncoderConfig, v) for k, v in d["encoders"].items()}
         if "fusion" in d:
-            d["fusion"] = _sub(FusionConfig, d["fusion"])
+            fd = d["fusion"]
+            if isinstance(fd, dict) and "residual" not in fd:
+                fd = dict(fd, residual=False)  # saved before the residual fusion existed: keep its behaviour
+            d["fusion"] = _sub(FusionConfig, fd)
         if "events" in d:
             d["events"] = _sub(EventHeadConfig, d["events"])
         if "caption" in d:

@@ -44,8 +44,14 @@ class AttentionFusion(nn.Module):
 
     Absent tokens are replaced by a learned per-modality token so the attention layers always see
     four inputs; the pooling weights are masked to the present modalities (over the four learned
-    absent tokens when nothing is present, so the output stays finite). The fused vector is a weighted sum of the
-    (refined) modality embeddings, which keeps it in the shared space.
+    absent tokens when nothing is present, so the output stays finite). The attention output is a
+    weighted sum of the (refined) modality embeddings, which keeps it in the shared space.
+
+    With ``cfg.residual`` the fused vector is L2norm(gain-weighted mean of the present embeddings +
+    gain * attention output): the plain mean of the present embeddings already beats learned pooling
+    alone (a caption-matching objective teaches the pooling to trust the camera, which describes the
+    layout, over audio, which names the object), so attention only corrects it. ``weights`` is then
+    each modality's share of that linear mix: mean coefficients plus attention gain x pooling weights.
     """
 
     def __init__(self, cfg: FusionConfig, dim: int, n_modalities: int = 4):
@@ -57,6 +63,10 @@ class AttentionFusion(nn.Module):
         self.delta = nn.Linear(dim, dim)
         nn.init.zeros_(self.delta.weight)  # starts as a pure weighted average of the input embeddings
         nn.init.zeros_(self.delta.bias)
+        self.residual = bool(getattr(cfg, "residual", False))
+        if self.residual:
+            self.log_gain = nn.Parameter(torch.zeros(n_modalities))  # (4,) exp() = per-modality gain of the mean, 1 at start
+            self.log_att = nn.Parameter(torch.zeros(()))  # exp() = gain of the attention output, 1 at start
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         p = present.unsqueeze(-1)  # (B, 4, 1)
@@ -69,6 +79,13 @@ class AttentionFusion(nn.Module):
         logits = self.score(h).squeeze(-1) + (mask - 1.0) * 1e4  # (B, 4)
         weights = torch.softmax(logits, dim=-1)  # (B, 4)
         refined = x + self.delta(h)  # (B, 4, D)
-        fused = (weights.unsqueeze(-1) * refined).sum(1)  # (B, D)
+        fused = (weights.unsqueeze(-1) * refined).sum(1)  # (B, D) attention output
+        if self.residual:
+            n = present.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1) present modalities
+            coef = self.log_gain.exp().unsqueeze(0) * present / n  # (B, 4) gain-weighted mean, 0 for absent
+            att_gain = self.log_att.exp()  # ()
+            fused = (coef.unsqueeze(-1) * x).sum(1) + att_gain * fused  # (B, D)
+            share = coef + att_gain * weights  # (B, 4) positive
+            weights = share / share.sum(-1, keepdim=True)  # (B, 4) sums to 1
         fused = fused / fused.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return fused, weights

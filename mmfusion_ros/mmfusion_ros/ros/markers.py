@@ -138,22 +138,33 @@ class MarkerArrayBuilder:
         markers: List[Any] = []
         shown: Set[Tuple[str, int]] = set()
         by_track: Dict[int, Any] = {}
+        # sub-messages that are equal for many markers are built once per array and shared (a message
+        # field holds a reference; serialisation copies): ~36 objects a frame made this the main cost
+        colors: Dict[Tuple[str, float], Any] = {}
+
+        def color(label: str, a: float) -> Any:
+            c = colors.get((label, a))
+            if c is None:
+                c = colors[(label, a)] = _color(kit, label_color(label), a)
+            return c
+
+        text_scale = _vec(kit, 0, 0, self.text_size)
+        origin = _pose(kit, [0, 0, 0])
         for i, o in enumerate(result.objects):
             tid = int(o.track_id) if o.track_id > 0 else 1_000_000 + i  # untracked objects: per-frame ids
             by_track[tid] = o
-            rgb = label_color(o.label)
             size = np.maximum(np.asarray(o.size, np.float64), 0.01)
             c = np.asarray(o.center, np.float64)
             markers.append(self._marker(header, "objects", tid, CUBE, pose=_pose(kit, c, o.yaw),
-                                        scale=_vec(kit, *size), color=_color(kit, rgb, self.box_alpha)))
+                                        scale=_vec(kit, *size), color=color(o.label, self.box_alpha)))
             top = c + [0.0, 0.0, size[2] / 2 + self.text_size]
             markers.append(self._marker(header, "labels", tid, TEXT_VIEW_FACING, pose=_pose(kit, top),
-                                        scale=_vec(kit, 0, 0, self.text_size), color=_color(kit, rgb, 1.0),
-                                        text=object_caption(o)))
-            shown |= {("objects", tid), ("labels", tid)}
+                                        scale=text_scale, color=color(o.label, 1.0), text=object_caption(o)))
+            shown.add(("objects", tid))
+            shown.add(("labels", tid))
             v = np.asarray(o.velocity, np.float64)[:3]
-            if np.linalg.norm(v[:2]) >= self.min_speed:
-                markers.append(self._marker(header, "velocity", tid, ARROW, pose=_pose(kit, [0, 0, 0]),
+            if math.hypot(v[0], v[1]) >= self.min_speed:
+                markers.append(self._marker(header, "velocity", tid, ARROW, pose=origin,
                                             scale=_vec(kit, 0.1, 0.2, 0.2), color=_color(kit, (1, 1, 1), 0.9),
                                             points=[_point(kit, c), _point(kit, c + v)]))
                 shown.add(("velocity", tid))

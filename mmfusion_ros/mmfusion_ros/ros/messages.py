@@ -14,7 +14,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose, Quaternion, Vector3
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from std_msgs.msg import Header
 
 from mmfusion_msgs.msg import Caption, DetectedObject, Event, EventArray, FusedPerception, LabelScore
@@ -55,16 +55,16 @@ def _yaw_quaternion(yaw: float) -> Quaternion:
 
 
 def _vec3(v) -> Vector3:
-    x, y, z = (float(c) for c in np.asarray(v, dtype=np.float64).reshape(3))
+    x, y, z = np.asarray(v, dtype=np.float64).reshape(3).tolist()
     return Vector3(x=x, y=y, z=z)
 
 
 def detected_object_msg(obj) -> DetectedObject:
     """core.types.DetectedObject -> mmfusion_msgs/DetectedObject (pose = box centre + yaw about z)."""
-    cx, cy, cz = (float(c) for c in np.asarray(obj.center, dtype=np.float64).reshape(3))
-    pose = Pose()
-    pose.position.x, pose.position.y, pose.position.z = cx, cy, cz
-    pose.orientation = _yaw_quaternion(float(obj.yaw))
+    # one ndarray.tolist() per vector gives Python floats directly (no per-element float() of numpy
+    # scalars), and the Pose is built once from its parts instead of default-built then overwritten
+    cx, cy, cz = np.asarray(obj.center, dtype=np.float64).reshape(3).tolist()
+    pose = Pose(position=Point(x=cx, y=cy, z=cz), orientation=_yaw_quaternion(float(obj.yaw)))
     return DetectedObject(
         label=str(obj.label),
         score=float(obj.score),

@@ -156,7 +156,7 @@ def plan_topics(reader, opts: ReplayOptions, warn: Callable[[str], None]) -> Lis
 
     by_topic: Dict[str, list] = {}
     for c in reader.connections:
-        by_topic.setdefault(c.topic, []).append(c)
+        by_topic.setdefault(_absolute(c.topic), []).append(c)  # rosbag2 names are absolute; some writers omit the slash
     wanted = [_absolute(t) for t in opts.topics] if opts.topics else sorted(by_topic)
     missing = [t for t in wanted if t not in by_topic]
     if missing:
@@ -307,7 +307,7 @@ def _messages(
     by_conn = {}
     for p in plans:
         for c in reader.connections:
-            if c.topic == p.topic:
+            if _absolute(c.topic) == p.topic:
                 by_conn[c.id] = p
     conns = [c for c in reader.connections if c.id in by_conn]
     for conn, t_ns, raw in reader.messages(connections=conns, start=start_ns, stop=stop_ns):

@@ -103,10 +103,36 @@ class Backend(abc.ABC):
             raise ValueError(f"caption: expected a finite ({self.manifest.embed_dim},) embedding, got {np.shape(embedding)}")
         mem = self.caption_memory()
         query = emb
+        max_len = int(max_len or self.manifest["caption_max_len"])
+        key = None
         if mem is not None:
             # the decoder was trained on text embeddings: decode the nearest training caption's embedding
-            query = mem[int(np.argmax(mem @ emb[0]))][None]  # (1, D)
-        max_len = int(max_len or self.manifest["caption_max_len"])
+            idx = int(np.argmax(mem @ emb[0]))
+            query = mem[idx][None]  # (1, D)
+            # greedy decoding of a memory entry is deterministic: decode each entry once (a greedy decode
+            # is up to caption_max_len decoder runs, ~10-25 ms on a CPU core; a scene repeats its captions)
+            key = (idx, max_len)
+            cache = self.__dict__.setdefault("_caption_cache", {})
+            hit = cache.get(key)
+            if hit is not None:
+                return self._caption_result(*hit, emb)
+        text, mean_prob = self._greedy_decode(query, max_len)
+        if key is not None:
+            if len(cache) >= 4096:  # bounded: a memory is a few thousand captions
+                cache.clear()
+            cache[key] = (text, mean_prob)
+        return self._caption_result(text, mean_prob, emb)
+
+    def _caption_result(self, text: str, mean_prob: float, emb: np.ndarray) -> Tuple[str, float]:
+        """(text, confidence) for caption(): the text-to-input cosine with a TextEncoder, else ``mean_prob``."""
+        if self.text_encoder is not None and text:
+            t = self.text_encoder.encode([text])[0]  # (D,)
+            e = emb[0] / max(float(np.linalg.norm(emb[0])), 1e-12)
+            return text, float(np.clip(np.dot(t, e), 0.0, 1.0))
+        return text, mean_prob
+
+    def _greedy_decode(self, query: np.ndarray, max_len: int) -> Tuple[str, float]:
+        """(1, D) query -> greedy caption text and the mean probability of its chosen tokens."""
         tok_spec = self.manifest.inputs("caption_decoder")["tokens"]["shape"]
         fixed_len = tok_spec[1] if isinstance(tok_spec[1], int) else None
         ids = [BOS]
@@ -127,14 +153,7 @@ class Backend(abc.ABC):
             ids.append(nxt)
             if fixed_len and len(ids) >= fixed_len:
                 break
-        text = detokenize(ids, self.manifest.vocab)
-        if self.text_encoder is not None and text:
-            t = self.text_encoder.encode([text])[0]  # (D,)
-            e = emb[0] / max(float(np.linalg.norm(emb[0])), 1e-12)
-            conf = float(np.clip(np.dot(t, e), 0.0, 1.0))
-        else:
-            conf = float(np.mean(probs)) if probs else 0.0
-        return text, conf
+        return detokenize(ids, self.manifest.vocab), (float(np.mean(probs)) if probs else 0.0)
 
     def caption_memory(self) -> Optional[np.ndarray]:
         """(M, D) float32 unit embeddings of the training captions when the bundle ships them

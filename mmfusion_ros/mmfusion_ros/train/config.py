@@ -29,6 +29,8 @@ class TrainConfig:
     epochs: Dict[str, int] = field(default_factory=lambda: {"camera": 6, "bind": 6, "fusion": 8, "caption": 10, "events": 10})  # per stage
     head_holdout: float = 0.2  # share of train scenes kept out of the encoder stages to train the fusion on (0 = none)
     modality_dropout: float = 0.3  # fusion/events: chance each modality is dropped (one always kept)
+    fusion_residual: bool = True  # fusion = L2norm(gain-weighted mean of present embeddings + attention output) (new or restarted fusion only)
+    event_threshold_floor: float = 0.3  # lowest event threshold calibration may pick (lower ones flag rare events almost constantly)
     caption_noise: float = 0.6  # caption decoder: max norm of the noise added to text embeddings
     caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
     caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
@@ -71,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if not 0.0 <= self.head_holdout <= 0.5:
             raise ValueError(f"head_holdout must be in [0, 0.5], got {self.head_holdout}")
+        if not 0.0 <= self.event_threshold_floor < 1.0:
+            raise ValueError(f"event_threshold_floor must be in [0, 1), got {self.event_threshold_floor}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 

@@ -147,9 +147,13 @@ def f1_at(y: np.ndarray, score: np.ndarray, thr: float) -> float:
     return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
 
 
-def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    """Threshold in [0.05, 0.95] maximising F1 (ties -> the higher threshold, fewer false alarms)."""
+def best_f1_threshold(y: np.ndarray, score: np.ndarray, floor: float = 0.05) -> float:
+    """Threshold in [floor, 0.95] maximising F1 (ties -> the higher threshold, fewer false alarms).
+
+    The floor keeps rare, poorly separated events from getting a near-zero threshold that maximises
+    F1 by flagging almost every frame."""
     grid = np.round(np.arange(0.05, 0.951, 0.025), 3)
+    grid = grid[grid >= floor - 1e-9] if (grid >= floor - 1e-9).any() else grid[-1:]
     f1s = [f1_at(y, score, t) for t in grid]
     best = max(f1s)
     return float(grid[max(i for i, f in enumerate(f1s) if f == best)])

@@ -156,7 +156,8 @@ class CaptionTable:
 
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
+                 restart_stages: List[str] = ()):
         self.cfg = cfg
         self.log_fn = log
         torch.set_num_threads(max(1, cfg.threads))
@@ -194,6 +195,16 @@ class Trainer:
             if cfg.model_name:
                 mcfg.name = cfg.model_name
             self.model = build_model(mcfg)
+        for stage in restart_stages:
+            # retrain these stages from scratch on top of the loaded checkpoint (e.g. a new fusion)
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage to restart {stage!r}; stages are {STAGES}")
+            self.progress.pop(stage, None)
+            self.stage_seconds.pop(stage, None)
+            self.opt_state = None
+            self.log(f"[{stage}] restarting from scratch")
+        if "fusion" in restart_stages or not (resume and last.is_file()):
+            self._new_fusion()
         self.model.to(self.dist.device)
         self.mcfg = self.model.cfg
         self.train.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
@@ -213,6 +224,15 @@ class Trainer:
         self.enc_idx = np.flatnonzero(~held) if held.any() else np.arange(len(scene))
         self.head_idx = np.flatnonzero(held) if held.any() else np.arange(len(scene))
         self._tokens_cache: Optional[torch.Tensor] = None
+
+    def _new_fusion(self) -> None:
+        """A freshly initialised fusion module of the configured kind (residual or attention-only)."""
+        from mmfusion_ros.model.fusion import AttentionFusion
+
+        fcfg = self.model.cfg.fusion
+        fcfg.residual = bool(self.cfg.fusion_residual)
+        torch.manual_seed(self.cfg.seed)
+        self.model.fusion = AttentionFusion(fcfg, self.model.cfg.embed_dim, len(SENSOR_KEYS))
 
     # ---------------------------------------------------------------- utilities
     def log(self, msg: str) -> None:
@@ -486,7 +506,7 @@ class Trainer:
         thr = {}
         for e, name in enumerate(self.mcfg.events.event_types):
             y = val.arrays["events_future"][:, e, h]
-            thr[name] = float(best_f1_threshold(y, probs[:, e, h])) if y.any() else 0.5
+            thr[name] = float(best_f1_threshold(y, probs[:, e, h], self.cfg.event_threshold_floor)) if y.any() else max(0.5, self.cfg.event_threshold_floor)
         return thr
 
     def write_caption_memory(self) -> str:
