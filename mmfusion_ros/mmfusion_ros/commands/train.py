@@ -42,13 +42,14 @@ def bag_frames(bag: Path, rate_hz: float = 10.0):
     from mmfusion_ros.core.sync import Collector, SyncConfig
     from mmfusion_ros.ros import conversions as conv
     from mmfusion_ros.ros.bag_io import typestore
-    from mmfusion_ros.ros.offline import load_param_values
+    from mmfusion_ros.ros.offline import BagFeeder, load_param_values
 
     if not bag.exists():
         raise FileNotFoundError(f"bag not found: {bag}")
     topics = load_param_values(None)
     names = {topics[f"topics.{n}"].strip("/"): n for n in ("image", "compressed", "camera_info", "lidar", "audio", "imu")}
     col = Collector(SyncConfig(rate_hz=rate_hz))
+    feed = BagFeeder(col)
     try:
         reader = AnyReader([bag], default_typestore=typestore())
         reader.open()
@@ -66,20 +67,7 @@ def bag_frames(bag: Path, rate_hz: float = 10.0):
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
                 st = conv.header_stamp(msg)
-                if name == "image":
-                    col.add_image(st, conv.image_to_rgb(msg))
-                elif name == "compressed":
-                    col.add_image(st, conv.compressed_to_rgb(msg))
-                elif name == "camera_info":
-                    col.add_camera_info(st, conv.camera_info_to_intrinsics(msg))
-                elif name == "lidar":
-                    col.add_lidar(st, conv.pointcloud2_to_xyzi(msg), msg.header.frame_id or None)
-                elif name == "audio":
-                    samples, rate = conv.audio_to_array(msg)
-                    col.add_audio(st, samples, rate)
-                else:
-                    r = conv.imu_to_reading(msg)
-                    col.add_imu(st, r.accel, r.gyro)
+                feed(name, msg)  # the same conversions and Collector calls as `mmfusion process`
             except ValueError:  # ConversionError is a ValueError: count the bad message, keep going
                 bad += 1
                 continue

@@ -190,7 +190,7 @@ class Summary:
         return "\n".join(lines)
 
 
-class _Feeder:
+class BagFeeder:
     """Rosbags message of one input -> Collector call (the node's callbacks, without the node)."""
 
     def __init__(self, collector: Collector):
@@ -349,7 +349,7 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
         sync_cfg = SyncConfig(**P.sync_kwargs(values), audio_rate=pipe.preprocess.audio_rate,
                               imu_rate=pipe.preprocess.imu_rate, frame_id=values["frame_id"])
         collector = Collector(sync_cfg, log=log)
-        feeder = _Feeder(collector)
+        feeder = BagFeeder(collector)
         serialize = _serializer()
         markers_fn = _markers_builder() if values.get("topics.markers") else None
         render_fn = None
