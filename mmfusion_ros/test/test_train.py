@@ -179,6 +179,19 @@ def test_train_resume_and_export(tmp_path, synth):
     assert {r["query"] for r in res["T1_retrieval"]} >= {"camera", "lidar", "audio", "imu", "text"}
     assert [h["horizon_s"] for h in res["T5_events"]["per_horizon"]] == [0.5, 1.0, 2.0]
 
+    # --init + --stages into a new run retrains just those stages from scratch (new residual fusion),
+    # keeps the encoders, and calibrates thresholds no lower than the floor
+    run2 = tmp_path / "run2"
+    assert main(["train", "--config", str(cfg2), "--init", str(run / "last.pt"), "--stages", "fusion", "events",
+                 "--out", str(run2)]) == 0
+    log2 = [json.loads(x) for x in (run2 / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log2 if "epoch_loss" in r} == {"fusion", "events"}
+    m1, _, _ = load_checkpoint(ck)
+    m2, _, info2 = load_checkpoint(run2 / "checkpoint.pt")
+    assert m2.fusion.residual and min(info2["metadata"]["event_thresholds"].values()) >= 0.3
+    for a, b in zip(m1.modality_trunks.parameters(), m2.modality_trunks.parameters()):
+        torch.testing.assert_close(a, b)
+
 
 def test_train_missing_dataset_is_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path, tmp_path / "nowhere")

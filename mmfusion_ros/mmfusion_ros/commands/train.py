@@ -3,6 +3,8 @@
   mmfusion train --config config/train_tiny.yaml [--data DIR] [--out DIR] [--resume]
   mmfusion train --config ... --supervised-upper-bound --init RUN/after_camera.pt --stages bind --out UB
                                    # the upper bound: same camera, LiDAR/audio/IMU trained with text
+  mmfusion train --config ... --init RUN/last.pt --stages fusion caption events --out RUN2
+                                   # retrain the named stages from scratch on top of RUN's encoders
   mmfusion train --bags BAG_DIR [BAG_DIR ...] --init CKPT --out DIR
   torchrun --nproc_per_node 2 -m mmfusion_ros.cli train --config ...   # DDP (gloo on CPU)
 """
@@ -26,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bags", nargs="+", help="bag folders/files: bind LiDAR/audio/IMU to the camera from co-located sensor data")
     p.add_argument("--init", help="checkpoint to start from (required with --bags); without --bags: a training "
                                   "checkpoint (e.g. RUN/after_camera.pt) whose finished stages are kept")
-    p.add_argument("--stages", nargs="+", help="run only these stages (camera bind fusion caption events)")
+    p.add_argument("--stages", nargs="+", help="run only these stages (camera bind fusion caption events); with --init into a new --out "
+                                       "they are retrained from scratch even if the checkpoint finished them")
     p.add_argument("--epochs", type=int, default=3, help="with --bags: passes over the bag windows")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
 
