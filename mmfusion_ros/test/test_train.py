@@ -192,6 +192,15 @@ def test_train_resume_and_export(tmp_path, synth):
     for a, b in zip(m1.modality_trunks.parameters(), m2.modality_trunks.parameters()):
         torch.testing.assert_close(a, b)
 
+    # --calibrate-only recomputes the thresholds on val and trains nothing
+    assert main(["train", "--config", str(cfg2), "--calibrate-only", "--out", str(tmp_path / "run3")]) == 2  # needs --init
+    assert main(["train", "--config", str(cfg2), "--init", str(run2 / "last.pt"), "--calibrate-only",
+                 "--out", str(tmp_path / "run3")]) == 0
+    m3, _, info3 = load_checkpoint(tmp_path / "run3" / "checkpoint.pt")
+    assert info3["metadata"]["event_thresholds"] == info2["metadata"]["event_thresholds"]
+    for a, b in zip(m2.parameters(), m3.parameters()):
+        torch.testing.assert_close(a, b)
+
 
 def test_train_missing_dataset_is_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path, tmp_path / "nowhere")

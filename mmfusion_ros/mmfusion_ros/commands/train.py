@@ -5,6 +5,7 @@
                                    # the upper bound: same camera, LiDAR/audio/IMU trained with text
   mmfusion train --config ... --init RUN/last.pt --stages fusion caption events --out RUN2
                                    # retrain the named stages from scratch on top of RUN's encoders
+  mmfusion train --config ... --init RUN/last.pt --calibrate-only --out RUN2   # new event thresholds only
   mmfusion train --bags BAG_DIR [BAG_DIR ...] --init CKPT --out DIR
   torchrun --nproc_per_node 2 -m mmfusion_ros.cli train --config ...   # DDP (gloo on CPU)
 """
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "checkpoint (e.g. RUN/after_camera.pt) whose finished stages are kept")
     p.add_argument("--stages", nargs="+", help="run only these stages (camera bind fusion caption events); with --init into a new --out "
                                        "they are retrained from scratch even if the checkpoint finished them")
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="with --init: train nothing, recompute the event thresholds on val (config's "
+                        "event_threshold_floor) and write OUT/checkpoint.pt")
     p.add_argument("--epochs", type=int, default=3, help="with --bags: passes over the bag windows")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
 
@@ -128,6 +132,11 @@ def run(args) -> int:
         cfg.supervised_upper_bound = True
     if args.stages:
         cfg.stages = list(args.stages)
+    if args.calibrate_only:
+        if not args.init:
+            print("error: --calibrate-only needs --init CKPT (a finished training checkpoint, e.g. RUN/last.pt)", file=sys.stderr)
+            return 2
+        cfg.stages = []
     resume = args.resume
     restart: list = []
     if args.init:
@@ -155,7 +164,8 @@ def run(args) -> int:
         return 2
     try:
         cfg.validate()
-        trainer = Trainer(cfg, resume=resume, restart_stages=restart)
+        trainer = Trainer(cfg, resume=resume, restart_stages=[] if args.calibrate_only else restart,
+                          calibrate=args.calibrate_only)
     except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

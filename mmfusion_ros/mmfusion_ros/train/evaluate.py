@@ -67,7 +67,14 @@ class Evaluator:
             z = np.load(mem)
             self.memory = z["embeddings"].astype(np.float32)  # (M, 384)
         meta = self.info.get("metadata", {})
-        self.thresholds = {t: float(meta.get("event_thresholds", {}).get(t, 0.5)) for t in self.model.cfg.events.event_types}
+        thr = dict(meta.get("event_thresholds", {}))
+        manifest = self.root / "manifest.json"
+        if root.is_dir() and manifest.is_file():
+            # a bundle: score with the thresholds the runtime uses (export may have overridden them)
+            import json
+
+            thr.update(json.loads(manifest.read_text()).get("event_thresholds", {}))
+        self.thresholds = {t: float(thr.get(t, 0.5)) for t in self.model.cfg.events.event_types}
 
     def embed(self, split: Split) -> np.ndarray:
         return embed_split(self.model, split)  # (N, 4, 384)

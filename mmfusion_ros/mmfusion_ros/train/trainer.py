@@ -157,8 +157,9 @@ class CaptionTable:
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
-                 restart_stages: List[str] = ()):
+                 restart_stages: List[str] = (), calibrate: bool = False):
         self.cfg = cfg
+        self.calibrate = calibrate  # recompute event thresholds even when the events stage does not run
         self.log_fn = log
         torch.set_num_threads(max(1, cfg.threads))
         self.dist = Dist(cfg.device)
@@ -529,7 +530,7 @@ class Trainer:
         final = self.out / "checkpoint.pt"
         # the final checkpoint is a complete model: every stage has run its configured epochs
         if all(self.progress.get(s, 0) >= self.cfg.epochs.get(s, 0) for s in STAGES):
-            if "events" in self.cfg.stages:
+            if "events" in self.cfg.stages or self.calibrate:
                 self.metadata["event_thresholds"] = self.calibrate_event_thresholds()
             self.metadata["caption_memory_file"] = self.write_caption_memory()
             self.metadata["supervised_upper_bound"] = self.cfg.supervised_upper_bound
