@@ -230,7 +230,7 @@ class Demo:
 
     # 2 ---------------------------------------------------------------------------------------------
     def start_node(self, model: Path, bag: Path) -> None:
-        from ..report.recorder import OutputRecorder
+        from ..ros.recorder import OutputRecorder
 
         cmd = _node_command() + ["--ros-args", "--params-file", str(_params_file()),
                                  "-p", "use_sim_time:=true", "-p", f"model.dir:={model}",

@@ -146,18 +146,13 @@ def load_frame(frame_dir: Path) -> KittiFrame:
 
 def through_messages(frame: KittiFrame, stamp: float = 1.0) -> Tuple[np.ndarray, CameraIntrinsics, np.ndarray]:
     """Arrays -> Image, CameraInfo, PointCloud2 -> CDR bytes -> messages -> arrays, as the node sees them."""
-    from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-
     from ..ros import conversions as conv
 
     h, w = frame.image.shape[:2]
     intr = CameraIntrinsics(width=w, height=h, K=frame.K, frame_id="camera_optical")
-    img = deserialize_message(serialize_message(conv.rgb_to_image(frame.image, stamp, "camera_optical")), Image)
-    info = deserialize_message(serialize_message(conv.intrinsics_to_camera_info(intr, stamp)), CameraInfo)
-    cloud = deserialize_message(
-        serialize_message(conv.xyzi_to_pointcloud2(frame.points, stamp, "velodyne")), PointCloud2
-    )
+    img = conv.cdr_roundtrip(conv.rgb_to_image(frame.image, stamp, "camera_optical"))
+    info = conv.cdr_roundtrip(conv.intrinsics_to_camera_info(intr, stamp))
+    cloud = conv.cdr_roundtrip(conv.xyzi_to_pointcloud2(frame.points, stamp, "velodyne"))
     return conv.image_to_rgb(img), conv.camera_info_to_intrinsics(info), conv.pointcloud2_to_xyzi(cloud)
 
 

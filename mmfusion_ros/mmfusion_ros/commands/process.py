@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topics", nargs="+", default=None, metavar="TOPIC",
                    help="process only these bag topics (default: every input topic in the bag)")
     p.add_argument("--extrinsics", default=None, metavar="YAML",
-                   help="camera-LiDAR transform (config/extrinsics.yaml layout) so objects get camera labels")
+                   help="camera-LiDAR transform (config/extrinsics.yaml layout); default: the params file's perception.extrinsics_file, else the installed config/extrinsics.yaml")
     p.add_argument("--render", default=None, metavar="DIR", help="also write a PNG per fused frame into DIR")
     p.add_argument("--clock", default="log", choices=["log", "header"],
                    help="time that drives the collector: the bag's log time (like /clock on replay) or "

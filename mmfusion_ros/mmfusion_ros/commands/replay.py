@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ros.replay import ReplayError, ReplayOptions, parse_remaps, replay
+    from ..ros.replay import ReplayError, ReplayOptions, parse_remaps, play
 
     try:
         remaps = parse_remaps(args.remap)
@@ -66,22 +66,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"mmfusion replay: error: {e}", file=sys.stderr)
         return 2
 
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-
-    rclpy.init()
-    node = rclpy.create_node("mmfusion_replay")
-    try:
-        stats = replay(opts, node, should_stop=lambda: not rclpy.ok())
-        print(stats.summary())
-        return 130 if stats.interrupted else 0
-    except ReplayError as e:
-        print(f"mmfusion replay: error: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    return play(opts)

@@ -687,3 +687,10 @@ def array_to_audio(
     )
     msg.data = data
     return msg
+
+
+def cdr_roundtrip(msg):
+    """The message as a subscriber receives it: serialised to CDR and back (tests and eval-kitti use it)."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    return deserialize_message(serialize_message(msg), type(msg))

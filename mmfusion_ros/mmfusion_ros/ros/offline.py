@@ -295,11 +295,11 @@ def build_pipeline(values: Dict[str, Any], opts: OfflineOptions) -> Pipeline:
     """Backend, prompt embeddings (once), perception and Pipeline from the node's parameter values."""
     from mmfusion_ros.runtime import create_backend
 
-    T_cam_lidar = None
-    if opts.extrinsics is not None:
-        from mmfusion_ros.core.perception import load_extrinsics
+    from mmfusion_ros.core.perception import load_extrinsics
 
-        T_cam_lidar = load_extrinsics(opts.extrinsics)  # (4, 4)
+    # the same default as the node: perception.extrinsics_file, "" = the installed config/extrinsics.yaml
+    extrinsics = opts.extrinsics or P.extrinsics_file(values["perception.extrinsics_file"])
+    T_cam_lidar = load_extrinsics(extrinsics) if extrinsics and Path(extrinsics).is_file() else None  # (4, 4)
     model_dir = Path(opts.model_dir) if opts.model_dir else P.resolve_model_dir(values["model.dir"])
     if not (model_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"model bundle {model_dir} has no manifest.json")

@@ -492,6 +492,29 @@ def _node_options(node) -> ReplayOptions:
     return opts
 
 
+def play(opts: ReplayOptions) -> int:
+    """`mmfusion replay`: play in a fresh rclpy context and print the summary; exit code 0, 2 or 130."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init()
+    node = rclpy.create_node("mmfusion_replay")
+    try:
+        stats = replay(opts, node, should_stop=lambda: not rclpy.ok())
+        print(stats.summary())
+        return 130 if stats.interrupted else 0
+    except ReplayError as e:
+        print(f"mmfusion replay: error: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """The ``replay_node`` executable; parameters in NODE_PARAMETERS. Exit 2 on a bad bag or parameter."""
     import rclpy
