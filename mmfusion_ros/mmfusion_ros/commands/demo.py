@@ -435,8 +435,7 @@ def run(args: argparse.Namespace) -> int:
     demo.logs.mkdir(parents=True, exist_ok=True)
     stage = "simulate"
     t_all = time.monotonic()
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
+    from ..ros import recorder as ros_context
 
     # SIGTERM (e.g. a CI timeout) cleans up like Ctrl-C does
     signal.signal(signal.SIGTERM, _interrupt)
@@ -451,8 +450,7 @@ def run(args: argparse.Namespace) -> int:
         stage = "node"
         t = time.monotonic()
         model = resolve_model(args.model, demo.out, demo.say)
-        # no rclpy signal handlers: Ctrl-C must raise KeyboardInterrupt here so the children are stopped
-        rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+        ros_context.init_without_signal_handlers()
         demo.start_node(model, bag)
         demo.times["node"] = time.monotonic() - t
         stage = "replay"
@@ -479,8 +477,7 @@ def run(args: argparse.Namespace) -> int:
         return STAGES[stage]
     finally:
         demo.cleanup()
-        if rclpy.ok():
-            rclpy.shutdown()
+        ros_context.shutdown()
         lock.close()
     from ..report.summary import terminal, write_summary
 

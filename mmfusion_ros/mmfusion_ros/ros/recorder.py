@@ -155,3 +155,20 @@ class OutputRecorder:
             self._writer.close()
         self._executor.remove_node(self.node)
         self.node.destroy_node()
+
+
+def init_without_signal_handlers() -> None:
+    """rclpy.init for a program that owns child processes: Ctrl-C must raise KeyboardInterrupt in it
+    (so it can stop its children) instead of being taken by rclpy's signal handlers."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+
+
+def shutdown() -> None:
+    """rclpy.shutdown if the context is still up (safe to call twice)."""
+    import rclpy
+
+    if rclpy.ok():
+        rclpy.shutdown()
