@@ -69,3 +69,15 @@ def test_launch_arguments_in_the_readme_exist(launch_file):
         if f"ros2 launch mmfusion_ros {launch_file}" in line:
             for arg in re.findall(r"(\w+):=", line):
                 assert arg in declared, f"{launch_file} has no argument {arg}: {line}"
+
+
+def test_robot_requirements_are_the_tested_pins_without_torch():
+    """requirements-robot.txt (the README's robot install) pins what the tests ran with, and no torch."""
+    def pins(name):
+        lines = (REPO / name).read_text().splitlines()
+        return {ln.split("==")[0].lower(): ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+    robot, full = pins("requirements-robot.txt"), pins("requirements.txt")
+    assert "torch" not in robot and "onnxruntime" in robot
+    for name, line in robot.items():
+        assert full.get(name) == line, f"{line} differs from requirements.txt ({full.get(name)})"
