@@ -16,7 +16,6 @@ A malformed message is counted in /diagnostics and logged at most once per 5 s p
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from mmfusion_ros.ros import messages
 from mmfusion_ros.ros import params as P
 from mmfusion_ros.ros.diagnostics import NodeDiagnostics
 from mmfusion_ros.ros.qos import input_qos, output_qos
+from mmfusion_ros.runtime.prompts import embed_prompts, load_bundle_prompts, open_text_encoder
 
 #: input name -> (message class, diagnostics group)
 INPUTS: Dict[str, Tuple[type, str]] = {
@@ -55,22 +55,6 @@ INPUTS: Dict[str, Tuple[type, str]] = {
 }
 #: seconds between two log lines about the same pipeline error
 ERROR_LOG_PERIOD_S = 5.0
-
-
-class PromptError(ValueError):
-    """Prompts that cannot be embedded (no precomputed embedding and no text encoder)."""
-
-
-def load_bundle_prompts(model_dir: Path) -> Dict[str, Tuple[str, np.ndarray]]:
-    """prompts.json -> {prompt text: (label, (D,) embedding)}; empty when the bundle has none."""
-    path = Path(model_dir) / "prompts.json"
-    if not path.is_file():
-        return {}
-    doc = json.loads(path.read_text())
-    out = {}
-    for entry in doc.get("prompts", []):
-        out[str(entry["text"])] = (str(entry.get("label", entry["text"])), np.asarray(entry["embedding"], np.float32))
-    return out
 
 
 class FusionNode(Node):
@@ -267,39 +251,12 @@ class FusionNode(Node):
         return Pipeline(self._backend, cfg, labels, emb, perception=perception, T_cam_lidar=self._T_cam_lidar)
 
     def embed_prompts(self, prompts: List[str]) -> Tuple[List[str], np.ndarray]:
-        """Prompts -> (labels, (P,D) embeddings), once: the bundle's prompts.json where it has the text
-        (published under its label, the class name), the text encoder for the others."""
-        prompts = [p.strip() for p in prompts]
-        labels, rows, missing = [], [None] * len(prompts), []
-        for i, p in enumerate(prompts):
-            if p in self._bundle_prompts:
-                label, e = self._bundle_prompts[p]
-                labels.append(label)
-                rows[i] = e
-            else:
-                labels.append(p)
-                missing.append(i)
-        if missing:
-            enc = self._get_text_encoder()
-            new = np.asarray(enc.encode([prompts[i] for i in missing]), np.float32)  # (M, D)
-            for k, i in enumerate(missing):
-                rows[i] = new[k]
-        return labels, np.stack(rows).astype(np.float32)  # (P, D)
+        """Prompts -> (labels, (P,D) embeddings), once (runtime/prompts.py)."""
+        return embed_prompts(prompts, self._bundle_prompts, self._get_text_encoder)
 
     def _get_text_encoder(self):
         if self._text_encoder is None:
-            from mmfusion_ros.runtime import TextEncoder
-
-            errors = []
-            for where in ([self._model_dir] if self._model_dir else []) + [None]:
-                try:
-                    self._text_encoder = TextEncoder(where)
-                    break
-                except FileNotFoundError as e:
-                    errors.append(str(e))
-            else:
-                raise PromptError("model.prompts: prompts outside the bundle's prompts.json need the text encoder, "
-                                  "which was not found: " + "; ".join(errors))
+            self._text_encoder = open_text_encoder(self._model_dir)
         return self._text_encoder
 
     def _release_model(self) -> None:

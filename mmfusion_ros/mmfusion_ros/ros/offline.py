@@ -11,13 +11,12 @@ would publish.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -86,34 +85,6 @@ def load_param_values(params_file: Optional[Path], overrides: Optional[Dict[str,
                 del values[k]
     values.update(overrides or {})
     return P.validate(values)
-
-
-def embed_prompts(model_dir: Path, prompts: Sequence[str]) -> Tuple[List[str], np.ndarray]:
-    """Prompts -> (labels, (P,D) embeddings) once: the bundle's prompts.json where it holds the text
-    (labelled with its class name, as the node does), the text encoder for the others."""
-    known: Dict[str, Tuple[str, np.ndarray]] = {}
-    path = Path(model_dir) / "prompts.json"
-    if path.is_file():
-        for e in json.loads(path.read_text()).get("prompts", []):
-            known[str(e["text"])] = (str(e.get("label", e["text"])), np.asarray(e["embedding"], np.float32))
-    labels, rows, missing = [], [], []
-    for i, p in enumerate(prompts):
-        label, emb = known.get(p, (p, None))
-        labels.append(label)
-        rows.append(emb)
-        if emb is None:
-            missing.append(i)
-    if missing:
-        from mmfusion_ros.runtime import TextEncoder
-
-        try:
-            enc = TextEncoder(model_dir)
-        except FileNotFoundError:
-            enc = TextEncoder(None)
-        new = np.asarray(enc.encode([prompts[i] for i in missing]), np.float32)  # (M, D)
-        for k, i in enumerate(missing):
-            rows[i] = new[k]
-    return labels, np.stack(rows).astype(np.float32)  # (P, D)
 
 
 @dataclass
@@ -306,7 +277,10 @@ def build_pipeline(values: Dict[str, Any], opts: OfflineOptions) -> Pipeline:
     threads = values["backend.intra_op_threads"] if opts.intra_op_threads is None else opts.intra_op_threads
     backend = create_backend(str(model_dir), opts.backend or values["backend.type"],
                              **({"intra_op_threads": threads} if threads else {}))
-    labels, emb = embed_prompts(model_dir, [p.strip() for p in values["model.prompts"]])
+    from mmfusion_ros.runtime.prompts import embed_prompts, load_bundle_prompts, open_text_encoder
+
+    labels, emb = embed_prompts(values["model.prompts"], load_bundle_prompts(model_dir),
+                                lambda: open_text_encoder(model_dir))
     perception = None
     if values["perception.enabled"]:
         try:
