@@ -131,11 +131,26 @@ class Harness:
                 return
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
 
-    def call(self, client, request, timeout: float = 10.0):
+    def call(self, client, request, timeout: float = 10.0, resend_every: Optional[float] = None):
+        """Call a service; with `resend_every`, re-send an idempotent request that got no reply.
+
+        A service can be discovered before the server has matched the client's reply reader, and a reply
+        sent in that window is lost (DDS discovery is per endpoint); a fresh node hits this, so queries to one
+        re-send instead of waiting on a reply that will never come.
+        """
+        deadline = time.monotonic() + timeout
         assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        self.spin_until(future.done, timeout, f"a reply from {client.srv_name}")
-        return future.result()
+        while True:
+            future = client.call_async(request)
+            left = deadline - time.monotonic()
+            wait = left if resend_every is None else min(resend_every, left)
+            try:
+                self.spin_until(future.done, max(wait, 0.0), f"a reply from {client.srv_name}")
+                return future.result()
+            except AssertionError:
+                client.remove_pending_request(future)
+                if resend_every is None or time.monotonic() >= deadline:
+                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for a reply from {client.srv_name}")
 
     def status(self, name: str) -> Optional[object]:
         """The newest diagnostics status called `name`, or None."""
@@ -338,7 +353,10 @@ def test_bad_parameter_fails_configure_and_the_node_stays_up(ros_context, random
     proc = start_node(random_model_dir, "-r", "__node:=mmfusion_bad", "-p", "sync.rate_hz:=-2.0", log_path=log)
     try:
         client = h.node.create_client(GetState, f"{NS}/mmfusion_bad/get_state")
-        state = h.call(client, GetState.Request(), timeout=30)
+        try:
+            state = h.call(client, GetState.Request(), timeout=40, resend_every=3.0)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; node log:\n{log.read_text()[-2000:]}") from None
         h.spin_until(lambda: "configure failed" in log.read_text() or proc.poll() is not None, 20, "the error line")
         assert proc.poll() is None, "the node must stay alive"
         assert state.current_state.label == "unconfigured"
