@@ -205,3 +205,44 @@ def test_train_resume_and_export(tmp_path, synth):
 def test_train_missing_dataset_is_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path, tmp_path / "nowhere")
     assert main(["train", "--config", str(cfg)]) == 2
+
+
+# ----------------------------------------------------------------------------- fact phrasings
+def test_caption_facts_split_a_simulator_caption_into_single_facts():
+    from mmfusion_ros.sim.captions import caption_facts
+
+    f = caption_facts("A person stands ahead, a box sits on the left while a dog barking can be heard; "
+                      "the robot drives quickly turning left, about to hit a box")
+    assert f == {"seen": ["a person stands ahead", "a box sits on the left"], "nouns": ["a person", "a box"],
+                 "heard": ["a dog barking can be heard"], "ego": ["the robot drives quickly turning left, about to hit a box"]}
+    quiet = caption_facts("Nothing stands out; the robot stands still")
+    assert quiet == {"seen": [], "nouns": [], "heard": [], "ego": ["the robot stands still"]}
+    assert caption_facts("A traffic cone stands ahead; the robot drives")["nouns"] == ["a traffic cone"]
+
+
+def test_caption_table_fact_positives():
+    """A fact text is a match for every sample it is true of, and never for one it is not."""
+    from types import SimpleNamespace
+
+    from mmfusion_ros.train.trainer import CaptionTable
+
+    class FakeEmbedder:
+        def encode(self, texts):
+            return np.zeros((len(texts), 4), np.float32)
+
+    caps = [["A dog sits ahead; the robot stands still", "x1"],
+            ["A dog sits ahead, a box sits on the left; the robot drives", "x2"],
+            ["Nothing stands out while barking can be heard; the robot drives", "x3"]]
+    table = CaptionTable(SimpleNamespace(captions=caps), FakeEmbedder(), facts=True)
+    assert table.n_full == 6 and "a dog" in table.texts and "barking can be heard" in table.texts
+    dog, drives, barking = (table.texts.index(t) for t in ("a dog", "the robot drives", "barking can be heard"))
+    idx = np.arange(3)
+    pos = table.positives(idx, np.array([dog, drives, barking]), "fused")
+    assert pos.tolist() == [[True, False, False], [True, True, False], [False, True, True]]
+    cam = table.positives(idx, np.array([dog, table.sample_ids[1][0], table.sample_ids[2][1]]), "camera")
+    assert cam.tolist() == [[True, False, False], [True, True, False], [False, False, True]]
+    rng = np.random.default_rng(0)
+    picks = table.pick(np.zeros(200, np.int64), rng, "camera", 0.5)
+    assert set(picks) <= set(table.sample_ids[0]) | set(table.fact_ids["camera"][0])
+    assert any(p >= table.n_full for p in picks) and any(p < table.n_full for p in picks)
+    assert set(table.pick(np.zeros(50, np.int64), rng)) <= set(table.sample_ids[0])  # facts off: whole phrasings

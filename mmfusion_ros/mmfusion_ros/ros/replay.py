@@ -430,6 +430,9 @@ def _wait_for_subscribers(pubs: dict, timeout: float, should_stop: Callable[[], 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not should_stop():
         if all(p.get_subscription_count() > 0 for p in pubs.values()):
+            # DDS discovery is per side: the writer has matched the reader, the reader may not yet have matched
+            # the writer and would drop the first messages; a short settle covers that second half.
+            time.sleep(min(0.3, max(0.0, deadline - time.monotonic())))
             return
         time.sleep(0.01)
     lonely = [t for t, p in pubs.items() if p.get_subscription_count() == 0]

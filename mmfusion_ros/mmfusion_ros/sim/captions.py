@@ -105,3 +105,21 @@ def captions(scene: Scene, t: float, seen: Sequence[int], heard: Sequence[int], 
             s = (f"you can hear {snd}; " if snd else "it is quiet; ") + f"{look}, and {ego}"
         out.append(s[0].upper() + s[1:])
     return out
+
+
+def caption_facts(caption: str) -> Dict[str, List[str]]:
+    """The single facts of a caption in the first phrasing's template ("<seen>[ while <heard> can be heard];
+    <ego>"): {"seen": one phrase per object in view, "nouns": their bare noun phrases, "heard": the sound
+    clause, "ego": the robot's motion}. Training matches sensors to these short texts too, so an embedding
+    names each object on its own instead of only the whole combination (which new combinations break)."""
+    text = caption[:1].lower() + caption[1:]
+    look, _, ego = text.partition("; ")
+    look, _, snd = look.partition(" while ")
+    seen = [] if look in ("", "nothing stands out") else [p.strip() for p in look.split(", ") if p.strip()]
+    nouns = []
+    for p in seen:
+        noun = next((n for n in sorted(NAME.values(), key=len, reverse=True) if p.startswith(n + " ")), None)
+        if noun is not None and noun not in nouns:
+            nouns.append(noun)
+    heard = [snd.strip()] if snd.endswith("can be heard") else []
+    return {"seen": seen, "nouns": nouns, "heard": heard, "ego": [ego.strip()] if ego.strip() else []}

@@ -35,6 +35,7 @@ class TrainConfig:
     caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
     caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
     supervised_upper_bound: bool = False  # bind LiDAR/audio/IMU to caption TEXT (the upper-bound baseline), not the camera
+    fact_phrasings: float = 0.0  # camera/fusion stages: share of steps whose text is one fact of the caption ("a dog", "a dog sits ahead"; sim/captions.caption_facts) instead of a whole phrasing (0 = whole captions only)
     camera_jitter: float = 0.1  # camera stage: brightness/contrast jitter amplitude
     camera_shift: int = 6  # camera stage: random translation, pixels (0 = off)
     encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)
@@ -75,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"head_holdout must be in [0, 0.5], got {self.head_holdout}")
         if not 0.0 <= self.event_threshold_floor < 1.0:
             raise ValueError(f"event_threshold_floor must be in [0, 1), got {self.event_threshold_floor}")
+        if not 0.0 <= self.fact_phrasings <= 1.0:
+            raise ValueError(f"fact_phrasings must be in [0, 1], got {self.fact_phrasings}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 

@@ -26,6 +26,7 @@ from mmfusion_ros.model.config import ModelConfig, tiny_config
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel, build_model
 from mmfusion_ros.model.text import TextEmbedder
 from mmfusion_ros.model.vocab import PAD, Vocab
+from mmfusion_ros.sim.captions import caption_facts
 from mmfusion_ros.train.config import STAGES, TrainConfig
 from mmfusion_ros.train.data import Split, load_split, shard_indices
 from mmfusion_ros.train.losses import info_nce, same
@@ -135,9 +136,11 @@ class EventStep(nn.Module):
 # --------------------------------------------------------------------------- text targets
 class CaptionTable:
     """All phrasings of a split's captions embedded once; per sample: its phrasing ids and a
-    caption-group id (samples whose first phrasing is identical are the same caption)."""
+    caption-group id (samples whose first phrasing is identical are the same caption). With facts,
+    also each caption's single facts (sim/captions.caption_facts): "camera" ones (objects in view)
+    and "fused" ones (those plus the sound and the robot's motion)."""
 
-    def __init__(self, split: Split, embedder: TextEmbedder):
+    def __init__(self, split: Split, embedder: TextEmbedder, facts: bool = False):
         texts: Dict[str, int] = {}
         self.sample_ids: List[List[int]] = []
         for caps in split.captions:
@@ -145,13 +148,35 @@ class CaptionTable:
             for c in caps or [""]:
                 ids.append(texts.setdefault(c, len(texts)))
             self.sample_ids.append(ids)
+        self.n_full = len(texts)  # ids below this are whole phrasings (what the caption decoder learns)
+        self.fact_ids: Dict[str, List[List[int]]] = {"camera": [], "fused": []}
+        if facts:
+            memo: Dict[str, tuple] = {}
+            for caps in split.captions:
+                first = caps[0] if caps else ""
+                if first not in memo:
+                    f = caption_facts(first)
+                    cam = [texts.setdefault(t, len(texts)) for t in f["nouns"] + f["seen"]]
+                    memo[first] = (cam, cam + [texts.setdefault(t, len(texts)) for t in f["heard"] + f["ego"]])
+                self.fact_ids["camera"].append(memo[first][0])
+                self.fact_ids["fused"].append(memo[first][1])
         self.texts = list(texts)
         self.emb = embedder.encode(self.texts)  # (U, 384)
         self.group = np.array([ids[0] for ids in self.sample_ids], np.int64)  # (N,)
 
-    def pick(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One random phrasing id per sample."""
-        return np.array([self.sample_ids[i][rng.integers(len(self.sample_ids[i]))] for i in idx], np.int64)
+    def pick(self, idx: np.ndarray, rng: np.random.Generator, facts: str = "", p_fact: float = 0.0) -> np.ndarray:
+        """One random text id per sample: a whole phrasing, or with probability p_fact one of its `facts`."""
+        out = []
+        for i in idx:
+            f = self.fact_ids[facts][i] if facts and p_fact > 0 else []
+            ids = f if f and rng.random() < p_fact else self.sample_ids[i]
+            out.append(ids[rng.integers(len(ids))])
+        return np.array(out, np.int64)
+
+    def positives(self, idx: np.ndarray, tid: np.ndarray, facts: str = "") -> np.ndarray:
+        """(B, B) bool: text tid[j] is one of sample idx[i]'s phrasings (or facts), so not a negative for it."""
+        allowed = [set(self.sample_ids[i]) | (set(self.fact_ids[facts][i]) if facts else set()) for i in idx]
+        return np.array([[t in a for t in tid.tolist()] for a in allowed], bool)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -211,11 +236,11 @@ class Trainer:
         self.train.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
         # rank 0 embeds the captions (and fills the cache) first; the others then read the cache
         if self.dist.main:
-            self.captions = CaptionTable(self.train, self.embedder)
+            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0)
         self.dist.barrier()
         if not self.dist.main:
             self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
-            self.captions = CaptionTable(self.train, self.embedder)
+            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0)
         self.text = torch.from_numpy(self.captions.emb).to(self.dist.device)  # (U, 384)
         # scenes held out from the encoder stages train the fusion: on frames the encoders memorised,
         # the camera looks far more reliable than it is on new scenes, and fusion would learn that
@@ -338,6 +363,12 @@ class Trainer:
                 out[idx, SENSOR_KEYS.index(k)] = self.model.encode(k, self._to(x[k])).cpu()
         return out
 
+    def _text_positives(self, idx: np.ndarray, tid: np.ndarray, facts: str) -> torch.Tensor:
+        """(B, B) matches for InfoNCE: same caption, or (with fact phrasings) any text true of the sample."""
+        if self.cfg.fact_phrasings > 0:
+            return self._to(self.captions.positives(idx, tid, facts))
+        return same(self._to(self.captions.group[idx]))
+
     def _dropout_mask(self, b: int) -> torch.Tensor:
         """(B,4) presence with each modality dropped w.p. modality_dropout, at least one kept."""
         p = self.cfg.modality_dropout
@@ -370,8 +401,8 @@ class Trainer:
                 gain = 1 + jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
                 bias = jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
                 x = x * gain + bias
-            tid = self.captions.pick(idx, self.rng)
-            pos = same(self._to(self.captions.group[idx]))
+            tid = self.captions.pick(idx, self.rng, "camera", self.cfg.fact_phrasings)
+            pos = self._text_positives(idx, tid, "camera")
             return x, self.text[self._to(tid)], pos
 
         self._run_stage("camera", CameraTextStep(self.model), params, len(sel), make)
@@ -394,8 +425,9 @@ class Trainer:
             idx = sel[idx]
             x = {k: self._to(v) for k, v in tr.inputs(idx, keys).items()}
             if upper:
-                target = self.text[self._to(self.captions.pick(idx, self.rng))]
-                pos = same(self._to(self.captions.group[idx]))
+                tid = self.captions.pick(idx, self.rng, "fused", self.cfg.fact_phrasings)
+                target = self.text[self._to(tid)]
+                pos = self._text_positives(idx, tid, "fused")
             else:
                 target = cam[self._to(idx)]
                 pos = same(self._to(scene[idx]))  # co-located frames of one scene are all matches
@@ -418,8 +450,8 @@ class Trainer:
         def make(idx):
             idx = sel[idx]
             t = toks[self._to(idx)]  # (B, 4, 384)
-            tid = self.captions.pick(idx, self.rng)
-            return t, self._dropout_mask(len(idx)), self.text[self._to(tid)], same(self._to(self.captions.group[idx]))
+            tid = self.captions.pick(idx, self.rng, "fused", self.cfg.fact_phrasings)
+            return t, self._dropout_mask(len(idx)), self.text[self._to(tid)], self._text_positives(idx, tid, "fused")
 
         self._run_stage("fusion", FusionStep(self.model), params, len(sel), make)
 
@@ -437,11 +469,11 @@ class Trainer:
     def stage_caption(self) -> None:
         """One step item per distinct caption phrasing (frames repeat the same captions many times)."""
         params = self._set_trainable([self.model.caption_decoder])
-        n_text = len(self.captions.texts)
+        n_text = self.captions.n_full  # whole phrasings only: facts are training targets, not captions
         if self.progress.get("caption", 0) >= self.cfg.epochs.get("caption", 0):
             return self._run_stage("caption", CaptionStep(self.model), params, n_text, None)
         max_len = self.mcfg.caption.max_len
-        tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in self.captions.texts], np.int64))  # (U, L)
+        tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in self.captions.texts[:n_text]], np.int64))  # (U, L)
         fused = self._fused(self._dropout_mask(len(self.train)))  # (N, 384) with random missing modalities
         frames_of: List[List[int]] = [[] for _ in range(n_text)]
         for i, ids in enumerate(self.captions.sample_ids):
