@@ -41,7 +41,7 @@ def test_defaults_validate_and_match_the_sync_and_pipeline_defaults():
     cfg = SyncConfig(**P.sync_kwargs(values)).validate()
     ref = SyncConfig()
     for f in ("trigger", "rate_hz", "camera_timeout_s", "lidar_timeout_s", "audio_timeout_s", "imu_timeout_s",
-              "audio_window_s", "imu_window_s"):
+              "audio_window_s", "imu_window_s", "delay_s"):
         assert getattr(cfg, f) == getattr(ref, f), f
     pipeline = pytest.importorskip("mmfusion_ros.core.pipeline")
     ref_p = pipeline.PipelineConfig()

@@ -154,6 +154,9 @@ def _table() -> List[ParamSpec]:
     rows += [
         P("sync.audio_window_s", 1.0, "seconds of audio in each frame", min=0.0, min_exclusive=True),
         P("sync.imu_window_s", 2.0, "seconds of IMU samples in each frame", min=0.0, min_exclusive=True),
+        P("sync.delay_s", 0.05, "seconds a frame waits past its time for late messages (audio chunks, IMU) "
+          "before it is fused: lower cuts latency, too low leaves the newest audio/IMU out of the window",
+          min=0.0, max=1.0),
     ]
     for name in INPUT_TOPICS:
         stream = name in STREAM_INPUTS
@@ -295,6 +298,7 @@ def sync_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
         "rate_hz": values["sync.rate_hz"],
         "audio_window_s": values["sync.audio_window_s"],
         "imu_window_s": values["sync.imu_window_s"],
+        "delay_s": values["sync.delay_s"],
     }
     for m in SENSOR_MODALITIES:
         out[f"{m.value}_timeout_s"] = values[f"sync.timeout.{m.value}"]
