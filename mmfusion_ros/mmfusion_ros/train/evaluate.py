@@ -162,6 +162,18 @@ class Evaluator:
                 acc_ub = M.zero_shot_accuracy(ubt[:, j], self.prompt_emb, labels)
                 t2["supervised_upper_bound"][k] = acc_ub
                 t2["emergent_ratio"][k] = t2["accuracy"][k] / acc_ub if acc_ub > 0 else float("nan")
+        # per focus class: where the camera and the fused embedding go wrong (which class they say instead)
+        t2["per_class"] = []
+        pred = {k: np.argmax(emb[k] @ self.prompt_emb.T, axis=1) for k in ("camera", "fused")}  # (N,)
+        names = [p["label"] for p in self.prompts]
+        for c in np.flatnonzero(counts):
+            sel = labels == c
+            wrong = np.bincount(pred["camera"][sel][pred["camera"][sel] != c], minlength=len(names))
+            t2["per_class"].append({"class": names[c], "frames": int(sel.sum()),
+                                    "camera": float((pred["camera"][sel] == c).mean()),
+                                    "fused": float((pred["fused"][sel] == c).mean()),
+                                    "camera_top_confusion": names[int(wrong.argmax())] if wrong.any() else "",
+                                    "camera_top_confusion_frames": int(wrong.max())})
         res["T2_zero_shot"] = t2
 
         # ---- T3 robustness
@@ -302,6 +314,12 @@ def to_markdown(res: dict) -> str:
         ub = t2.get("supervised_upper_bound", {}).get(k)
         ratio = t2.get("emergent_ratio", {}).get(k)
         L.append(f"| {k} | {_f(v, 1)} | {_f(ub, 1) if ub is not None else '-'} | {_f(ratio) if ratio is not None else '-'} |")
+    if t2.get("per_class"):
+        L += ["", "| focus class | frames | camera top-1 | fused top-1 | camera's most frequent wrong label (frames) |",
+              "|---|---|---|---|---|"]
+        for r in t2["per_class"]:
+            conf = f"{r['camera_top_confusion']} ({r['camera_top_confusion_frames']})" if r["camera_top_confusion"] else "-"
+            L.append(f"| {r['class']} | {r['frames']} | {_f(r['camera'], 1)} | {_f(r['fused'], 1)} | {conf} |")
     t3 = res["T3_robustness"]
     L += ["", "### T3 fused top-1 (%) per modality subset", "", "| present | top-1 |", "|---|---|"]
     for s in t3["subsets"]:
