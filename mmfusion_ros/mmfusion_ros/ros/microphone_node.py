@@ -246,26 +246,17 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from .node_main import run_node
 
-    rclpy.init(args=args)
-    node = rclpy.create_node("microphone")
-    code = 0
-    try:
-        cfg = _read_config(node)
-        _capture(node, cfg, is_running=lambda: True)
-    except MicrophoneError as e:
-        node.get_logger().error(str(e))
-        code = e.exit_code
-    except (KeyboardInterrupt, ExternalShutdownException):
-        code = 0
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    def body(node) -> int:
+        try:
+            _capture(node, _read_config(node), is_running=lambda: True)
+        except MicrophoneError as e:
+            node.get_logger().error(str(e))
+            return e.exit_code
+        return 0
 
+    return run_node("microphone", body, args)
 
 if __name__ == "__main__":
     sys.exit(main())

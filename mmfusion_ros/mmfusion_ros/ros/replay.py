@@ -521,25 +521,19 @@ def play(opts: ReplayOptions) -> int:
 def main(args: Optional[List[str]] = None) -> int:
     """The ``replay_node`` executable; parameters in NODE_PARAMETERS. Exit 2 on a bad bag or parameter."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=args)
-    node = rclpy.create_node("replay")
-    code = 0
-    try:
-        stats = replay(_node_options(node), node, should_stop=lambda: not rclpy.ok())
+    from .node_main import run_node
+
+    def body(node) -> int:
+        try:
+            stats = replay(_node_options(node), node, should_stop=lambda: not rclpy.ok())
+        except ReplayError as e:
+            node.get_logger().error(str(e))
+            return 2
         node.get_logger().info("replay done\n" + stats.summary())
-    except ReplayError as e:
-        node.get_logger().error(str(e))
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        code = 0
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+        return 0
 
+    return run_node("replay", body, args)
 
 if __name__ == "__main__":
     sys.exit(main())

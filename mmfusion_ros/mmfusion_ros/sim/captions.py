@@ -107,6 +107,9 @@ def captions(scene: Scene, t: float, seen: Sequence[int], heard: Sequence[int], 
     return out
 
 
+_NOUNS_LONGEST_FIRST = sorted(NAME.values(), key=len, reverse=True)  # "a traffic cone" before any shorter prefix
+
+
 def caption_facts(caption: str) -> Dict[str, List[str]]:
     """The single facts of a caption in the first phrasing's template ("<seen>[ while <heard> can be heard];
     <ego>"): {"seen": one phrase per object in view, "nouns": their bare noun phrases, "heard": the sound
@@ -118,7 +121,7 @@ def caption_facts(caption: str) -> Dict[str, List[str]]:
     seen = [] if look in ("", "nothing stands out") else [p.strip() for p in look.split(", ") if p.strip()]
     nouns = []
     for p in seen:
-        noun = next((n for n in sorted(NAME.values(), key=len, reverse=True) if p.startswith(n + " ")), None)
+        noun = next((n for n in _NOUNS_LONGEST_FIRST if p.startswith(n + " ")), None)
         if noun is not None and noun not in nouns:
             nouns.append(noun)
     heard = [snd.strip()] if snd.endswith("can be heard") else []
