@@ -147,3 +147,9 @@ class FusionResult:
     event_probs: Optional[np.ndarray] = None  # (E, H) raw event-head output, EVENT_TYPES x EVENT_HORIZONS order
     timings_ms: Dict[str, float] = field(default_factory=dict)
     frame_id: str = "base_link"
+    # grounding (core/observability.py): what the learned claims of this frame rest on
+    familiarity: Dict[str, float] = field(default_factory=dict)  # present modality -> [0,1]; absent key = not assessed
+    used: List[str] = field(default_factory=list)  # modalities the labels/caption/events rest on (present, familiar, not dropped)
+    caption_modalities: List[str] = field(default_factory=list)  # modalities the caption's clauses rest on
+    unobservable: List[str] = field(default_factory=list)  # event types no used modality can observe
+    dropped: Dict[str, str] = field(default_factory=dict)  # modality -> why it was dropped from this frame (encoder failure)

@@ -1,0 +1,184 @@
+"""Which sensors can observe which kind of claim: the one table every published claim is checked against.
+
+A caption clause, a scene label or a flagged event is published only when a modality that is present,
+familiar (its encoder recognises the input) and not dropped can observe it. Training reads the same
+table (grounded caption targets, masked event losses), so a new event type or modality is one row here.
+Geometric outputs (LiDAR boxes, tracks, time to collision) are not claims of the learned space and are
+not gated by it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+#: claim kind -> the sensor modalities that can observe it (names as in core.types.Modality values).
+CLAIM_OBSERVERS: Dict[str, FrozenSet[str]] = {
+    "objects": frozenset({"camera", "lidar"}),  # things in view: where they are, what they do
+    "sounds": frozenset({"audio"}),  # what is heard, and that it is quiet
+    "ego": frozenset({"imu"}),  # the robot's own motion, the ground under it, impacts it feels
+    "labels": frozenset({"camera", "lidar", "audio"}),  # scene labels name object classes, seen or heard
+}
+
+#: event type -> the modalities that can observe it (its onset or its cue) from the model's inputs.
+EVENT_OBSERVERS: Dict[str, FrozenSet[str]] = {
+    "person_approaching": frozenset({"camera", "lidar"}),
+    "crossing_path": frozenset({"camera", "lidar"}),
+    "collision_imminent": frozenset({"camera", "lidar"}),
+    "alarm_sounding": frozenset({"audio"}),
+    "dog_barking": frozenset({"audio"}),
+    "robot_impact": frozenset({"imu"}),
+    "rough_ground": frozenset({"imu"}),
+}
+
+
+def observable(kind: str, modalities: Iterable[str]) -> bool:
+    """True when one of `modalities` can observe claim `kind` (a CLAIM_OBSERVERS key or an event type)."""
+    table = CLAIM_OBSERVERS if kind in CLAIM_OBSERVERS else EVENT_OBSERVERS
+    if kind not in table:
+        raise KeyError(f"observability: no row for claim kind {kind!r}")
+    return bool(table[kind] & {str(getattr(m, "value", m)) for m in modalities})
+
+
+def event_mask(event_types: Sequence[str], modalities: Iterable[str]) -> List[bool]:
+    """Per event type, whether `modalities` can observe it (an unknown type is observable by nothing)."""
+    mods = {str(getattr(m, "value", m)) for m in modalities}
+    return [bool(EVENT_OBSERVERS.get(e, frozenset()) & mods) for e in event_types]
+
+
+def claim_modalities(kinds: Iterable[str], modalities: Iterable[str]) -> List[str]:
+    """The modalities among `modalities` (order kept) that observe at least one of `kinds`."""
+    kinds = list(kinds)
+    out = []
+    for m in modalities:
+        name = str(getattr(m, "value", m))
+        if any(name in (CLAIM_OBSERVERS.get(k) or EVENT_OBSERVERS.get(k) or ()) for k in kinds):
+            out.append(name)
+    return out
+
+
+# ---- caption clauses -------------------------------------------------------------------------------
+# The caption grammar (the simulator's three templates, which the decoder reproduces) puts each fact in
+# its own clause: "<seen>[ while <heard> can be heard]; <ego>[, about to hit <object>]",
+# "<ego>. in view: <seen>. sounds: <heard>." and "you can hear <heard>; <seen>, and <ego>". Written by hand
+# because the grammar is this package's own; a clause we cannot place is treated as an object claim (the
+# strictest kind that needs a sensor), so an unknown phrasing is never published from the wrong sensor.
+
+_EGO = re.compile(r"^(the robot\b.*)$")
+_HIT = re.compile(r"^(the robot\b.*?),\s*(about to hit .+)$")
+
+
+def caption_clauses(text: str) -> List[Tuple[str, str]]:
+    """A caption -> [(kind, clause)] with kind in objects / sounds / ego, in the caption's order."""
+    s = text.strip().rstrip(".").strip()
+    if not s:
+        return []
+    s = s[0].lower() + s[1:]
+    out: List[Tuple[str, str]] = []
+    for piece in re.split(r"(?:\.|;)\s+", s):
+        piece = piece.strip().rstrip(".;").strip()
+        if not piece:
+            continue
+        if piece.startswith("in view:"):
+            out.append(("objects", piece[len("in view:"):].strip()))
+        elif piece == "nothing is in view" or piece == "nothing stands out":
+            out.append(("objects", "nothing stands out"))
+        elif piece.startswith("sounds:"):
+            out.append(("sounds", piece[len("sounds:"):].strip()))
+        elif piece == "it is quiet":
+            out.append(("sounds", ""))
+        elif piece.startswith("you can hear "):
+            out.append(("sounds", piece[len("you can hear "):].strip()))
+        else:
+            look, sep, ego = piece.partition(", and the robot")
+            if sep:
+                out.extend(_split_look(look))
+                out.extend(_ego_clauses("the robot" + ego))
+            elif _EGO.match(piece):
+                out.extend(_ego_clauses(piece))
+            else:
+                out.extend(_split_look(piece))
+    return out
+
+
+def _split_look(piece: str) -> List[Tuple[str, str]]:
+    look, sep, snd = piece.partition(" while ")
+    out = [("objects", look.strip())] if look.strip() else []
+    if sep:
+        snd = snd.strip()
+        if snd.endswith("can be heard"):
+            snd = snd[: -len("can be heard")].strip()
+        out.append(("sounds", snd))
+    return out
+
+
+def _ego_clauses(piece: str) -> List[Tuple[str, str]]:
+    m = _HIT.match(piece)
+    if m:  # "about to hit a box" names an object: it rests on the sensors that see it
+        return [("ego", m.group(1).strip()), ("objects", m.group(2).strip())]
+    return [("ego", piece.strip())]
+
+
+#: Ego phrases whose verb reads as an object's ("stands"): the canonical caption words them as motion.
+_EGO_WORDING = {"the robot stands still": "the robot is stationary"}
+
+#: Sound phrases that name their source; a frame that cannot see the source says what is heard, not who.
+_SOUND_WITHOUT_SOURCE = {
+    "a dog barking": "barking", "a bicycle bell ringing": "a bell ringing", "a chair squeaking": "squeaking",
+    "a door creaking and slamming": "creaking and slamming", "a door slam": "a slam",
+    "an alarm ringing": "a ringing", "an alarm beeping": "a beeping",
+}
+
+
+def _without_source(heard: str) -> str:
+    for phrase in sorted(_SOUND_WITHOUT_SOURCE, key=len, reverse=True):  # longest first: no partial rewrites
+        heard = heard.replace(phrase, _SOUND_WITHOUT_SOURCE[phrase])
+    return heard
+
+
+def render_clauses(clauses: Sequence[Tuple[str, str]], sees_objects: bool = True) -> str:
+    """[(kind, clause)] -> one caption in a fixed order (objects; sounds; ego); '' when there is none.
+
+    sees_objects=False words sounds without the object that makes them (it was heard, not seen)."""
+    parts = []
+    for kind in ("objects", "sounds", "ego"):
+        texts = [c for k, c in clauses if k == kind]
+        if not texts:
+            continue
+        if kind == "ego":
+            texts = [_EGO_WORDING.get(t, t) for t in texts]
+        if kind == "sounds":
+            heard = [t for t in texts if t]
+            if not sees_objects:
+                heard = [_without_source(h) for h in heard]
+            parts.append(" and ".join(heard) + " can be heard" if heard else "it is quiet")
+        else:
+            parts.append(", ".join(t for t in texts if t))
+    s = "; ".join(p for p in parts if p)
+    return s[:1].upper() + s[1:]
+
+
+def grounded_caption(text: str, modalities: Iterable[str]) -> Tuple[str, List[str], List[str]]:
+    """Keep only the clauses `modalities` can observe.
+
+    Returns (caption, kinds kept, modalities the kept clauses rest on); ('', [], []) when nothing is left.
+    """
+    mods = [str(getattr(m, "value", m)) for m in modalities]
+    clauses = caption_clauses(text)
+    kept = [(k, c) for k, c in clauses if observable(k, mods)]
+    if not kept:
+        return "", [], []
+    kinds = sorted({k for k, _ in kept})
+    return render_clauses(kept, sees_objects=observable("objects", mods)), kinds, claim_modalities(kinds, mods)
+
+
+def label_modalities(modalities: Iterable[str]) -> List[str]:
+    """The modalities among `modalities` that scene labels may rest on."""
+    return claim_modalities(["labels"], modalities)
+
+
+def subset_key(modalities: Optional[Iterable[str]]) -> str:
+    """A presence subset as a stable key ('camera+audio'), in model order; '' for the empty set."""
+    order = ["camera", "lidar", "audio", "imu"]
+    mods = {str(getattr(m, "value", m)) for m in (modalities or ())}
+    return "+".join(m for m in order if m in mods)
