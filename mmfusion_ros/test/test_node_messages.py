@@ -27,7 +27,8 @@ def make_result(stamp: float = 1700000000.123456789) -> FusionResult:
         modality_weights=np.array([0.7, 0.0, 0.0, 0.3], np.float32), labels=[("person", 0.6), ("dog", 0.2)],
         objects=[obj], caption="a person walking nearby", caption_confidence=0.42,
         events=[Event("person_approaching", 0.9, 1.0, state=0, time_to_event=0.8, track_id=7)],
-        timings_ms={"inference": 12.5, "total": 20.0}, frame_id="lidar")
+        timings_ms={"inference": 12.5, "total": 20.0}, frame_id="lidar", familiarity={"camera": 0.9},
+        used=["camera"], caption_modalities=["camera", "imu"], unobservable=["dog_barking"])
 
 
 def test_perception_message_carries_the_result_exactly():
@@ -48,6 +49,9 @@ def test_perception_message_carries_the_result_exactly():
     assert (o.size.x, o.size.y, o.size.z) == pytest.approx((0.6, 0.5, 1.7))
     assert o.velocity.x == pytest.approx(0.5)
     assert m.inference_ms == pytest.approx(12.5)
+    # familiarity per modality_names entry: assessed, absent (0), present but not assessed (-1)
+    assert np.frombuffer(m.modality_familiarity, np.float32).tolist() == pytest.approx([0.9, 0.0, 0.0, -1.0])
+    assert list(m.modalities_used) == ["camera"]
     back = deserialize_message(serialize_message(m), FusedPerception)  # a valid message on the wire
     np.testing.assert_array_equal(np.frombuffer(back.fused_embedding, np.float32), r.embedding)
 
@@ -64,6 +68,7 @@ def test_caption_and_events_messages():
     ev = e.events[0]
     assert (ev.type, ev.state, ev.track_id) == ("person_approaching", 0, 7)
     assert (ev.probability, ev.horizon, ev.time_to_event) == pytest.approx((0.9, 1.0, 0.8))
+    assert list(e.unobservable) == ["dog_barking"]
     r.events = []
     assert len(deserialize_message(serialize_message(messages.events_msg(r)), EventArray).events) == 0
 

@@ -109,10 +109,12 @@ def test_absent_modalities_get_zero_tokens_and_zero_weight():
 
 def test_single_modality_frame_is_labelled_by_that_modality():
     b, p = make(top_k=1)
-    r = p.process(frame(camera=False, lidar=False, audio=False))
-    assert r.labels[0][0] == "imu thing" and r.labels[0][1] > 0.5
+    r = p.process(frame(camera=False, lidar=False, imu=False))
+    assert r.labels[0][0] == "audio thing" and r.labels[0][1] > 0.5
     r = p.process(frame(stamp=0.1, lidar=False, audio=False, imu=False))
     assert r.labels[0][0] == "camera thing"
+    # an IMU cannot observe what is in the scene: an IMU-only frame gets no scene label at all
+    assert p.process(frame(stamp=0.2, camera=False, lidar=False, audio=False)).labels == []
 
 
 def test_frame_with_nothing_present_is_an_error():
@@ -125,7 +127,7 @@ def test_caption_every_n_frames_is_reused_in_between_and_says_so():
     b, p = make(caption_every_n=3)
     results = [p.process(frame(0.1 * i, seed=i)) for i in range(7)]
     assert b.captions == 3  # frames 0, 3, 6
-    assert [r.caption for r in results] == ["caption 1"] * 3 + ["caption 2"] * 3 + ["caption 3"]
+    assert [r.caption for r in results] == ["Caption 1"] * 3 + ["Caption 2"] * 3 + ["Caption 3"]
     assert [r.timings_ms["caption_reused"] for r in results] == [0, 1, 1, 0, 1, 1, 0]
     assert all(r.caption_confidence == 0.75 for r in results)
     b, p = make(caption_every_n=0)
@@ -297,5 +299,7 @@ def test_pipeline_with_onnxruntime_on_a_random_bundle(random_model_dir):
         for e in r.events:
             assert e.type in man["event_types"] and 0 <= e.probability <= 1
     assert results[1].modality_weights[0] == 0 and results[0].modality_weights[0] > 0
-    assert results[1].timings_ms["caption_reused"] == 1.0
+    # the camera comes and goes: a caption decoded with it must not be reused without it
+    assert results[1].timings_ms["caption_reused"] == 0.0
+    assert results[1].used == ["lidar", "audio", "imu"] and results[0].used[0] == "camera"
     backend.close()

@@ -17,7 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
+from mmfusion_ros.core.familiarity import Familiarity
+from mmfusion_ros.core.observability import event_mask, grounded_caption, label_modalities
 from mmfusion_ros.core.preprocess import PreprocessConfig, model_inputs, preprocess_image
 from mmfusion_ros.core.types import EMBED_DIM, SENSOR_MODALITIES, DetectedObject, FusionResult, SensorFrame
 
@@ -81,11 +84,13 @@ class Pipeline:
 
     `prompt_embeddings` are computed once by the caller (TextEncoder or the bundle's prompts.json),
     never per frame. `perception` is any object with the core/perception.py `process` signature.
+    `familiarity` and `calibration` default to the bundle's own (manifest "familiarity", "calibration").
     """
 
     def __init__(self, backend, cfg: Optional[PipelineConfig] = None, prompts: Sequence[str] = (),
                  prompt_embeddings: Optional[np.ndarray] = None, perception=None,
-                 T_cam_lidar: Optional[np.ndarray] = None):
+                 T_cam_lidar: Optional[np.ndarray] = None, familiarity: Optional[Familiarity] = None,
+                 calibration: Optional[Calibration] = None):
         self.backend = backend
         self.cfg = (cfg or PipelineConfig()).validate()
         man = backend.manifest
@@ -100,10 +105,14 @@ class Pipeline:
             raise ValueError(f"manifest.logit_scale: must be a finite number > 0, got {self.logit_scale}")
         self.history_len = int(self.cfg.event_history_len or man.get("event_history_len", 1))
         self.history_step = float(self.cfg.event_history_step or man.get("event_history_step", 0.1))
+        self.calibration = calibration if calibration is not None else Calibration.from_manifest(man)
+        self.familiarity = familiarity if familiarity is not None else Familiarity.from_manifest(man)
         self.event_tracker: Optional[EventTracker] = None
         if self.cfg.enable_events:
+            thresholds = dict(man.get("event_thresholds") or {})
+            thresholds.update(getattr(self.calibration, "thresholds", None) or {})
             self.event_tracker = EventTracker(
-                man["event_types"], man["horizons"], man.get("event_thresholds") or {},
+                man["event_types"], man["horizons"], thresholds,
                 EventTrackerConfig(alpha=self.cfg.event_alpha, off_ratio=self.cfg.event_off_ratio))
         self.perception = perception
         self.T_cam_lidar = T_cam_lidar
@@ -143,58 +152,96 @@ class Pipeline:
 
     # ---- the frame ---------------------------------------------------------------------------------
     def process(self, frame: SensorFrame) -> FusionResult:
-        """Fuse one frame. Raises ValueError for a frame with no modality present."""
+        """Fuse one frame. Raises ValueError for a frame with no modality present.
+
+        A modality whose encoder fails (or returns non-finite values) is dropped from this frame and
+        named in ``result.dropped``; the others carry on. Learned claims (labels, caption, events) rest
+        only on ``result.used``: present, encoded and familiar modalities, judged by core/observability.py.
+        """
         timer = _Timer()
         t_start = t = time.perf_counter()
         present_mask = frame.presence_mask()  # (4,)
         if not present_mask.any():
             raise ValueError("pipeline: frame has no modality present")
-        inputs = model_inputs(frame, self.preprocess)
+        dropped: Dict[str, str] = {}
+        inputs = {}
+        for m in SENSOR_MODALITIES:  # one modality's bad data costs that modality, never the frame
+            if frame.present[m]:
+                try:
+                    inputs.update(model_inputs(_only(frame, m), self.preprocess))
+                except Exception as e:  # noqa: BLE001 - any preprocessing fault is that sensor's
+                    dropped[m.value] = f"preprocess: {e}"
         t = timer.add("preprocess", t)
 
         tokens = np.zeros((1, len(SENSOR_MODALITIES), self.embed_dim), np.float32)  # (1, 4, D)
+        encoded = np.zeros(len(SENSOR_MODALITIES), np.float32)  # (4,)
+        familiarity: Dict[str, float] = {}
+        used_mask = np.zeros(len(SENSOR_MODALITIES), np.float32)  # (4,)
         for k, m in enumerate(SENSOR_MODALITIES):
-            if m.value in inputs:
-                t0 = time.perf_counter()
+            if m.value not in inputs:
+                continue
+            t0 = time.perf_counter()
+            try:
                 emb = np.asarray(self.backend.encode(m.value, inputs[m.value][None]), np.float32)  # (1, D)
-                tokens[0, k] = emb[0]
+                if emb.shape != (1, self.embed_dim) or not np.all(np.isfinite(emb)):
+                    raise ValueError(f"encoder returned {emb.shape} with non-finite values")
+            except Exception as e:  # noqa: BLE001 - a failing encoder drops its modality, not the frame
+                dropped[m.value] = f"encoder: {e}"
+                continue
+            finally:
                 timer.add(f"encode_{m.value}", t0)
+            tokens[0, k] = emb[0]
+            encoded[k] = 1.0
+            if self.familiarity.assessed(m.value):
+                familiarity[m.value] = self.familiarity.score(m.value, emb[0])
+            if familiarity.get(m.value, 1.0) >= self.familiarity.threshold:
+                used_mask[k] = 1.0
         t = timer.add("encode", t)
+        used = [m.value for k, m in enumerate(SENSOR_MODALITIES) if used_mask[k]]
 
-        fused, weights = self.backend.fuse(tokens, present_mask[None])
-        fused = np.asarray(fused, np.float32)[0]  # (D,)
-        weights = np.asarray(weights, np.float32)[0] * present_mask  # (4,), 0 for absent (message contract)
+        # the published embedding fuses what the claims rest on; with nothing familiar, every encoded modality
+        mask = used_mask if used_mask.any() else encoded
+        if mask.any():
+            fused, weights = self.backend.fuse(tokens, mask[None])
+            fused = np.asarray(fused, np.float32)[0]  # (D,)
+            weights = np.asarray(weights, np.float32)[0] * mask  # (4,), 0 for absent (message contract)
+        else:  # every present modality failed: nothing to fuse, nothing to claim
+            fused = np.zeros(self.embed_dim, np.float32)
+            weights = np.zeros(len(SENSOR_MODALITIES), np.float32)
         t = timer.add("fuse", t)
 
-        labels = self._labels(fused)
+        labels = self._labels(fused, used)
         t = timer.add("labels", t)
 
-        caption, conf = None, 0.0
-        timer.ms["caption_reused"] = 0.0
-        n = self.cfg.caption_every_n
-        if n > 0:
-            if self._caption is None or self._frames % n == 0:
-                text, conf = self.backend.caption(fused)
-                self._caption = (str(text), float(conf))
-                t = timer.add("caption", t)
-            else:
-                timer.ms["caption"] = 0.0
-                timer.ms["caption_reused"] = 1.0
-            caption, conf = self._caption
+        caption, conf, cap_mods = self._grounded_caption(fused, used, timer)
+        t = time.perf_counter()
 
-        events = []
+        events: List = []
         probs = None
+        unobservable: List[str] = []
         if self.event_tracker is not None:
             history = self._history(frame.stamp, fused)  # (1, T, D)
-            probs = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
-            events = self.event_tracker.update(probs)
+            raw = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
+            probs = self.calibration.events(raw) if self.calibration.available else raw  # (E, H)
+            ok = np.array(event_mask(self.event_tracker.event_types, used), bool)  # (E,)
+            unobservable = [e for e, o in zip(self.event_tracker.event_types, ok) if not o]
+            probs = probs.copy()
+            probs[~ok] = np.nan  # not a probability: no present, familiar modality can observe it
+            events = [e for e in self.event_tracker.update(np.where(ok[:, None], probs, 0.0))
+                      if e.type not in unobservable]
             t = timer.add("events", t)
 
         objects: List[DetectedObject] = []
-        if self.perception is not None and self.cfg.enable_perception and frame.lidar is not None:
-            objects = list(self.perception.process(
-                frame.lidar, frame.stamp, image=frame.image, camera=frame.camera, T_cam_lidar=self.T_cam_lidar,
-                embed_crops=self.embed_crops, prompt_embeddings=self.prompt_embeddings, prompts=self.prompts))
+        if self.perception is not None and self.cfg.enable_perception and frame.lidar is not None \
+                and "lidar" not in dropped:
+            camera_ok = "camera" in used  # crop labels are learned claims: only from a familiar camera
+            try:
+                objects = list(self.perception.process(
+                    frame.lidar, frame.stamp, image=frame.image if camera_ok else None, camera=frame.camera,
+                    T_cam_lidar=self.T_cam_lidar, embed_crops=self.embed_crops if camera_ok else None,
+                    prompt_embeddings=self.prompt_embeddings, prompts=self.prompts))
+            except Exception as e:  # noqa: BLE001 - geometry on a bad cloud costs the objects, not the frame
+                dropped["perception"] = f"perception: {e}"
             t = timer.add("perception", t)
 
         ms = timer.ms
@@ -214,7 +261,38 @@ class Pipeline:
             event_probs=probs,
             timings_ms=ms,
             frame_id=frame.frame_id,
+            familiarity=familiarity,
+            used=used,
+            caption_modalities=cap_mods,
+            unobservable=unobservable,
+            dropped=dropped,
         )
+
+    def _grounded_caption(self, fused: np.ndarray, used: List[str], timer: "_Timer") -> tuple:
+        """(caption or None, confidence, modalities its clauses rest on): the decoded caption keeps only
+        the clauses `used` can observe; nothing observable gives an empty caption at confidence 0."""
+        timer.ms["caption_reused"] = 0.0
+        n = self.cfg.caption_every_n
+        if n <= 0:
+            return None, 0.0, []
+        key = tuple(used)
+        if self._caption is None or self._frames % n == 0 or self._caption[0] != key:
+            t0 = time.perf_counter()
+            text, kinds, mods, conf = "", [], [], 0.0
+            if used:
+                raw, raw_conf = self.backend.caption(fused)
+                text, kinds, mods = grounded_caption(str(raw), used)
+                if text:
+                    conf = float(raw_conf)
+                    if self.calibration.available:
+                        conf = float(self.calibration.caption(conf, used))
+            self._caption = (key, text, conf, mods)
+            timer.add("caption", t0)
+        else:
+            timer.ms["caption"] = 0.0
+            timer.ms["caption_reused"] = 1.0
+        _, text, conf, mods = self._caption
+        return text, conf, list(mods)
 
     def embed_crops(self, crops) -> np.ndarray:
         """Camera-encoder embeddings of image crops: a list of (h,w,3) uint8 RGB crops or a preprocessed
@@ -231,13 +309,17 @@ class Pipeline:
         return np.asarray(self.backend.encode("camera", batch), np.float32)  # (B, D)
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _labels(self, fused: np.ndarray) -> List[tuple]:
-        if len(self.prompts) == 0 or self.cfg.top_k == 0:
+    def _labels(self, fused: np.ndarray, used: Sequence[str]) -> List[tuple]:
+        """Top-k prompts for the fused embedding; none when no used modality can observe scene labels.
+        Scores are calibrated probabilities for the frame's presence subset when the bundle has them."""
+        if len(self.prompts) == 0 or self.cfg.top_k == 0 or not label_modalities(used):
             return []
         cos = self.prompt_embeddings @ fused  # (P,)
         z = self.logit_scale * cos / self.cfg.label_temperature
         p = np.exp(z - z.max())
         p /= p.sum()  # (P,) softmax
+        if self.calibration.available:
+            p = np.asarray(self.calibration.labels(p, used), np.float64)  # (P,)
         order = np.argsort(-p, kind="stable")[: self.cfg.top_k]
         return [(self.prompts[i], float(p[i])) for i in order]
 
@@ -261,3 +343,10 @@ class Pipeline:
         idx = np.clip(idx, 0, None)
         return np.stack([self._hist_e[i] for i in idx])[None].astype(np.float32)  # (1, T, D)
 
+
+
+def _only(frame: SensorFrame, m) -> SensorFrame:
+    """A view of `frame` holding only modality m (so one modality is preprocessed at a time)."""
+    keep = {"camera": ("image",), "lidar": ("lidar",), "audio": ("audio",), "imu": ("imu",)}[m.value]
+    kw = {f: (getattr(frame, f) if f in keep else None) for f in ("image", "lidar", "audio", "imu")}
+    return dataclasses.replace(frame, **kw)

@@ -97,7 +97,16 @@ def perception_msg(result: FusionResult, frame_id: Optional[str] = None) -> Fuse
     msg.labels = [LabelScore(label=str(lbl), score=float(s)) for lbl, s in result.labels]
     msg.objects = [detected_object_msg(o) for o in result.objects]
     msg.inference_ms = inference_ms(result)
+    msg.modality_familiarity = float32_array(familiarity_row(result))  # (4,)
+    msg.modalities_used = _names(result.used)
     return msg
+
+
+def familiarity_row(result: FusionResult) -> list:
+    """Per MODALITY_NAMES entry: familiarity in [0,1], 0 for an absent modality, -1 where not assessed."""
+    present = set(_names(result.present))
+    fam = result.familiarity or {}
+    return [float(fam[m]) if m in fam else (-1.0 if m in present else 0.0) for m in MODALITY_NAMES]
 
 
 def caption_msg(result: FusionResult, frame_id: Optional[str] = None) -> Optional[Caption]:
@@ -107,8 +116,8 @@ def caption_msg(result: FusionResult, frame_id: Optional[str] = None) -> Optiona
     return Caption(
         header=make_header(result.stamp, frame_id or result.frame_id),
         text=str(result.caption),
-        confidence=float(result.caption_confidence),
-        modalities_used=_names(result.present),
+        confidence=float(result.caption_confidence) if result.caption else 0.0,
+        modalities_used=_names(result.caption_modalities) if result.caption else [],
     )
 
 
@@ -128,6 +137,7 @@ def events_msg(result: FusionResult, frame_id: Optional[str] = None) -> EventArr
             for e in result.events
         ],
         **_event_scores(result),
+        unobservable=list(result.unobservable),
     )
 
 
