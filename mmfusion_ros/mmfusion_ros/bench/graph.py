@@ -269,22 +269,12 @@ def _child_bag(bag: str, factor: float, warmup: float, ready_timeout: float) -> 
 def stage_profile(model_dir: Path, iters: int) -> Dict[str, List[float]]:
     """Run the node's pipeline (ONNX Runtime, perception on, default settings) in this process on the
     load generator's frame: per-stage ms of each tick. Explains the graph numbers without ROS in the way."""
-    from ..core.pipeline import Pipeline, PipelineConfig
     from ..core.types import CameraIntrinsics, SensorFrame
-    from ..runtime import create_backend
+    from ..ros.pipeline_factory import open_pipeline
 
-    backend = create_backend(model_dir, "onnxruntime")
-    doc = json.loads((Path(model_dir) / "prompts.json").read_text())
-    labels = [p["label"] for p in doc["prompts"]]
-    emb = np.asarray([p["embedding"] for p in doc["prompts"]], np.float32)  # (P, D)
-    perception = None
-    try:
-        from ..core.perception import Perception, PerceptionConfig
-
-        perception = Perception(PerceptionConfig())
-    except ImportError:
-        pass
-    pipe = Pipeline(backend, PipelineConfig(), labels, emb, perception=perception)
+    # the node's assembly; threads left to ONNX Runtime and no camera labels, as this profile always ran
+    pipe = open_pipeline(model_dir, {"backend.type": "onnxruntime", "backend.intra_op_threads": 0}, T_cam_lidar=None)
+    backend = pipe.backend
     intr = CameraIntrinsics(640, 480, np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]), "camera")
     image, cloud = synthetic_image(), synthetic_cloud()
     audio = (0.1 * np.sin(np.arange(AUDIO_RATE) * 0.3)).astype(np.float32)

@@ -186,24 +186,14 @@ def _lap(lap: Dict[str, tuple], key: str, t0: tuple) -> tuple:
 
 def pipeline_tick(quick: bool) -> dict:
     """core.Pipeline.process with the ONNX Runtime backend, all four modalities, realistic input sizes."""
-    import json
-
-    from mmfusion_ros.core.pipeline import Pipeline, PipelineConfig
     from mmfusion_ros.core.types import CameraIntrinsics, SensorFrame
-    from mmfusion_ros.runtime import create_backend
+    from mmfusion_ros.ros.pipeline_factory import PromptEmbedder, open_backend, open_pipeline, resolve_params
 
     model_dir = bench_model_dir()
-    backend = create_backend(str(model_dir), "onnxruntime")
-    prompts = json.loads((model_dir / "prompts.json").read_text())["prompts"]
-    labels = [p["label"] for p in prompts]
-    emb = np.array([p["embedding"] for p in prompts], np.float32)
-    perception = None
-    try:
-        from mmfusion_ros.core.perception import Perception, PerceptionConfig
-
-        perception = Perception(PerceptionConfig())
-    except ImportError:
-        pass
+    # the node's assembly (ros/pipeline_factory.py); ONNX Runtime with its own thread count, as these rows always ran
+    params = {"backend.type": "onnxruntime", "backend.intra_op_threads": 0}
+    backend = open_backend(model_dir, resolve_params(params))
+    prompts = PromptEmbedder(model_dir).embed(resolve_params(params)["model.prompts"])  # (labels, (P, D)), once
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     cloud = synthetic_cloud(65536, rng)
@@ -227,8 +217,8 @@ def pipeline_tick(quick: bool) -> dict:
         pass
     for title, kw, perc, limits in variants:
         ctx = limits(limits=1, user_api="blas") if limits else contextlib.nullcontext()
-        pipe = Pipeline(backend, PipelineConfig(caption_every_n=5, enable_perception=perc), labels, emb,
-                        perception=perception, T_cam_lidar=T)
+        pipe = open_pipeline(model_dir, dict(params, **{"pipeline.caption_every_n": 5, "perception.enabled": perc}),
+                             backend=backend, prompts=prompts, T_cam_lidar=T)
         res = []
         with ctx:
             for i in range(n + 5):

@@ -246,7 +246,11 @@ class Demo:
 
         with open_bag(bag) as r:
             extra = {c.topic: c.msgtype for c in r.connections if c.msgtype == GT_TYPE}
-        self.recorder = OutputRecorder(self.out / "outputs", extra_topics=extra)
+        from ..ros.inputs import output_topics
+        from ..ros.offline import load_param_values
+
+        topics = output_topics(load_param_values(_params_file()))  # what the node publishes on, by its params file
+        self.recorder = OutputRecorder(self.out / "outputs", extra_topics=extra, topics=topics)
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
         with _progress("node", 1, "node") as bar:
             bar.set_postfix_str("loading the model")

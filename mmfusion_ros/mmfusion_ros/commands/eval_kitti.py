@@ -231,21 +231,15 @@ def load_perception_config(path: Optional[str]) -> PerceptionConfig:
 
 
 def _camera_labeller(model_dir: str, backend_type: str):
-    """(embed_crops, prompt_embeddings, prompt labels) from a model bundle's camera encoder and prompts.json."""
-    from ..core.preprocess import preprocess_image
-    from ..runtime import create_backend
+    """(embed_crops, prompt_embeddings, prompt labels) from a model bundle's camera encoder and every prompt of
+    its prompts.json, through the node's assembly (ros/pipeline_factory.open_pipeline)."""
+    from ..ros.pipeline_factory import PromptEmbedder, open_pipeline
 
-    backend = create_backend(model_dir, backend_type)
-    doc = json.loads((Path(model_dir) / "prompts.json").read_text())
-    entries = doc["prompts"] if isinstance(doc, dict) else doc
-    labels = [e["label"] for e in entries]
-    emb = np.array([e["embedding"] for e in entries], np.float32)  # (P, 384)
-
-    def embed_crops(crops: List[np.ndarray]) -> np.ndarray:
-        batch = np.stack([preprocess_image(c) for c in crops])  # (K, 3, S, S)
-        return np.asarray(backend.encode("camera", batch), np.float32)  # (K, 384)
-
-    return embed_crops, emb, labels
+    embedder = PromptEmbedder(model_dir)
+    labels, emb = embedder.bundle_defaults()  # (P, 384)
+    pipe = open_pipeline(model_dir, {"backend.type": backend_type, "backend.intra_op_threads": 0,
+                                     "perception.enabled": False}, prompts=(labels, emb))
+    return pipe.embed_crops, emb, labels  # embed_crops: K (h, w, 3) crops -> (K, 384)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

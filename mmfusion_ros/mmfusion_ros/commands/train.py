@@ -39,53 +39,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def bag_frames(bag: Path, rate_hz: float = 10.0):
-    """SensorFrames of one bag, cut by the node's own Collector from messages in time order.
+    """SensorFrames of one bag, cut by the node's own Collector (ros/inputs.py: the same table of topics,
+    conversions and selection rules as the live node and `mmfusion process`, the record time as clock)."""
+    from mmfusion_ros.ros.inputs import bag_frames as frames
+    from mmfusion_ros.ros.offline import load_param_values
 
-    The messages go through ros.conversions exactly as the node's callbacks do; the bag's own
-    timeline drives the Collector's clock (as in offline processing).
-    """
-    from rosbags.highlevel import AnyReader
-
-    from mmfusion_ros.core.sync import Collector, SyncConfig
-    from mmfusion_ros.ros import conversions as conv
-    from mmfusion_ros.ros.bag_io import typestore
-    from mmfusion_ros.ros.offline import BagFeeder, load_param_values
-
-    if not bag.exists():
-        raise FileNotFoundError(f"bag not found: {bag}")
-    topics = load_param_values(None)
-    names = {topics[f"topics.{n}"].strip("/"): n for n in ("image", "compressed", "camera_info", "lidar", "audio", "imu")}
-    col = Collector(SyncConfig(rate_hz=rate_hz))
-    feed = BagFeeder(col)
-    try:
-        reader = AnyReader([bag], default_typestore=typestore())
-        reader.open()
-    except Exception as e:  # rosbags raises several types for unreadable bags
-        raise ValueError(f"{bag}: cannot be read as a bag ({type(e).__name__}: {e})") from None
-    conns = [c for c in reader.connections if c.topic.strip("/") in names]
-    if not conns:
-        reader.close()
-        raise ValueError(f"{bag}: none of the input topics {sorted(names)} is in the bag")
-    last = None
-    bad = 0
-    try:
-        for conn, _, raw in reader.messages(connections=conns):
-            name = names[conn.topic.strip("/")]
-            try:
-                msg = reader.deserialize(raw, conn.msgtype)
-                st = conv.header_stamp(msg)
-                feed(name, msg)  # the same conversions and Collector calls as `mmfusion process`
-            except ValueError:  # ConversionError is a ValueError: count the bad message, keep going
-                bad += 1
-                continue
-            last = st if last is None else max(last, st)
-            yield from col.poll(last)
-        if last is not None:
-            yield from col.poll(last + 1.0)
-    finally:
-        reader.close()
+    values = load_param_values(None, {"sync.rate_hz": rate_hz})
+    bad = []
+    yield from frames(bag, values, on_reject=lambda topic, e: bad.append(topic))
     if bad:
-        print(f"{bag}: {bad} messages could not be converted and were skipped", file=sys.stderr)
+        print(f"{bag}: {len(bad)} messages could not be converted and were skipped", file=sys.stderr)
 
 
 def run(args) -> int:

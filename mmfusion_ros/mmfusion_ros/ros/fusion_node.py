@@ -6,10 +6,12 @@ A lifecycle node named `mmfusion` (thin ROS glue over core.sync.Collector and co
   node stays unconfigured), creates the subscriptions, publishers and the collector;
 - activate loads the model bundle through runtime.create_backend, embeds the prompts once and starts
   the inference worker; deactivate stops the worker and frees the model.
-Subscription callbacks only convert a message (ros/conversions.py) and hand it to the collector; a
-worker thread polls the collector on the node's clock (sim time under use_sim_time) and runs the
+Subscription callbacks only convert a message and hand it to the collector (ros/inputs.py, the one
+input path that offline processing and training on bags share); a worker thread polls the collector on the node's clock (sim time under use_sim_time) and runs the
 pipeline on the newest due frame only: frames that went due while it was busy are counted as skipped.
 A malformed message is counted in /diagnostics and logged at most once per 5 s per input.
+~/set_prompts checks the request against prompts.max_count / max_length, embeds it on its own thread and
+swaps it into the pipeline between two frames, so perception and /diagnostics go on meanwhile.
 `main()` configures and activates on start-up unless the parameter `autostart` is false.
 """
 
@@ -30,29 +32,18 @@ from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, Imu, PointCloud2
-from visualization_msgs.msg import MarkerArray
+from rclpy.task import Future as RclpyFuture
 
-from mmfusion_msgs.msg import AudioFrame, Caption, EventArray, FusedPerception
 from mmfusion_msgs.srv import SetPrompts
 from mmfusion_ros.core.sync import Collector, SyncConfig
 from mmfusion_ros.core.types import SENSOR_MODALITIES
 from mmfusion_ros.ros import conversions as conv
 from mmfusion_ros.ros import messages
 from mmfusion_ros.ros import params as P
+from mmfusion_ros.ros import pipeline_factory as factory
 from mmfusion_ros.ros.diagnostics import NodeDiagnostics
+from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS, InputFeeder, input_topics, msg_class, output_topics
 from mmfusion_ros.ros.qos import input_qos, output_qos
-from mmfusion_ros.runtime.prompts import embed_prompts, load_bundle_prompts, open_text_encoder
-
-#: input name -> (message class, diagnostics group)
-INPUTS: Dict[str, Tuple[type, str]] = {
-    "image": (Image, "camera"),
-    "compressed": (CompressedImage, "camera"),
-    "camera_info": (CameraInfo, "camera_info"),
-    "lidar": (PointCloud2, "lidar"),
-    "audio": (AudioFrame, "audio"),
-    "imu": (Imu, "imu"),
-}
 #: seconds between two log lines about the same pipeline error
 ERROR_LOG_PERIOD_S = 5.0
 
@@ -78,8 +69,10 @@ class FusionNode(Node):
         self._diag_timer = None
         self._backend = None
         self._pipeline = None
-        self._text_encoder = None
-        self._bundle_prompts: Dict[str, Tuple[str, np.ndarray]] = {}
+        self._embedder: Optional[factory.PromptEmbedder] = None
+        self._feeder: Optional[InputFeeder] = None
+        self._prompt_job: Optional[threading.Thread] = None  # the SetPrompts request being embedded
+        self._prompt_status = "defaults"  # what the last SetPrompts request came to (in /diagnostics)
         self._model_dir: Optional[Path] = None
         self._markers = None  # ros/markers.MarkerArrayBuilder while configured
         self._perception_cfg = None  # core.perception.PerceptionConfig when perception is enabled
@@ -119,37 +112,32 @@ class FusionNode(Node):
         try:
             values = P.validate({spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS})
             sync_cfg = SyncConfig(**P.sync_kwargs(values)).validate()
+            factory.pipeline_config(values)  # a bad pipeline.* value fails configure, not activate
             self._perception_cfg, self._T_cam_lidar = None, None
-            if values["perception.enabled"]:
-                from mmfusion_ros.core.perception import PerceptionConfig, load_extrinsics
+            if factory.make_perception(values) is not None:
+                from mmfusion_ros.core.perception import PerceptionConfig
 
                 self._perception_cfg = PerceptionConfig.from_dict(P.perception_dict(values))
-                path = P.extrinsics_file(values["perception.extrinsics_file"])
-                try:
-                    self._T_cam_lidar = load_extrinsics(path)  # (4, 4) LiDAR frame -> camera optical frame
-                except Exception as e:  # noqa: BLE001 - unreadable or invalid file: name the parameter
-                    raise P.ParamError("perception.extrinsics_file", f"{path}: {e}") from None
-                self.get_logger().info(f"camera labels for 3D objects use the extrinsics in {path}")
+                self._T_cam_lidar = factory.load_T_cam_lidar(values)  # (4, 4) LiDAR -> camera optical frame
+                if self._T_cam_lidar is not None:
+                    self.get_logger().info("camera labels for 3D objects use the extrinsics in "
+                                           f"{P.extrinsics_file(values['perception.extrinsics_file'])}")
         except (ValueError, OSError) as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self._values = values
         self._collector = Collector(sync_cfg, log=self.get_logger())
+        self._feeder = InputFeeder(self._collector, values)
         timeouts = {m.value: values[f"sync.timeout.{m.value}"] for m in SENSOR_MODALITIES}
         self._diag = NodeDiagnostics(self.get_name(), timeouts)
         self._diag.state = "inactive"
-        for name, (cls, group) in INPUTS.items():
-            topic = values[f"topics.{name}"]
-            if not topic:
-                continue
-            self._diag.add_input(name, topic, group)
+        for name, topic in input_topics(values).items():
+            self._diag.add_input(name, topic, INPUTS[name].group)
             qos = input_qos(values[f"qos.{name}.reliability"], values[f"qos.{name}.depth"])
-            self._subs.append(self.create_subscription(cls, topic, self._callback(name), qos))
-        out_types = {"perception": FusedPerception, "caption": Caption, "events": EventArray, "markers": MarkerArray}
-        for name, cls in out_types.items():
-            topic = values[f"topics.{name}"]
-            if topic:
-                self._pubs[name] = self.create_lifecycle_publisher(cls, topic, output_qos())
+            self._subs.append(self.create_subscription(msg_class(INPUTS[name].msgtype), topic, self._callback(name),
+                                                       qos))
+        for name, topic in output_topics(values).items():  # an output switched off is not built at all
+            self._pubs[name] = self.create_lifecycle_publisher(msg_class(OUTPUTS[name].msgtype), topic, output_qos())
         self._markers = None
         if "markers" in self._pubs:
             try:  # ros/markers.py remembers what it shows, to DELETE markers of objects that are gone
@@ -171,7 +159,7 @@ class FusionNode(Node):
         v = self._values
         try:
             self._model_dir = P.resolve_model_dir(v["model.dir"])
-            self._bundle_prompts = load_bundle_prompts(self._model_dir)
+            self._embedder = factory.PromptEmbedder(self._model_dir)
             self._backend = self._create_backend(self._model_dir)
             labels, emb = self.embed_prompts(v["model.prompts"])
             self._pipeline = self._create_pipeline(labels, emb)
@@ -228,36 +216,16 @@ class FusionNode(Node):
 
     # ---- model -------------------------------------------------------------------------------------
     def _create_backend(self, model_dir: Path):
-        from mmfusion_ros.runtime import create_backend
-
-        v = self._values
-        options: Dict[str, Any] = {"intra_op_threads": v["backend.intra_op_threads"]}
-        if v["backend.type"] in ("auto", "tensorrt"):
-            options["engine_cache_dir"] = str(P.engine_cache_dir(v["backend.engine_cache_dir"]))
-            options["force_engine_update"] = v["backend.force_engine_update"]
-        return create_backend(str(model_dir), v["backend.type"], **options)
+        return factory.open_backend(model_dir, self._values)
 
     def _create_pipeline(self, labels: List[str], emb: np.ndarray):
-        from mmfusion_ros.core.pipeline import Pipeline, PipelineConfig
-
-        v = self._values
-        perception = None
-        if self._perception_cfg is not None:
-            from mmfusion_ros.core.perception import Perception
-
-            perception = Perception(self._perception_cfg)
-        cfg = PipelineConfig(top_k=v["pipeline.top_k"], caption_every_n=v["pipeline.caption_every_n"],
-                             enable_perception=v["perception.enabled"])
-        return Pipeline(self._backend, cfg, labels, emb, perception=perception, T_cam_lidar=self._T_cam_lidar)
+        """The one assembly (ros/pipeline_factory.py), on the backend and prompts this node already holds."""
+        return factory.open_pipeline(self._model_dir, self._values, backend=self._backend, prompts=(labels, emb),
+                                     T_cam_lidar=self._T_cam_lidar)
 
     def embed_prompts(self, prompts: List[str]) -> Tuple[List[str], np.ndarray]:
-        """Prompts -> (labels, (P,D) embeddings), once (runtime/prompts.py)."""
-        return embed_prompts(prompts, self._bundle_prompts, self._get_text_encoder)
-
-    def _get_text_encoder(self):
-        if self._text_encoder is None:
-            self._text_encoder = open_text_encoder(self._model_dir)
-        return self._text_encoder
+        """Prompts -> (labels, (P,D) embeddings), once: prompts.json where it has them, else the text encoder."""
+        return self._embedder.embed(prompts)
 
     def _release_model(self) -> None:
         with self._pipeline_lock:
@@ -267,26 +235,27 @@ class FusionNode(Node):
                     self._backend.close()
                 finally:
                     self._backend = None
-            self._text_encoder = None
+            if self._embedder is not None:
+                self._embedder.close()
 
     # ---- inputs ------------------------------------------------------------------------------------
     def _callback(self, name: str) -> Callable[[Any], None]:
-        handler = getattr(self, f"_add_{name}")
-
         def callback(msg) -> None:
             if not self._active:
                 return
+            received = self._now()  # the receive clock the collector measures this sensor's clock against
             try:
-                stamp = conv.header_stamp(msg)
-                with self._lock:
-                    accepted = handler(stamp, msg)
+                sample = self._feeder.convert(name, msg)  # outside the lock: the worker keeps polling
+                if sample is not None:
+                    with self._lock:
+                        self._feeder.add(sample, received)
             except Exception as e:  # noqa: BLE001 - any bad message: count, log (throttled), keep running
                 self._reject(name, e)
                 return
-            if accepted is None:  # deliberately not used
+            if sample is None:  # deliberately not used (a compressed image while raw ones flow)
                 self._diag.ignored(name)
             else:
-                self._diag.message(name, stamp, self._now())
+                self._diag.message(name, sample.stamp, received)
 
         return callback
 
@@ -296,36 +265,6 @@ class FusionNode(Node):
             self.get_logger().warning(
                 f"rejected a {name} message on {self._values[f'topics.{name}']}: {what} "
                 f"({self._diag.counters(name).rejected} so far; logged at most every 5 s)")
-
-    def _add_image(self, stamp: float, msg) -> bool:
-        return self._collector.add_image(stamp, conv.image_to_rgb(msg))
-
-    def _add_compressed(self, stamp: float, msg) -> Optional[bool]:
-        fmt = str(msg.format or "").lower()
-        if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
-            raise conv.ConversionError("CompressedImage.format", f"{fmt!r} is neither jpeg nor png")
-        # a camera driver usually publishes both: while raw images of that time flow, skip the decode
-        if self._values["topics.image"]:
-            raw = self._diag.counters("image").newest_stamp
-            if raw is not None and abs(stamp - raw) < self._values["sync.timeout.camera"]:
-                return None
-        return self._collector.add_image(stamp, conv.compressed_to_rgb(msg))
-
-    def _add_camera_info(self, stamp: float, msg) -> bool:
-        self._collector.add_camera_info(stamp, conv.camera_info_to_intrinsics(msg))
-        return True
-
-    def _add_lidar(self, stamp: float, msg) -> bool:
-        pts, _ = conv.pointcloud2_to_xyzi_counted(msg)  # (N, 4); non-finite points dropped
-        return self._collector.add_lidar(stamp, pts, msg.header.frame_id or None)
-
-    def _add_audio(self, stamp: float, msg) -> bool:
-        samples, rate = conv.audio_to_array(msg)  # (S, C)
-        return self._collector.add_audio(stamp, samples, rate)
-
-    def _add_imu(self, stamp: float, msg) -> bool:
-        r = conv.imu_to_reading(msg)
-        return self._collector.add_imu(stamp, r.accel, r.gyro)
 
     # ---- worker ------------------------------------------------------------------------------------
     def _worker_loop(self) -> None:
@@ -398,32 +337,61 @@ class FusionNode(Node):
         self._diag.extra["torch_loaded"] = "true" if "torch" in sys.modules else "false"
         self._diag_pub.publish(self._diag.build(self._now()))
 
-    def _on_set_prompts(self, request, response):
-        """Re-embed the prompts once and swap them into the running pipeline (or keep them for activate)."""
-        prompts = [p.strip() for p in request.prompts]
+    async def _on_set_prompts(self, request, response):
+        """Check the request, embed it on its own thread and swap it into the running pipeline between two
+        frames (or keep it for activate). The executor awaits the embedding instead of running it, so
+        subscriptions, /diagnostics and the inference worker carry on; one request at a time."""
         try:
-            P.SPECS["model.prompts"].check(prompts)
-            if not prompts or any(not p for p in prompts) or len(set(prompts)) != len(prompts):
-                raise P.ParamError("model.prompts", "needs distinct, non-empty prompts")
-            if self._values and self._values["pipeline.top_k"] > len(prompts):
-                raise P.ParamError("model.prompts", f"fewer prompts than pipeline.top_k "
-                                                    f"({self._values['pipeline.top_k']})")
+            values = self._values or P.defaults()
+            prompts = P.check_prompts(list(request.prompts), values)
+            if values["pipeline.top_k"] > len(prompts):
+                raise P.ParamError("model.prompts", f"fewer prompts than pipeline.top_k ({values['pipeline.top_k']})")
+            if self._prompt_job is not None:
+                raise RuntimeError("another set_prompts request is still being embedded; try again when it is done")
             if self._pipeline is not None:
-                labels, emb = self.embed_prompts(prompts)
-                with self._pipeline_lock:
-                    if self._pipeline is not None:
-                        self._pipeline.set_prompts(labels, emb)
+                done = RclpyFuture(executor=self.executor)
+                self._prompt_job = threading.Thread(target=self._embed_and_swap, args=(prompts, done),
+                                                    name="mmfusion-prompts", daemon=True)
+                self._set_prompt_status(f"embedding {len(prompts)} prompts")
+                self._prompt_job.start()
+                try:
+                    await done  # raises what the embedding raised
+                finally:
+                    self._prompt_job = None
             self.set_parameters([Parameter("model.prompts", Parameter.Type.STRING_ARRAY, prompts)])
             if self._values:
                 self._values["model.prompts"] = prompts
         except Exception as e:  # noqa: BLE001 - tell the caller why
+            self._set_prompt_status(f"request refused: {type(e).__name__}: {e}"[:200])
             response.success = False
             response.message = f"{type(e).__name__}: {e}"
             return response
+        in_use = self._pipeline is not None
+        self._set_prompt_status(f"{len(prompts)} in use" if in_use else f"{len(prompts)} stored for activate")
         response.success = True
-        response.message = (f"{len(prompts)} prompts embedded and in use" if self._pipeline is not None
+        response.message = (f"{len(prompts)} prompts embedded and in use" if in_use
                             else f"{len(prompts)} prompts stored; they are embedded on activate")
         return response
+
+    def _embed_and_swap(self, prompts: List[str], done) -> None:
+        """The SetPrompts worker: embed off the executor, then swap labels and embeddings under the pipeline
+        lock (a frame sees the old set or the new one, never a mix)."""
+        try:
+            labels, emb = self.embed_prompts(prompts)  # (P, D); seconds for thousands of new prompts
+            with self._pipeline_lock:
+                if self._pipeline is None:
+                    raise RuntimeError("the node was deactivated while the prompts were embedded")
+                self._pipeline.set_prompts(labels, emb)
+            done.set_result(len(labels))
+        except Exception as e:  # noqa: BLE001 - handed to the awaiting service call
+            done.set_exception(e)
+        executor = self.executor
+        if executor is not None:
+            executor.wake()  # resume the service call now, not at the next message
+
+    def _set_prompt_status(self, text: str) -> None:
+        if self._diag is not None:
+            self._diag.extra["prompts"] = text
 
     def _destroy_entities(self) -> None:
         for s in self._subs:

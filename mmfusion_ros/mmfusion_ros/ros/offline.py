@@ -20,29 +20,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mmfusion_ros.core.pipeline import Pipeline, PipelineConfig
+from mmfusion_ros.core.pipeline import Pipeline
 from mmfusion_ros.core.sync import Collector, SyncConfig
 from mmfusion_ros.core.types import SENSOR_MODALITIES, Modality
+from mmfusion_ros.ros import conversions as conv
 from mmfusion_ros.ros import params as P
+from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS, InputFeeder, norm_topic, route_connections
 
 log = logging.getLogger(__name__)
 
-#: input name (as in ros/params.py INPUT_TOPICS) -> ROS 2 message type it must carry
-INPUT_TYPES: Dict[str, str] = {
-    "image": "sensor_msgs/msg/Image",
-    "compressed": "sensor_msgs/msg/CompressedImage",
-    "camera_info": "sensor_msgs/msg/CameraInfo",
-    "lidar": "sensor_msgs/msg/PointCloud2",
-    "audio": "mmfusion_msgs/msg/AudioFrame",
-    "imu": "sensor_msgs/msg/Imu",
-}
-#: output name (as in ros/params.py OUTPUT_TOPICS) -> message type written
-OUTPUT_TYPES: Dict[str, str] = {
-    "perception": "mmfusion_msgs/msg/FusedPerception",
-    "caption": "mmfusion_msgs/msg/Caption",
-    "events": "mmfusion_msgs/msg/EventArray",
-    "markers": "visualization_msgs/msg/MarkerArray",
-}
+#: input name -> ROS 2 message type it must carry (views of the one table in ros/inputs.py)
+INPUT_TYPES: Dict[str, str] = {n: s.msgtype for n, s in INPUTS.items()}
+#: output name -> message type written
+OUTPUT_TYPES: Dict[str, str] = {n: s.msgtype for n, s in OUTPUTS.items()}
 
 
 class BagError(RuntimeError):
@@ -56,9 +46,7 @@ def parse_remaps(items: Sequence[str]) -> Dict[str, str]:
     return dict(shared(list(items)))
 
 
-def _norm(topic: str) -> str:
-    """Topic names compare without their leading slash (a bag recorded in the root namespace has one)."""
-    return topic.strip().lstrip("/")
+_norm = norm_topic
 
 
 def load_param_values(params_file: Optional[Path], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -114,7 +102,7 @@ class InputStats:
     input: str  # input name (image, lidar, ...)
     read: int = 0
     rejected: int = 0
-    ignored: int = 0  # compressed images while raw images exist for the same camera
+    ignored: int = 0  # compressed images while raw images of the same time were converted (as live)
 
 
 @dataclass
@@ -161,37 +149,6 @@ class Summary:
         return "\n".join(lines)
 
 
-class BagFeeder:
-    """Rosbags message of one input -> Collector call (the node's callbacks, without the node)."""
-
-    def __init__(self, collector: Collector):
-        from mmfusion_ros.ros import conversions as conv
-
-        self.conv = conv
-        self.c = collector
-
-    def __call__(self, name: str, msg: Any) -> None:
-        conv, c = self.conv, self.c
-        stamp = conv.header_stamp(msg)
-        if name == "image":
-            c.add_image(stamp, conv.image_to_rgb(msg))
-        elif name == "compressed":
-            c.add_image(stamp, conv.compressed_to_rgb(msg))
-        elif name == "camera_info":
-            c.add_camera_info(stamp, conv.camera_info_to_intrinsics(msg))
-        elif name == "lidar":
-            pts, _ = conv.pointcloud2_to_xyzi_counted(msg)  # (N, 4), non-finite points dropped
-            c.add_lidar(stamp, pts, msg.header.frame_id or None)
-        elif name == "audio":
-            samples, rate = conv.audio_to_array(msg)  # (S, C)
-            c.add_audio(stamp, samples, rate)
-        elif name == "imu":
-            r = conv.imu_to_reading(msg)
-            c.add_imu(stamp, r.accel, r.gyro)
-        else:
-            raise KeyError(name)
-
-
 def _open_reader(bag: Path):
     from rosbags.highlevel import AnyReader
 
@@ -208,33 +165,15 @@ def _open_reader(bag: Path):
 
 
 def _route(reader, values: Dict[str, Any], opts: OfflineOptions, summary: Summary) -> Dict[int, str]:
-    """Bag connections -> input names, after remapping and topic selection; reasons for the rest."""
-    wanted = {_norm(values[f"topics.{n}"]): n for n in INPUT_TYPES if values.get(f"topics.{n}")}
-    remaps = {_norm(k): _norm(v) for k, v in opts.remaps.items()}
-    selected = None if opts.topics is None else {_norm(t) for t in opts.topics}
-    routes: Dict[int, str] = {}
+    """Bag connections -> input names (ros/inputs.py, the table the node subscribes with); reasons for the rest."""
+    routes, skipped = route_connections(reader.connections, values, opts.remaps, opts.topics)
+    summary.skipped_topics.extend(skipped)
     seen = set()
-    for conn in reader.connections:
-        bag_topic = _norm(conn.topic)
-        if selected is not None and bag_topic not in selected:
-            continue
-        topic = remaps.get(bag_topic, bag_topic)
-        name = wanted.get(topic)
-        if name is None:
-            summary.skipped_topics.append(f"{conn.topic} ({conn.msgtype}: not an input topic)")
-            continue
-        if conn.msgtype != INPUT_TYPES[name]:
-            summary.skipped_topics.append(f"{conn.topic} ({conn.msgtype}, expected {INPUT_TYPES[name]})")
-            continue
-        routes[conn.id] = name
-        if conn.topic not in seen:
-            summary.inputs.append(InputStats(conn.topic, name))
-            seen.add(conn.topic)
-    if selected is not None:
-        missing = selected - {_norm(c.topic) for c in reader.connections}
-        if missing:
-            raise ValueError(f"--topics: not in the bag: {sorted(missing)}")
-    return routes
+    for r in routes.values():
+        if r.topic not in seen:
+            summary.inputs.append(InputStats(r.topic, r.name))
+            seen.add(r.topic)
+    return {cid: r.name for cid, r in routes.items()}
 
 
 def _serializer():
@@ -263,35 +202,17 @@ def _renderer() -> Optional[Callable]:
 
 
 def build_pipeline(values: Dict[str, Any], opts: OfflineOptions) -> Pipeline:
-    """Backend, prompt embeddings (once), perception and Pipeline from the node's parameter values."""
-    from mmfusion_ros.runtime import create_backend
+    """The node's assembly (ros/pipeline_factory.open_pipeline) with the command's overrides."""
+    from mmfusion_ros.ros.pipeline_factory import open_pipeline
 
-    from mmfusion_ros.core.perception import load_extrinsics
-
-    # the same default as the node: perception.extrinsics_file, "" = the installed config/extrinsics.yaml
-    extrinsics = opts.extrinsics or P.extrinsics_file(values["perception.extrinsics_file"])
-    T_cam_lidar = load_extrinsics(extrinsics) if extrinsics and Path(extrinsics).is_file() else None  # (4, 4)
-    model_dir = Path(opts.model_dir) if opts.model_dir else P.resolve_model_dir(values["model.dir"])
-    if not (model_dir / "manifest.json").is_file():
-        raise FileNotFoundError(f"model bundle {model_dir} has no manifest.json")
-    threads = values["backend.intra_op_threads"] if opts.intra_op_threads is None else opts.intra_op_threads
-    backend = create_backend(str(model_dir), opts.backend or values["backend.type"],
-                             **({"intra_op_threads": threads} if threads else {}))
-    from mmfusion_ros.runtime.prompts import embed_prompts, load_bundle_prompts, open_text_encoder
-
-    labels, emb = embed_prompts(values["model.prompts"], load_bundle_prompts(model_dir),
-                                lambda: open_text_encoder(model_dir))
-    perception = None
-    if values["perception.enabled"]:
-        try:
-            from mmfusion_ros.core.perception import Perception, PerceptionConfig
-        except ImportError as e:
-            log.warning("perception disabled: %s", e)
-        else:
-            perception = Perception(PerceptionConfig.from_dict(P.perception_dict(values)))
-    cfg = PipelineConfig(top_k=values["pipeline.top_k"], caption_every_n=values["pipeline.caption_every_n"],
-                         enable_perception=values["perception.enabled"])
-    return Pipeline(backend, cfg, labels, emb, perception=perception, T_cam_lidar=T_cam_lidar)
+    values = dict(values)
+    if opts.backend:
+        values["backend.type"] = opts.backend
+    if opts.intra_op_threads is not None:
+        values["backend.intra_op_threads"] = opts.intra_op_threads
+    if opts.extrinsics:
+        values["perception.extrinsics_file"] = str(opts.extrinsics)
+    return open_pipeline(opts.model_dir, values)
 
 
 def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -> Summary:
@@ -323,7 +244,7 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
         sync_cfg = SyncConfig(**P.sync_kwargs(values), audio_rate=pipe.preprocess.audio_rate,
                               imu_rate=pipe.preprocess.imu_rate, frame_id=values["frame_id"])
         collector = Collector(sync_cfg, log=log)
-        feeder = BagFeeder(collector)
+        feeder = InputFeeder(collector, values)  # the node's conversions and selection rules
         serialize = _serializer()
         markers_fn = _markers_builder() if values.get("topics.markers") else None
         render_fn = None
@@ -334,7 +255,6 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
             Path(opts.render_dir).mkdir(parents=True, exist_ok=True)
 
         stats = {s.topic: s for s in summary.inputs}
-        has_raw = any(n == "image" for n in routes.values())
         out_topics = {n: "/" + _norm(values[f"topics.{n}"]) for n in OUTPUT_TYPES if values.get(f"topics.{n}")}
         if markers_fn is None:
             out_topics.pop("markers", None)
@@ -349,6 +269,8 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
             wconn = {n: writer.add_connection(t, OUTPUT_TYPES[n], typestore=typestore())
                      for n, t in out_topics.items()}
             summary.outputs = {t: 0 for t in out_topics.values()}
+            builders = {"perception": M.perception_msg, "caption": M.caption_msg, "events": M.events_msg,
+                        "markers": markers_fn}
 
             def emit(frames) -> None:
                 for f in frames:
@@ -364,11 +286,9 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
                     for m in r.present:
                         summary.present[Modality(m).value] += 1
                     ns = int(round(r.stamp * 1e9))
-                    msgs = {"perception": M.perception_msg(r), "caption": M.caption_msg(r), "events": M.events_msg(r)}
-                    if "markers" in out_topics:
-                        msgs["markers"] = markers_fn(r)
-                    for n, msg in msgs.items():
-                        if msg is None or n not in wconn:
+                    for n in wconn:  # only the outputs switched on are built
+                        msg = builders[n](r)
+                        if msg is None:
                             continue
                         writer.write(wconn[n], ns, serialize(msg))
                         summary.outputs[out_topics[n]] += 1
@@ -383,15 +303,14 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
                     bar.update(1)
                     name = routes[conn.id]
                     st = stats[conn.topic]
-                    if name == "compressed" and has_raw:
-                        st.ignored += 1
-                        continue
-                    st.read += 1
                     try:
                         msg = reader.deserialize(raw, conn.msgtype)
-                        feeder(name, msg)
-                        t_now = t_log * 1e-9 if opts.clock == "log" else feeder.conv.header_stamp(msg)
+                        used = feeder.feed(name, msg, received=t_log * 1e-9)  # None: not used (as live)
+                        st.read += used is not None
+                        st.ignored += used is None
+                        t_now = t_log * 1e-9 if opts.clock == "log" else conv.header_stamp(msg)
                     except Exception as e:  # noqa: BLE001 - a malformed message is counted, not fatal
+                        st.read += 1
                         st.rejected += 1
                         if st.rejected <= 3:
                             log.warning("rejected a message on %s: %s", conn.topic, e)

@@ -15,29 +15,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from mmfusion_ros.core.types import SENSOR_MODALITIES
+from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS
 
 #: Name of the node (and of the key in config/mmfusion.yaml, written `/**/mmfusion` so it applies in any namespace).
 NODE_NAME = "mmfusion"
 #: Bundle shipped in the package share directory, used when `model.dir` is empty.
 SHIPPED_MODEL = "mmfusion_small"
-#: Sensor inputs the node subscribes to: name -> default topic (relative, so the node's namespace applies).
-INPUT_TOPICS: Dict[str, str] = {
-    "image": "camera/image_raw",
-    "compressed": "camera/image_raw/compressed",
-    "camera_info": "camera/camera_info",
-    "lidar": "lidar/points",
-    "audio": "audio/audio",
-    "imu": "imu/data",
-}
+#: Sensor inputs the node subscribes to: name -> default topic (relative, so the node's namespace applies);
+#: a view of the one table in ros/inputs.py.
+INPUT_TOPICS: Dict[str, str] = {n: s.topic for n, s in INPUTS.items()}
 #: Outputs: name -> default topic.
-OUTPUT_TOPICS: Dict[str, str] = {
-    "perception": "mmfusion/perception",
-    "caption": "mmfusion/caption",
-    "events": "mmfusion/events",
-    "markers": "mmfusion/markers",
-}
+OUTPUT_TOPICS: Dict[str, str] = {n: s.topic for n, s in OUTPUTS.items()}
 #: Inputs that carry a continuous stream cut into windows: every message matters, so they queue a few.
-STREAM_INPUTS = ("audio", "imu")
+STREAM_INPUTS = tuple(n for n, s in INPUTS.items() if s.stream)
 #: perception.* parameters the node itself uses (the others are PerceptionConfig fields).
 NODE_ONLY_PERCEPTION = ("perception.enabled", "perception.extrinsics_file")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -128,6 +118,95 @@ class ParamError(ValueError):
         self.problem = problem
 
 
+def _field_comments(cls) -> Dict[str, str]:
+    """{field: its trailing `# comment`} from a dataclass's source (the yaml repeats them)."""
+    import inspect
+    import re
+
+    src = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+= [^#\n]+#\s*(.*)$", src, re.M)}
+
+
+#: SyncConfig fields that are not node parameters: the model's rates come from the bundle, frame_id is the node's.
+SYNC_NOT_PARAMS = ("audio_rate", "imu_rate", "frame_id")
+#: What a SyncConfig field's comment does not say: a description written for users, bounds, choices.
+SYNC_ROWS: Dict[str, Dict[str, Any]] = {
+    "trigger": dict(description="when a frame is fused: 'rate' (fixed rate) or on each message of a modality",
+                    choices=TRIGGERS),
+    "rate_hz": dict(description="fused frames per second when sync.trigger is 'rate'", min=0.0, min_exclusive=True,
+                    max=1000.0),
+    "audio_window_s": dict(description="seconds of audio in each frame", min=0.0, min_exclusive=True),
+    "imu_window_s": dict(description="seconds of IMU samples in each frame", min=0.0, min_exclusive=True),
+    "buffer_s": dict(min=0.0, min_exclusive=True),
+    "max_messages": dict(min=1, max=1000),
+    "lookahead_s": dict(min=0.0, max=1.0),
+    "delay_s": dict(description="seconds a frame waits past its time for late messages (audio chunks, IMU) before "
+                    "it is fused: lower cuts latency, too low leaves the newest audio/IMU out of the window",
+                    min=0.0, max=1.0),
+    "reset_jump_s": dict(min=0.0, min_exclusive=True),
+    "clock_offset_threshold_s": dict(min=0.0, min_exclusive=True),
+}
+for _m in ("camera", "lidar", "audio", "imu"):
+    SYNC_ROWS[f"{_m}_timeout_s"] = dict(description=f"seconds after which {_m} is left out of a frame (and "
+                                                    f"reported stale)", min=0.0, min_exclusive=True)
+#: PipelineConfig fields that are not node parameters (perception.enabled switches perception; the event
+#: history comes from the bundle's manifest).
+PIPELINE_NOT_PARAMS = ("enable_perception", "event_history_len", "event_history_step")
+PIPELINE_ROWS: Dict[str, Dict[str, Any]] = {
+    "top_k": dict(description="labels published per frame", min=1, max=100),
+    "caption_every_n": dict(description="generate a caption every n fused frames (reused in between); 0 = no "
+                            "captions", min=0),
+    "label_temperature": dict(min=0.0, min_exclusive=True),
+    "event_alpha": dict(min=0.0, min_exclusive=True, max=1.0),
+    "event_off_ratio": dict(min=0.0, min_exclusive=True, max=1.0),
+}
+
+
+def _sync_config():
+    from mmfusion_ros.core.sync import SyncConfig
+
+    return SyncConfig
+
+
+def _pipeline_config():
+    try:
+        from mmfusion_ros.core.pipeline import PipelineConfig
+    except ImportError:  # a checkout without the pipeline: no pipeline.* parameters
+        return None
+    return PipelineConfig
+
+
+def _sync_param_name(field: str) -> str:
+    """SyncConfig field -> parameter: camera_timeout_s -> sync.timeout.camera (the group users know), else sync.<f>."""
+    for m in SENSOR_MODALITIES:
+        if field == f"{m.value}_timeout_s":
+            return f"sync.timeout.{m.value}"
+    return f"sync.{field}"
+
+
+#: parameter name -> (dataclass, field) of every parameter derived from a core dataclass
+DERIVED: Dict[str, Tuple[str, str]] = {}
+
+
+def _dataclass_rows(group: str, cls, skip: Sequence[str], extra: Dict[str, Dict[str, Any]], name_of) -> List[ParamSpec]:
+    """One parameter per simple field of a core config dataclass, default and description from the class
+    (its field comment) unless `extra` says more: the node and the library cannot drift apart."""
+    if cls is None:
+        return []
+    comments = _field_comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default
+        if f.name in skip or not isinstance(default, (bool, int, float, str)):
+            continue
+        kw = dict(extra.get(f.name, {}))
+        description = kw.pop("description", None) or comments.get(f.name, f"{cls.__name__}.{f.name}")
+        name = name_of(f.name)
+        DERIVED[name] = (group.rstrip("."), f.name)
+        rows.append(ParamSpec(name, default, description, **kw))
+    return rows
+
+
 def _table() -> List[ParamSpec]:
     P = ParamSpec
     rows = [
@@ -142,22 +221,8 @@ def _table() -> List[ParamSpec]:
         P("backend.intra_op_threads", 1, "CPU threads per inference call (1 leaves cores to the drivers and "
           "the rest of the node: on a shared 2-core CPU it was 3x faster than the default); 0 = the backend's "
           "default (all cores)", min=0),
-        P("sync.trigger", "rate", "when a frame is fused: 'rate' (fixed rate) or on each message of a modality",
-          choices=TRIGGERS),
-        P("sync.rate_hz", 10.0, "fused frames per second when sync.trigger is 'rate'", min=0.0, min_exclusive=True,
-          max=1000.0),
     ]
-    timeouts = {"camera": 0.5, "lidar": 0.5, "audio": 0.5, "imu": 0.25}
-    for m, t in timeouts.items():
-        rows.append(P(f"sync.timeout.{m}", t, f"seconds after which {m} is left out of a frame (and reported stale)",
-                      min=0.0, min_exclusive=True))
-    rows += [
-        P("sync.audio_window_s", 1.0, "seconds of audio in each frame", min=0.0, min_exclusive=True),
-        P("sync.imu_window_s", 2.0, "seconds of IMU samples in each frame", min=0.0, min_exclusive=True),
-        P("sync.delay_s", 0.05, "seconds a frame waits past its time for late messages (audio chunks, IMU) "
-          "before it is fused: lower cuts latency, too low leaves the newest audio/IMU out of the window",
-          min=0.0, max=1.0),
-    ]
+    rows += _dataclass_rows("sync.", _sync_config(), SYNC_NOT_PARAMS, SYNC_ROWS, _sync_param_name)
     for name in INPUT_TOPICS:
         stream = name in STREAM_INPUTS
         rows.append(P(f"qos.{name}.reliability", "best_effort",
@@ -169,15 +234,21 @@ def _table() -> List[ParamSpec]:
     for name, topic in list(INPUT_TOPICS.items()) + list(OUTPUT_TOPICS.items()):
         rows.append(P(f"topics.{name}", topic, f"{name} topic (relative names follow the namespace; empty = off)"))
     rows += [
-        P("pipeline.top_k", 5, "labels published per frame", min=1, max=100),
-        P("pipeline.caption_every_n", 5, "generate a caption every n fused frames (reused in between)", min=1),
+        P("prompts.max_count", 256, "most prompts a SetPrompts request may carry (embedding them takes time and "
+          "memory)", min=1, max=100000),
+        P("prompts.max_length", 200, "most characters in one prompt", min=1, max=10000),
         P("perception.enabled", True, "cluster the LiDAR cloud into labelled 3D objects"),
         P("perception.extrinsics_file", "", "LiDAR-to-camera extrinsics YAML (config/extrinsics.yaml format); "
                                             "empty = that file, the simulated robot's"),
         P("diagnostics.period_s", 1.0, "seconds between /diagnostics messages", min=0.0, min_exclusive=True),
     ]
+    rows += _dataclass_rows("pipeline.", _pipeline_config(), PIPELINE_NOT_PARAMS, PIPELINE_ROWS,
+                            lambda f: f"pipeline.{f}")
     rows += _perception_rows()
-    return rows
+    seen: Dict[str, ParamSpec] = {}
+    for r in rows:  # a row written by hand wins over one derived from a dataclass
+        seen.setdefault(r.name, r)
+    return list(seen.values())
 
 
 def _perception_rows() -> List[ParamSpec]:
@@ -216,11 +287,7 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
     out = {}
     for p in PARAMS:
         out[p.name] = p.check(values.get(p.name, p.default))
-    prompts = [s.strip() for s in out["model.prompts"]]
-    if not prompts or any(not s for s in prompts):
-        raise ParamError("model.prompts", "needs at least one non-empty prompt")
-    if len(set(prompts)) != len(prompts):
-        raise ParamError("model.prompts", "has duplicate prompts")
+    prompts = check_prompts(out["model.prompts"], out)
     if out["pipeline.top_k"] > len(prompts):
         raise ParamError("pipeline.top_k", f"{out['pipeline.top_k']} is more than the {len(prompts)} prompts")
     if out["model.dir"] and not Path(os.path.expanduser(out["model.dir"])).is_dir():
@@ -231,6 +298,24 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
     if not inputs:
         raise ParamError("topics.*", "every sensor input is switched off")
     return out
+
+
+def check_prompts(prompts: List[str], values: Dict[str, Any]) -> List[str]:
+    """Stripped prompts, or ParamError: non-empty, distinct, and within prompts.max_count / max_length
+    (a request of 10,000 long prompts would hold a text encoder for seconds and grow every frame's labels)."""
+    prompts = [str(s).strip() for s in prompts]
+    if not prompts or any(not s for s in prompts):
+        raise ParamError("model.prompts", "needs at least one non-empty prompt")
+    if len(set(prompts)) != len(prompts):
+        raise ParamError("model.prompts", "has duplicate prompts")
+    most, longest = values.get("prompts.max_count", 256), values.get("prompts.max_length", 200)
+    if len(prompts) > most:
+        raise ParamError("model.prompts", f"{len(prompts)} prompts are more than prompts.max_count ({most})")
+    long = [p for p in prompts if len(p) > longest]
+    if long:
+        raise ParamError("model.prompts", f"{len(long)} prompts are longer than prompts.max_length ({longest} "
+                                          f"characters), e.g. {long[0][:40]!r}...")
+    return prompts
 
 
 def flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -293,15 +378,13 @@ def engine_cache_dir(value: str) -> Path:
 
 def sync_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
     """The sync.* parameters as keyword arguments of core.sync.SyncConfig."""
-    out = {
-        "trigger": values["sync.trigger"],
-        "rate_hz": values["sync.rate_hz"],
-        "audio_window_s": values["sync.audio_window_s"],
-        "imu_window_s": values["sync.imu_window_s"],
-        "delay_s": values["sync.delay_s"],
-    }
-    for m in SENSOR_MODALITIES:
-        out[f"{m.value}_timeout_s"] = values[f"sync.timeout.{m.value}"]
+    return {field: values[name] for name, (group, field) in DERIVED.items() if group == "sync" and name in values}
+
+
+def pipeline_kwargs(values: Dict[str, Any]) -> Dict[str, Any]:
+    """The pipeline.* parameters (and perception.enabled) as keyword arguments of core.pipeline.PipelineConfig."""
+    out = {field: values[name] for name, (group, field) in DERIVED.items() if group == "pipeline" and name in values}
+    out["enable_perception"] = bool(values.get("perception.enabled", True))
     return out
 
 
@@ -317,15 +400,6 @@ def perception_dict(values: Dict[str, Any]) -> Dict[str, Any]:
             d = d.setdefault(k, {})
         d[keys[-1]] = v
     return out
-
-
-def _field_comments(cls) -> Dict[str, str]:
-    """{field: its trailing `# comment`} from a dataclass's source (the yaml repeats them)."""
-    import inspect
-    import re
-
-    src = inspect.getsource(cls)
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+= [^#\n]+#\s*(.*)$", src, re.M)}
 
 
 def perception_yaml() -> str:

@@ -16,13 +16,10 @@ from typing import Dict, Optional
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-#: recorded topic (relative to the node namespace unless absolute) -> ROS 2 message type
-OUTPUT_TOPICS: Dict[str, str] = {
-    "perception": "mmfusion_msgs/msg/FusedPerception",
-    "caption": "mmfusion_msgs/msg/Caption",
-    "events": "mmfusion_msgs/msg/EventArray",
-    "markers": "visualization_msgs/msg/MarkerArray",
-}
+from mmfusion_ros.ros.inputs import OUTPUTS
+
+#: output name -> ROS 2 message type (a view of the one table in ros/inputs.py)
+OUTPUT_TOPICS: Dict[str, str] = {n: s.msgtype for n, s in OUTPUTS.items()}
 DIAGNOSTICS_TOPIC = "/diagnostics"
 CLOCK_TOPIC = "/clock"
 
@@ -34,16 +31,19 @@ def _msg_class(msgtype: str):
 
 
 class OutputRecorder:
-    """Subscribes to `<ns>/{perception,caption,events,markers}`, /diagnostics and /clock; writes a bag.
+    """Subscribes to the node's outputs (its topics.* values under its namespace), /diagnostics and /clock;
+    writes a bag.
 
     Read-only views for the caller (updated from the executor thread): `counts` per topic, `sim_time`
     (newest /clock, seconds), `pipeline` (the node's newest pipeline diagnostics as a dict) and
     `last_output_wall` (time.monotonic() of the newest output message).
     """
 
-    def __init__(self, bag: Path, namespace: str = "mmfusion", node_name: str = "mmfusion_demo_recorder",
-                 extra_topics: Optional[Dict[str, str]] = None):
-        """extra_topics: {topic: msgtype} recorded as well (e.g. the simulator's ground truth)."""
+    def __init__(self, bag: Path, namespace: str = "", node_name: str = "mmfusion_demo_recorder",
+                 extra_topics: Optional[Dict[str, str]] = None, topics: Optional[Dict[str, str]] = None):
+        """namespace: the fusion node's; topics: {output name: topic} as the node has them (ros/inputs.py
+        output_topics of its parameters; default: the defaults); extra_topics: {topic: msgtype} recorded
+        as well (e.g. the simulator's ground truth)."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rosbags.rosbag2 import StoragePlugin, Writer
@@ -66,8 +66,11 @@ class OutputRecorder:
         best_effort = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.BEST_EFFORT)
         ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self._subs = []
-        for name, msgtype in OUTPUT_TOPICS.items():
-            topic = f"{ns}/{name}"
+        if topics is None:
+            topics = {n: s.topic for n, s in OUTPUTS.items()}
+        for name, rel in topics.items():
+            msgtype = OUTPUT_TOPICS[name]
+            topic = rel if rel.startswith("/") else f"{ns}/{rel}"
             conn = self._writer.add_connection(topic, msgtype, typestore=store)
             self.counts[topic] = 0
             self._subs.append(self.node.create_subscription(
