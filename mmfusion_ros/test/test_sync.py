@@ -187,7 +187,8 @@ def test_duplicates_are_dropped_and_counted():
     assert c.add_imu(T0, np.ones(3), np.zeros(3))
     assert not c.add_imu(T0, np.ones(3), np.zeros(3))
     assert c.stats()["imu"] == dict(received=1, duplicates=1, out_of_order=0, dropped_old=0, frames_without=0,
-                                    resets=0, newest_stamp=T0)
+                                    zero_stamps=0, clock_jumps=0, clock_dropped=0, points_dropped=0,
+                                    resets=0, newest_stamp=T0, clock_offset_s=None, clock_aligned=False)
 
 
 def test_bag_loop_resets_all_buffers_with_one_log_line(caplog):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from dataclasses import dataclass
+import statistics
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,6 +26,20 @@ RATE_TRIGGER = "rate"
 #: Audio chunks whose stamps differ from the end of the previous chunk by less than this many seconds
 #: are joined into one continuous run (microphone stamps jitter by a few milliseconds).
 AUDIO_JOIN_TOLERANCE_S = 0.01
+#: Receive-minus-stamp differences kept per sensor to estimate its clock offset (the median of these).
+CLOCK_WINDOW = 15
+#: A sensor clock jump (reset back or forward) is believed once this many consecutive messages agree on
+#: the new offset and their receive times span at least CLOCK_CONFIRM_S: a burst of messages delivered
+#: late together (a stalled executor) or one garbage stamp is not a jump. Until then the disagreeing
+#: messages are placed by the offset they agree on (at most their receive time); right after the receive clock itself jumped back (a bag
+#: loop) they are dropped and counted instead (`clock_dropped`): they are stale ones from before the loop.
+CLOCK_CONFIRM_MESSAGES = 3
+CLOCK_CONFIRM_S = 0.05
+#: Largest stamp magnitude accepted (ROS time is int32 seconds): beyond it float seconds lose the precision
+#: clock offsets are measured with.
+MAX_STAMP_S = 2.0 ** 32
+#: Log lines per sensor about clock jumps (later jumps are only counted).
+CLOCK_JUMP_LOGS = 3
 
 
 @dataclass
@@ -45,6 +61,7 @@ class SyncConfig:
     lookahead_s: float = 0.05  # data stamped up to this long after the frame time still belongs to it
     delay_s: float = 0.05  # a frame is emitted once now >= frame time + delay_s (lets late messages arrive)
     reset_jump_s: float = 1.0  # time going back by more than this (a bag looping) resets every buffer
+    clock_offset_threshold_s: float = 1.0  # stamps further than this (or the timeout) off the receive clock get aligned
     frame_id: str = "base_link"  # frame_id of frames without a LiDAR sweep (a sweep's own frame_id wins)
 
     def timeout(self, modality: Modality) -> float:
@@ -56,7 +73,7 @@ class SyncConfig:
         if self.trigger != RATE_TRIGGER and self.trigger not in names:
             raise ValueError(f"sync.trigger: {self.trigger!r} is not 'rate' or one of {names}")
         positive = ["rate_hz", "audio_window_s", "imu_window_s", "audio_rate", "imu_rate", "buffer_s",
-                     "reset_jump_s"] + [f"{n}_timeout_s" for n in names]
+                     "reset_jump_s", "clock_offset_threshold_s"] + [f"{n}_timeout_s" for n in names]
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
@@ -80,6 +97,28 @@ class _Counters:
     out_of_order: int = 0  # messages older than the newest buffered one, inserted in order
     dropped_old: int = 0  # out-of-order messages older than the buffer keeps, dropped
     frames_without: int = 0  # frames emitted without this modality (timed out or never seen)
+    zero_stamps: int = 0  # messages stamped 0 (a driver without a clock): placed at their receive time
+    clock_jumps: int = 0  # times this sensor's clock jumped (reset back or forward) against the receive clock
+    clock_dropped: int = 0  # messages dropped while such a jump was being confirmed
+    points_dropped: int = 0  # LiDAR points the conversion dropped (non-finite or beyond the range bound)
+
+
+@dataclass
+class _SensorClock:
+    """One sensor's header-stamp clock against the receive clock (node clock live, record time offline).
+
+    `offset` = median of the recent (received - stamp); when it is beyond the sensor's threshold the
+    sensor's stamps are moved onto the receive clock by it (stamp + offset, never after the receive time),
+    so a sensor 237 days behind or an hour ahead still lands in the frames of its time."""
+
+    window: deque = field(default_factory=lambda: deque(maxlen=CLOCK_WINDOW))  # recent received - stamp, s
+    pending: List[Tuple[float, float]] = field(default_factory=list)  # (received - stamp, received) of a jump
+    offset: Optional[float] = None  # measured offset (median of window), s; None = not measured yet
+    aligned: bool = False  # stamps are moved by `offset`
+    warned: bool = False  # the WARN about the offset was given
+    warned_zero: bool = False  # the WARN about zero stamps was given
+    recent: "OrderedDict[float, float]" = field(default_factory=OrderedDict)  # header stamp -> stamp it got
+    # (a duplicate message gets the same stamp again, so it is still recognised as a duplicate)
 
 
 class _TimeBuffer:
@@ -154,6 +193,7 @@ class Collector:
         }
         self._camera_info: Optional[CameraIntrinsics] = None
         self._counters: Dict[Modality, _Counters] = {m: _Counters() for m in SENSOR_MODALITIES}
+        self._clocks: Dict[Modality, _SensorClock] = {m: _SensorClock() for m in SENSOR_MODALITIES}
         self._trigger = None if c.trigger == RATE_TRIGGER else Modality(c.trigger)
         self._pending: List[float] = []  # frame times of trigger messages waiting for their delay
         self._last_trigger: Optional[float] = None
@@ -170,29 +210,38 @@ class Collector:
         self._audio_rate: Optional[int] = None
 
     # ---- input -------------------------------------------------------------------------------------
-    def add_image(self, stamp: float, rgb: np.ndarray, camera: Optional[CameraIntrinsics] = None) -> bool:
-        """(H,W,3) uint8 RGB image; `camera` optionally updates the intrinsics. Returns True if buffered."""
+    def add_image(self, stamp: float, rgb: np.ndarray, camera: Optional[CameraIntrinsics] = None, *,
+                  received: Optional[float] = None) -> bool:
+        """(H,W,3) uint8 RGB image; `camera` optionally updates the intrinsics. Returns True if buffered.
+
+        `received` (every add_*): when the message arrived on the receive clock (the node clock live, the
+        record time offline; None = unknown, the stamp is taken as it is). It measures the sensor's clock
+        offset, aligns a sensor whose clock is off, and places zero stamps."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ValueError(f"image: expected (H,W,3) uint8 RGB, got {rgb.shape} {rgb.dtype}")
         if camera is not None:
             self._camera_info = camera
-        return self._insert(Modality.CAMERA, stamp, rgb)
+        return self._insert(Modality.CAMERA, stamp, rgb, received)
 
-    def add_camera_info(self, stamp: float, camera: CameraIntrinsics) -> None:
-        """Intrinsics are static in practice: the newest one is attached to every frame with an image."""
+    def add_camera_info(self, stamp: float, camera: CameraIntrinsics, *, received: Optional[float] = None) -> None:
+        """Intrinsics are static in practice: the newest one is attached to every frame with an image
+        (its stamp is only checked, so `received` is accepted and not needed)."""
         self._check_stamp(Modality.CAMERA, stamp)
         self._camera_info = camera
 
-    def add_lidar(self, stamp: float, points: np.ndarray, frame_id: Optional[str] = None) -> bool:
+    def add_lidar(self, stamp: float, points: np.ndarray, frame_id: Optional[str] = None, *,
+                  received: Optional[float] = None, dropped_points: int = 0) -> bool:
         """(N,4) float32 x,y,z,intensity in the LiDAR frame (N may be 0: an empty sweep is still a sweep).
-        Non-finite points are kept as given (conversions drop and count them; the BEV grid skips them)."""
+        Non-finite points are kept as given (conversions drop and count them; the BEV grid skips them);
+        `dropped_points` = how many the conversion dropped, counted in stats()["lidar"]["points_dropped"]."""
         pts = np.asarray(points)
         if pts.ndim != 2 or pts.shape[1] != 4:
             raise ValueError(f"lidar: expected (N,4) x,y,z,intensity, got shape {pts.shape}")
-        return self._insert(Modality.LIDAR, stamp, (pts.astype(np.float32, copy=False), frame_id))
+        self._counters[Modality.LIDAR].points_dropped += int(dropped_points)
+        return self._insert(Modality.LIDAR, stamp, (pts.astype(np.float32, copy=False), frame_id), received)
 
-    def add_audio(self, stamp: float, samples: np.ndarray, rate: int) -> bool:
+    def add_audio(self, stamp: float, samples: np.ndarray, rate: int, *, received: Optional[float] = None) -> bool:
         """(S,C) or (S,) float32 samples in [-1,1] at `rate` Hz; stamp = time of the first sample."""
         a = np.asarray(samples, np.float32)
         if a.ndim == 1:
@@ -208,16 +257,16 @@ class Collector:
             self._buf[Modality.AUDIO].clear()
         self._audio_rate = int(rate)
         mono = a.mean(axis=1) if a.shape[1] > 1 else a[:, 0]  # (S,)
-        return self._insert(Modality.AUDIO, stamp, (mono, int(rate)))
+        return self._insert(Modality.AUDIO, stamp, (mono, int(rate)), received, extent=len(mono) / rate)
 
-    def add_imu(self, stamp: float, accel: np.ndarray, gyro: np.ndarray) -> bool:
+    def add_imu(self, stamp: float, accel: np.ndarray, gyro: np.ndarray, *, received: Optional[float] = None) -> bool:
         """One IMU sample: accel (3,) m/s^2, gyro (3,) rad/s."""
         row = np.concatenate([np.asarray(accel, np.float32).reshape(-1), np.asarray(gyro, np.float32).reshape(-1)])
         if row.shape != (6,):
             raise ValueError(f"imu: expected accel (3,) and gyro (3,), got {np.shape(accel)} and {np.shape(gyro)}")
         if not np.all(np.isfinite(row)):
             raise ValueError(f"imu: sample contains NaN or inf: {row.tolist()}")
-        return self._insert(Modality.IMU, stamp, row)
+        return self._insert(Modality.IMU, stamp, row, received)
 
     # ---- output ------------------------------------------------------------------------------------
     def poll(self, now: float) -> List[SensorFrame]:
@@ -261,12 +310,18 @@ class Collector:
 
     def stats(self) -> Dict[str, Any]:
         """{"frames", "resets", "empty_ticks", "<modality>": {received, duplicates, out_of_order, dropped_old,
-        frames_without, resets, newest_stamp}} — what diagnostics report."""
+        frames_without, zero_stamps, clock_jumps, clock_dropped, points_dropped, resets, newest_stamp,
+        clock_offset_s, clock_aligned}} — what diagnostics report. newest_stamp is on the receive clock when
+        the sensor is aligned; clock_offset_s = measured median of (received - stamp), None before any
+        message with a receive time (audio: against the end of the chunk)."""
         out: Dict[str, Any] = {"frames": self._frames, "resets": self._resets, "empty_ticks": self._empty}
         for m in SENSOR_MODALITIES:
             d = dict(vars(self._counters[m]))
             d["resets"] = self._resets
             d["newest_stamp"] = self._buf[m].newest
+            clk = self._clocks[m]
+            d["clock_offset_s"] = clk.offset
+            d["clock_aligned"] = clk.aligned
             out[m.value] = d
         return out
 
@@ -277,12 +332,97 @@ class Collector:
     # ---- internals ---------------------------------------------------------------------------------
     def _check_stamp(self, modality: Modality, stamp: float) -> float:
         s = float(stamp)
-        if not math.isfinite(s):
-            raise ValueError(f"{modality.value}: stamp must be finite, got {stamp}")
+        if not math.isfinite(s) or abs(s) > MAX_STAMP_S:
+            raise ValueError(f"{modality.value}: stamp must be a finite time within +-2^32 s, got {stamp}")
         return s
 
-    def _insert(self, modality: Modality, stamp: float, item: Any) -> bool:
+    def _clock_threshold(self, modality: Modality) -> float:
+        """Offsets beyond this are aligned: the configured threshold, but at most half the sensor's timeout (an
+        offset left unaligned then still leaves the sensor's data within its timeout of the frames)."""
+        return min(self.cfg.clock_offset_threshold_s, 0.5 * self.cfg.timeout(modality))
+
+    def _align(self, modality: Modality, stamp: float, received: Optional[float], extent: float) -> Optional[float]:
+        """The stamp on the timeline frames are cut on, or None to drop the message (counted).
+
+        `extent`: seconds the message covers after its stamp (an audio chunk), so the offset is measured
+        against the end of what it carries."""
+        if received is None:
+            return stamp
+        received = float(received)
+        if not math.isfinite(received):
+            raise ValueError(f"{modality.value}: receive time must be finite, got {received}")
+        clk, cnt = self._clocks[modality], self._counters[modality]
+        name = modality.value
+        if stamp == 0.0:  # a driver without a clock: the receive time is the best there is
+            cnt.zero_stamps += 1
+            if not clk.warned_zero:
+                clk.warned_zero = True
+                self._warn(f"{name}: header stamps are zero (a driver without a clock?): using the receive "
+                           f"time instead")
+            return received - extent
+        thr = self._clock_threshold(modality)
+        d = received - (stamp + extent)
+        looping = self._jump is not None and self._jump[1]  # the receive clock jumped back just now
+        if looping and not clk.window and stamp > self._progress + self.cfg.reset_jump_s:
+            cnt.clock_dropped += 1  # no clock known for this sensor yet: a stamp past the new timeline is stale
+            return None
+        if stamp in clk.recent and abs(d - clk.offset) <= thr:
+            return clk.recent[stamp]  # the same message again (a duplicate): the same place, not a new measurement
+        if clk.window and abs(d - clk.offset) > thr:  # disagrees with this sensor's clock so far
+            if clk.pending and abs(d - statistics.median(p[0] for p in clk.pending)) > thr:
+                clk.pending = []  # disagrees with the other disagreeing ones too: start over
+            clk.pending.append((d, received))
+            span = clk.pending[-1][1] - clk.pending[0][1]
+            if len(clk.pending) < CLOCK_CONFIRM_MESSAGES or span < CLOCK_CONFIRM_S:
+                if looping:
+                    cnt.clock_dropped += 1
+                    return None
+                newest = self._buf[modality].newest
+                here = received - extent - (d - clk.offset) if clk.aligned else stamp  # by the clock so far
+                if d > clk.offset and newest is not None and here >= newest - self.cfg.timeout(modality):
+                    return here  # late (a burst after a stall): where its stamp says, among its neighbours
+                # by the offset the disagreeing messages agree on, never after it was received
+                return received - extent - max(d - statistics.median(p[0] for p in clk.pending), 0.0)
+            jump = statistics.median(p[0] for p in clk.pending) - clk.offset
+            clk.window.clear()
+            clk.window.extend(p[0] for p in clk.pending)
+            clk.pending = []
+            clk.recent.clear()
+            cnt.clock_jumps += 1
+            if cnt.clock_jumps <= CLOCK_JUMP_LOGS:
+                self._warn(f"{name}: sensor clock jumped {abs(jump):.3f} s {'back' if jump > 0 else 'forward'} "
+                           f"against the receive clock: re-aligned (jump #{cnt.clock_jumps}"
+                           f"{'; further jumps are only counted' if cnt.clock_jumps == CLOCK_JUMP_LOGS else ''})")
+        else:
+            clk.pending = []
+            clk.window.append(d)
+        clk.offset = float(statistics.median(clk.window))
+        was = clk.aligned
+        if abs(clk.offset) > thr:
+            clk.aligned = True
+        elif abs(clk.offset) < 0.5 * thr:  # hysteresis: an offset near the threshold does not flap
+            clk.aligned = False
+        if clk.aligned and not was and not clk.warned:
+            clk.warned = True
+            how = f"{clk.offset:.3f} s behind" if clk.offset > 0 else f"{-clk.offset:.3f} s ahead of"
+            days = f" ({abs(clk.offset) / 86400.0:.1f} days)" if abs(clk.offset) >= 86400.0 else ""
+            self._warn(f"{name}: header stamps are {how} the receive clock{days}, more than {thr:g} s: "
+                       f"aligning its stamps onto the receive clock")
+        # aligned: stamp + offset, never after it was received (written so a huge stamp keeps the receive
+        # clock's precision)
+        out = received - extent - max(d - clk.offset, 0.0) if clk.aligned else stamp
+        clk.recent[stamp] = out
+        if len(clk.recent) > 2 * CLOCK_WINDOW:
+            clk.recent.popitem(last=False)
+        return out
+
+    def _insert(self, modality: Modality, stamp: float, item: Any, received: Optional[float] = None,
+                extent: float = 0.0) -> bool:
         stamp = self._check_stamp(modality, stamp)
+        aligned = self._align(modality, stamp, received, extent)
+        if aligned is None:
+            return False
+        stamp = aligned
         buf, cnt = self._buf[modality], self._counters[modality]
         if buf.newest is not None and stamp < buf.newest - self.cfg.reset_jump_s:
             self._reset(f"{modality.value} stamp jumped back {buf.newest - stamp:.3f} s", stamp, by_clock=False)
