@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="export all-MiniLM-L6-v2 to ONNX for the torch-free TextEncoder instead "
                         "(--out default ~/.cache/mmfusion_ros/text_encoder)")
     p.add_argument("--force", action="store_true", help="with --text-encoder: re-export even when present")
+    p.add_argument("--familiarity-data", default=None, metavar="DATASET",
+                   help="simulator dataset whose train split (bank) and val split (threshold) the familiarity "
+                        "statistics are fitted on (default: the statistics the checkpoint's training fitted)")
 
 
 def run(args) -> int:
@@ -42,5 +45,19 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote bundle {args.out}: {len(man['parts'])} ONNX parts (opset {man['onnx_opset']}), manifest.json, prompts.json")
+    if args.familiarity_data:
+        from mmfusion_ros.train.data import DatasetError, load_split
+        from mmfusion_ros.train.familiarity import fit_from_splits, write_into_bundle
+
+        try:
+            spec = fit_from_splits(load_split(args.familiarity_data, "train"), load_split(args.familiarity_data, "val"),
+                                   args.out, source=f"{args.familiarity_data}: train (bank), val (threshold)")
+        except (DatasetError, ValueError) as e:
+            print(f"error: --familiarity-data: {e}", file=sys.stderr)
+            return 2
+        write_into_bundle(args.out, spec)
+        man["familiarity"] = spec
+    fam = "familiarity statistics" if man.get("familiarity") else "NO familiarity statistics (not assessed at run time)"
+    print(f"wrote bundle {args.out}: {len(man['parts'])} ONNX parts (opset {man['onnx_opset']}), manifest.json, "
+          f"prompts.json, {fam}")
     return 0

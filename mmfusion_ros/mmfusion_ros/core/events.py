@@ -67,9 +67,14 @@ class EventTracker:
         """Forget the smoothed state (e.g. when time jumps backwards)."""
         self.smoothed: Optional[np.ndarray] = None  # (E, H)
         self.active = np.zeros(len(self.event_types), bool)  # (E,)
+        self._fresh = np.ones(len(self.event_types), bool)  # (E,) rows whose EMA restarts at the next update
 
-    def update(self, probs: np.ndarray) -> List[Event]:
-        """(E,H) probabilities for one frame -> events that start, continue or end at this frame."""
+
+    def update(self, probs: np.ndarray, observed: Optional[np.ndarray] = None) -> List[Event]:
+        """(E,H) probabilities for one frame -> events that start, continue or end at this frame.
+
+        observed: (E,) bool, the types the frame's modalities can observe (default all). An unobserved type
+        has no state: nothing of it is active or reported, and its smoothing restarts when evidence returns."""
         p = np.asarray(probs, np.float32)
         shape = (len(self.event_types), len(self.horizons))
         if p.shape != shape:
@@ -77,9 +82,15 @@ class EventTracker:
         p = np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0)  # a NaN from the model reads as "no evidence"
         a = self.cfg.alpha
         self.smoothed = p.copy() if self.smoothed is None else a * p + (1.0 - a) * self.smoothed  # (E, H)
+        seen = np.ones(len(self.event_types), bool) if observed is None else np.asarray(observed, bool)  # (E,)
+        self.smoothed[self._fresh] = p[self._fresh]
+        self._fresh = ~seen
+        self.active &= seen
         peak = self.smoothed.max(axis=1)  # (E,)
         events: List[Event] = []
         for e, name in enumerate(self.event_types):
+            if not seen[e]:
+                continue
             if not self.active[e] and peak[e] >= self.on[e]:
                 self.active[e] = True
                 events.append(self._event(e, STATE_START))

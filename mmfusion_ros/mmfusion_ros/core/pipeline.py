@@ -193,7 +193,7 @@ class Pipeline:
             tokens[0, k] = emb[0]
             encoded[k] = 1.0
             if self.familiarity.assessed(m.value):
-                familiarity[m.value] = self.familiarity.score(m.value, emb[0])
+                familiarity[m.value] = self.familiarity.score(m.value, inputs[m.value])
             if familiarity.get(m.value, 1.0) >= self.familiarity.threshold:
                 used_mask[k] = 1.0
         t = timer.add("encode", t)
@@ -227,8 +227,7 @@ class Pipeline:
             unobservable = [e for e, o in zip(self.event_tracker.event_types, ok) if not o]
             probs = probs.copy()
             probs[~ok] = np.nan  # not a probability: no present, familiar modality can observe it
-            events = [e for e in self.event_tracker.update(np.where(ok[:, None], probs, 0.0))
-                      if e.type not in unobservable]
+            events = self.event_tracker.update(np.where(ok[:, None], probs, 0.0), observed=ok)
             t = timer.add("events", t)
 
         objects: List[DetectedObject] = []

@@ -225,6 +225,14 @@ def export_bundle(
         shutil.copyfile(checkpoint.parent / mem, out / mem)
     if mem and (out / mem).is_file():
         extra["caption_memory"] = mem
+    fam = info.get("metadata", {}).get("familiarity")  # statistics fitted by training (train/familiarity.py)
+    if fam and (checkpoint.parent / fam["file"]).is_file():
+        if (out / fam["file"]).resolve() != (checkpoint.parent / fam["file"]).resolve():
+            shutil.copyfile(checkpoint.parent / fam["file"], out / fam["file"])
+        extra["familiarity"] = fam
+    cal = info.get("metadata", {}).get("calibration")  # maps fitted by `train --calibrate-only` (train/calibrate.py)
+    if cal:
+        extra["calibration"] = cal
     man = build_manifest(model, vocab, parts, digest, event_thresholds=thresholds, extra=extra)
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     (out / "vocab.txt").write_text("\n".join(vocab.tokens) + "\n")

@@ -136,6 +136,10 @@ def train_on_windows(data: Dict[str, np.ndarray], init, out_dir, epochs: int = 3
     meta = dict(info.get("metadata", {}))
     meta.update(bags_training={"init_sha256": info["sha256"], "windows": int(n), "epochs": epochs,
                                "seconds": time.time() - t0, "before": before, "after": after})
+    from mmfusion_ros.train.familiarity import fit_from_windows
+
+    # the robot's own recordings are now the familiar world: refit the statistics on them
+    meta["familiarity"] = fit_from_windows(data, out, source=f"train --bags: {int(n)} windows")
     save_checkpoint(out / "checkpoint.pt", model, vocab, meta)
     # keep the init's caption memory next to the new checkpoint so the bundle stays complete
     mem = meta.get("caption_memory_file")

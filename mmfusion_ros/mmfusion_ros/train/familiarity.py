@@ -2,66 +2,75 @@
 
 Called at export (simulator training data) and by `mmfusion train --bags` (the user's own recordings,
 which then become the familiar world). The bank is a random sample of training embeddings; the threshold
-is the k-NN distance at `quantile` of frames the bank does not contain (so held-out frames of the training
-distribution are flagged unfamiliar at about 1 - quantile).
+is the k-NN distance at `quantile` of frames from scenes the bank does not contain (so new frames of the
+training world are flagged unfamiliar at about 1 - quantile).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Dict, Mapping
 
 import numpy as np
 
-from mmfusion_ros.core.familiarity import Familiarity, ModalityStats, UNFAMILIAR_BELOW
+from mmfusion_ros.core.familiarity import UNFAMILIAR_BELOW, Familiarity, ModalityStats, describe
 
 FILE = "familiarity.npz"
 
-Encode = Callable[[str, np.ndarray], np.ndarray]  # (modality, (B, ...) inputs) -> (B, D) embeddings
-
-
-def embed_all(encode: Encode, modality: str, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """(N, ...) inputs -> (N, D) unit embeddings, in batches."""
-    out = [np.asarray(encode(modality, np.ascontiguousarray(x[i:i + batch], np.float32)), np.float32)
-           for i in range(0, len(x), batch)]
-    e = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-
-def fit_modality(emb: np.ndarray, bank_size: int = 2048, k: int = 10, quantile: float = 0.99,
-                 seed: int = 0) -> ModalityStats:
-    """(N, D) training embeddings -> statistics; N is split into a bank and the frames that set the threshold."""
-    n = len(emb)
-    if n < 2 * k + 2:
-        raise ValueError(f"familiarity: {n} embeddings are too few to fit (need at least {2 * k + 2})")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_bank = min(bank_size, n - max(k + 1, n // 5))  # keep at least a fifth (and k+1) frames out of the bank
-    bank, rest = emb[perm[:n_bank]], emb[perm[n_bank:]]
-    st = ModalityStats(bank.astype(np.float32), 1.0, k)
-    d = np.array([st.distance(e) for e in rest])
-    st.threshold = float(np.quantile(d, quantile))
+def fit_modality(modality: str, train_x: np.ndarray, holdout_x: np.ndarray, bank_size: int = 2048, k: int = 10,
+                 quantile: float = 0.995, seed: int = 0) -> ModalityStats:
+    """Training-scene inputs fill the bank; inputs of other scenes of the same world (`holdout_x`, e.g. the val
+    split) set the threshold, so a new scene of the familiar world is not called unfamiliar."""
+    if len(train_x) < k + 1 or len(holdout_x) < 10:
+        raise ValueError(f"familiarity: {modality}: {len(train_x)} training and {len(holdout_x)} held-out frames "
+                         f"are too few (need {k + 1} and 10)")
+    desc = np.concatenate([describe(modality, train_x[i:i + 256]) for i in range(0, len(train_x), 256)])  # (N, F)
+    mean, std = desc.mean(0), desc.std(0) + 1e-3
+    pick = np.random.default_rng(seed).permutation(len(desc))[:bank_size]
+    bank = ((desc[pick] - mean) / std).astype(np.float16).astype(np.float32)  # as shipped (float16)
+    st = ModalityStats(mean.astype(np.float32), std.astype(np.float32), bank, 1.0, k)
+    d = np.concatenate([st.distances(describe(modality, holdout_x[i:i + 256])) for i in range(0, len(holdout_x), 256)])
+    st.threshold = float(np.quantile(d[np.isfinite(d)], quantile))
     return st
 
 
-def fit(encode: Encode, inputs: Mapping[str, np.ndarray], out_dir, bank_size: int = 2048, k: int = 10,
-        quantile: float = 0.99, seed: int = 0, source: str = "") -> dict:
-    """Fit every modality in `inputs` ({modality: (N, ...) model inputs}), write <out_dir>/familiarity.npz,
+def fit(train_inputs: Mapping[str, np.ndarray], holdout_inputs: Mapping[str, np.ndarray], out_dir,
+        bank_size: int = 2048, k: int = 10, quantile: float = 0.995, seed: int = 0, source: str = "") -> dict:
+    """Fit every modality with data ({modality: (N, ...) model inputs}), write <out_dir>/familiarity.npz and
     return the manifest entry ("familiarity")."""
     arrays: Dict[str, np.ndarray] = {}
     mods: Dict[str, float] = {}
-    for m, x in inputs.items():
-        if x is None or len(x) == 0:
+    for m, x in train_inputs.items():
+        h = holdout_inputs.get(m)
+        if x is None or len(x) == 0 or h is None or len(h) == 0:
             continue
-        st = fit_modality(embed_all(encode, m, x), bank_size, k, quantile, seed)
-        arrays[f"bank_{m}"] = st.bank.astype(np.float16)  # half the bytes; scores move by < 1e-3
+        st = fit_modality(m, x, h, bank_size, k, quantile, seed)
+        arrays.update({f"mean_{m}": st.mean, f"std_{m}": st.std, f"bank_{m}": st.bank.astype(np.float16)})
         mods[m] = st.threshold
     if not mods:
         raise ValueError("familiarity: no modality had data to fit")
-    out = Path(out_dir)
-    np.savez_compressed(out / FILE, **arrays)
-    return {"file": FILE, "method": "knn_cosine", "k": int(k), "quantile": float(quantile), "sharpness": 8.0,
-            "unfamiliar_below": UNFAMILIAR_BELOW, "modalities": mods, "fitted_on": source}
+    np.savez_compressed(Path(out_dir) / FILE, **arrays)
+    return {"file": FILE, "method": "knn_input_descriptors", "k": int(k), "quantile": float(quantile),
+            "sharpness": 8.0, "unfamiliar_below": UNFAMILIAR_BELOW, "modalities": mods, "fitted_on": source}
+
+
+def fit_from_splits(train, holdout, out_dir, max_frames: int = 8000, **kw) -> dict:
+    """Fit from two train.data.Split objects (simulator datasets)."""
+    idx = lambda s: np.linspace(0, len(s) - 1, min(len(s), max_frames)).astype(int)
+    mods = ["camera", "lidar", "audio", "imu"]
+    ti, hi = idx(train), idx(holdout)
+    return fit({m: train.inputs(ti, [m])[m] for m in mods}, {m: holdout.inputs(hi, [m])[m] for m in mods}, out_dir,
+               **kw)
+
+
+def fit_from_windows(data: Mapping[str, np.ndarray], out_dir, every: int = 5, **kw) -> dict:
+    """Fit from bag windows (train/bags.py): every `every`-th window sets the threshold, the rest fill the
+    bank, so the user's own recordings become the familiar world."""
+    mods = [m for m in ("camera", "lidar", "audio", "imu") if m in data and len(data[m])]
+    n = min(len(data[m]) for m in mods) if mods else 0
+    hold = np.arange(n) % every == every - 1
+    return fit({m: data[m][~hold] for m in mods}, {m: data[m][hold] for m in mods}, out_dir, **kw)
 
 
 def write_into_bundle(model_dir, spec: dict) -> None:

@@ -551,6 +551,38 @@ class Trainer:
             np.savez(self.out / name, texts=np.array(texts), embeddings=self.captions.emb[idx].astype(np.float16))
         return name
 
+    def fit_familiarity(self) -> Optional[dict]:
+        """Familiarity statistics of this training data (train: bank; val: threshold) next to the checkpoint."""
+        from mmfusion_ros.train.familiarity import fit_from_splits
+
+        if not self.dist.main:
+            return None
+        try:
+            val = load_split(self.cfg.data, "val")
+            return fit_from_splits(self.train, val, self.out, source=f"{self.cfg.data}: train (bank), val (threshold)")
+        except Exception as e:  # noqa: BLE001 - a bundle without statistics still works (familiarity not assessed)
+            self.log(f"familiarity statistics not fitted ({e}); the bundle will report familiarity as not assessed")
+            return None
+
+    def fit_calibration(self, checkpoint: Path) -> Optional[dict]:
+        """Calibration maps and budgeted event thresholds (train/calibrate.py) of the saved checkpoint on the
+        val split; export copies them into the bundle's manifest ("calibration")."""
+        from mmfusion_ros.train import calibrate as C
+        from mmfusion_ros.train.evaluate import Evaluator
+
+        if not self.dist.main:
+            return None
+        try:
+            val = load_split(self.cfg.data, "val")
+            ev = Evaluator(checkpoint, text_cache=self.cfg.text_cache or self.out / "text_cache", threads=self.cfg.threads)
+            spec = C.fit(C.collect(ev, val), budget_per_min=float(getattr(self.cfg, "event_false_alarm_budget", 1.0)))
+            spec["fitted_on"] = {"sets": [{"data": str(self.cfg.data), "split": "val", "frames": len(val)}],
+                                 "frames": len(val), "minutes": round(len(val) * val.frame_step / 60.0, 2)}
+            return spec
+        except Exception as e:  # noqa: BLE001 - an uncalibrated bundle still works (raw scores, raw thresholds)
+            self.log(f"calibration not fitted ({type(e).__name__}: {e}); the bundle will publish raw scores")
+            return None
+
     def fit(self) -> Path:
         t0 = time.time()
         for stage in self.cfg.stages:
@@ -565,10 +597,16 @@ class Trainer:
             if "events" in self.cfg.stages or self.calibrate:
                 self.metadata["event_thresholds"] = self.calibrate_event_thresholds()
             self.metadata["caption_memory_file"] = self.write_caption_memory()
+            self.metadata["familiarity"] = self.fit_familiarity()
             self.metadata["supervised_upper_bound"] = self.cfg.supervised_upper_bound
             self.metadata["train_samples"] = len(self.train)
             self.metadata["data"] = str(self.cfg.data)
             self.save("checkpoint.pt")
+            if "events" in self.cfg.stages or self.calibrate:
+                cal = self.fit_calibration(final)
+                if cal:
+                    self.metadata["calibration"] = cal
+                    self.save("checkpoint.pt")
             self.save("last.pt", {"progress": self.progress, "stage_seconds": self.stage_seconds})
         self.log(f"training finished in {time.time() - t0:.0f} s (stage seconds {self.stage_seconds}); checkpoint {final}")
         self.dist.barrier()
