@@ -269,3 +269,10 @@ def test_property_any_finite_stamp_is_either_buffered_or_counted(stamps, receive
     s = c.stats()["imu"]
     assert s["received"] + s["duplicates"] + s["dropped_old"] + s["clock_dropped"] == len(stamps)
     assert s["clock_offset_s"] is None if all(x == 0.0 for x in stamps) else math.isfinite(s["clock_offset_s"])
+
+
+def test_in_order_messages_past_the_buffer_limit_are_not_counted_out_of_order():
+    c = Collector(cfg(max_messages=4))
+    for k in range(10):
+        assert c.add_lidar(T0 + 0.1 * k, np.ones((2, 4), np.float32), received=T0 + 0.1 * k)
+    assert c.stats()["lidar"]["out_of_order"] == 0 and c.stats()["lidar"]["received"] == 10

@@ -61,7 +61,7 @@ class SyncConfig:
     lookahead_s: float = 0.05  # data stamped up to this long after the frame time still belongs to it
     delay_s: float = 0.05  # a frame is emitted once now >= frame time + delay_s (lets late messages arrive)
     reset_jump_s: float = 1.0  # time going back by more than this (a bag looping) resets every buffer
-    clock_offset_threshold_s: float = 1.0  # stamps further than this (or the timeout) off the receive clock get aligned
+    clock_offset_threshold_s: float = 1.0  # stamps off the receive clock by more than this (or timeout/2) get aligned
     frame_id: str = "base_link"  # frame_id of frames without a LiDAR sweep (a sweep's own frame_id wins)
 
     def timeout(self, modality: Modality) -> float:
@@ -145,10 +145,11 @@ class _TimeBuffer:
         i = bisect.bisect_left(self.stamps, stamp)
         if i < len(self.stamps) and self.stamps[i] == stamp:
             return "duplicate"
+        status = "ok" if i == len(self.stamps) else "out_of_order"  # before pruning shortens the list
         self.stamps.insert(i, stamp)
         self.items.insert(i, item)
         self._prune()
-        return "ok" if i == len(self.stamps) - 1 else "out_of_order"
+        return status
 
     def _prune(self) -> None:
         cut = bisect.bisect_left(self.stamps, self.stamps[-1] - self.keep_s)

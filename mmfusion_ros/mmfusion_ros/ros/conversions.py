@@ -7,6 +7,11 @@ and fill ``data`` with ``arr.tobytes()`` (assigning an ndarray to an rclpy field
 
 Every malformed input raises :class:`ConversionError` naming the field and the problem, never another
 exception type, so callers can count and log a rejected message with one ``except``.
+
+Physical plausibility (:class:`Limits`, the node's ``limits.*`` parameters) is checked here too, so one
+absurd value costs only its own message: an audio chunk or IMU sample beyond its bound is rejected
+(ConversionError); a point cloud keeps its good points and drops the implausible ones, counted like
+non-finite points (a LiDAR return at 1e20 m is one bad return, not a bad sweep).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import array
 import math
 import sys
+from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
@@ -29,6 +35,37 @@ class ConversionError(ValueError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+# ------------------------------------------------------------------------------------ plausibility
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Physical plausibility bounds per input, applied at conversion (node parameters ``limits.<field>``)."""
+
+    audio_max_abs: float = 10.0  # largest |sample| of a float audio chunk (full scale 1); beyond: chunk rejected
+    lidar_max_range_m: float = 1000.0  # LiDAR points farther than this from the sensor are dropped (counted)
+    imu_max_accel: float = 500.0  # largest |linear acceleration|, m/s^2 (about 50 g); beyond: sample rejected
+    imu_max_gyro: float = 100.0  # largest |angular velocity|, rad/s (about 5700 deg/s); beyond: sample rejected
+
+    @classmethod
+    def from_params(cls, values: Dict[str, Any]) -> "Limits":
+        """From the node's parameter values (``limits.<field>``); a missing one keeps its default."""
+        d = cls()
+        return cls(**{f: float(values.get(f"limits.{f}", getattr(d, f))) for f in
+                      ("audio_max_abs", "lidar_max_range_m", "imu_max_accel", "imu_max_gyro")}).validate()
+
+    def validate(self) -> "Limits":
+        for name in ("audio_max_abs", "lidar_max_range_m", "imu_max_accel", "imu_max_gyro"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"limits.{name}: must be a finite number > 0, got {v!r}")
+        return self
+
+
+#: The defaults (what a conversion called without ``limits`` applies).
+DEFAULT_LIMITS = Limits()
 
 
 # --------------------------------------------------------------------------------------------- time
@@ -374,14 +411,18 @@ def _xyz_view(layout: CloudLayout) -> Optional[np.ndarray]:
 
 
 def _finite_rows(xyz: np.ndarray) -> Optional[np.ndarray]:
-    """(N,) mask of rows whose x,y,z are all finite, or None when every row is (the common case).
+    """(N,) mask of rows whose values (x,y,z[,intensity]) are all finite, or None when every row is (the
+    common case).
 
     One flat check first: ``isfinite(...).all(axis=1)`` costs ~8x more than this on 65k points.
     """
-    fin = np.isfinite(xyz)  # (N, 3)
+    fin = np.isfinite(xyz)  # (N, C)
     if fin.all():
         return None
-    return fin[:, 0] & fin[:, 1] & fin[:, 2]  # (N,)
+    mask = fin[:, 0].copy()  # (N,)
+    for j in range(1, fin.shape[1]):
+        mask &= fin[:, j]
+    return mask
 
 
 def pointcloud2_to_xyz(msg: Any, drop_invalid: bool = True) -> np.ndarray:
@@ -406,13 +447,15 @@ def pointcloud2_to_xyz(msg: Any, drop_invalid: bool = True) -> np.ndarray:
     return xyz if mask is None else xyz[mask]
 
 
-def pointcloud2_to_xyzi_counted(msg: Any) -> Tuple[np.ndarray, int]:
-    """sensor_msgs/PointCloud2 -> ((N,4) float32 x,y,z,intensity, points dropped as non-finite).
+def pointcloud2_to_xyzi_counted(msg: Any, limits: Optional[Limits] = None) -> Tuple[np.ndarray, int]:
+    """sensor_msgs/PointCloud2 -> ((N,4) float32 x,y,z,intensity, points dropped).
 
     Intensity is read from the first field named intensity, i or reflectance (any numeric type, cast
     to float32, values unchanged) and is 0 when the cloud has none. Points with a NaN or infinite
-    x, y or z are dropped and counted; organised clouds come out row-major.
+    x, y, z or intensity, or farther than ``limits.lidar_max_range_m`` from the sensor, are dropped
+    and counted (the good points of the sweep are kept); organised clouds come out row-major.
     """
+    max_range = float((limits or DEFAULT_LIMITS).lidar_max_range_m)
     layout = _cloud_layout(msg)
     n = layout.height * layout.width
     out = np.empty((n, 4), np.float32)  # (N, 4)
@@ -428,15 +471,23 @@ def pointcloud2_to_xyzi_counted(msg: Any) -> Tuple[np.ndarray, int]:
         out[:, 3] = _field_view(layout, "intensity").reshape(-1)
     else:
         out[:, 3] = 0.0
-    mask = _finite_rows(out[:, :3])
+    mask = _finite_rows(out)  # (N,) or None: x, y, z and intensity finite
+    # points within the range bound: one cheap test on the largest coordinate first (the common case)
+    peak = float(np.abs(out[:, :3]).max(initial=0.0)) if mask is None else \
+        float(np.abs(out[mask, :3]).max(initial=0.0))
+    if peak > max_range / math.sqrt(3.0):
+        with np.errstate(over="ignore", invalid="ignore"):
+            xyz = out[:, :3].astype(np.float64)  # (N, 3): squares of 1e20 overflow float32
+            near = (xyz * xyz).sum(axis=1) <= max_range * max_range  # (N,) False for NaN too
+        mask = near if mask is None else (mask & near)
     if mask is None:
         return out, 0
     return out[mask], int(n - np.count_nonzero(mask))
 
 
-def pointcloud2_to_xyzi(msg: Any) -> np.ndarray:
-    """sensor_msgs/PointCloud2 -> (N,4) float32 x,y,z,intensity with non-finite points dropped."""
-    return pointcloud2_to_xyzi_counted(msg)[0]
+def pointcloud2_to_xyzi(msg: Any, limits: Optional[Limits] = None) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> (N,4) float32 x,y,z,intensity with non-finite and out-of-range points dropped."""
+    return pointcloud2_to_xyzi_counted(msg, limits)[0]
 
 
 def xyzi_to_pointcloud2(
@@ -514,11 +565,19 @@ def _vec3(v: Any, field: str) -> np.ndarray:
     return a
 
 
-def imu_to_reading(msg: Any) -> ImuReading:
-    """sensor_msgs/Imu -> ImuReading; NaN/inf acceleration or rate raises (orientation is passed as given)."""
+def imu_to_reading(msg: Any, limits: Optional[Limits] = None) -> ImuReading:
+    """sensor_msgs/Imu -> ImuReading; NaN/inf acceleration or rate raises, and so does a magnitude beyond
+    ``limits.imu_max_accel`` / ``imu_max_gyro`` (orientation is passed as given)."""
+    lim = limits or DEFAULT_LIMITS
     stamp = header_stamp(msg)
     accel = _vec3(getattr(msg, "linear_acceleration", None), "Imu.linear_acceleration")
     gyro = _vec3(getattr(msg, "angular_velocity", None), "Imu.angular_velocity")
+    for field, v, bound, name, unit in (("Imu.linear_acceleration", accel, lim.imu_max_accel, "imu_max_accel", "m/s^2"),
+                                        ("Imu.angular_velocity", gyro, lim.imu_max_gyro, "imu_max_gyro", "rad/s")):
+        mag = float(np.linalg.norm(v))
+        if mag > bound:
+            raise ConversionError(field, f"magnitude {mag:.4g} {unit} is beyond the plausible {bound:g} "
+                                         f"(parameter limits.{name})")
     q = getattr(msg, "orientation", None)
     try:
         orientation = np.array([float(q.x), float(q.y), float(q.z), float(q.w)])
@@ -606,11 +665,11 @@ def intrinsics_to_camera_info(intr: CameraIntrinsics, stamp: float = 0.0):
 AUDIO_ENCODINGS: Dict[str, np.dtype] = {"S16LE": np.dtype("<i2"), "F32LE": np.dtype("<f4")}
 
 
-def audio_to_array(msg: Any) -> Tuple[np.ndarray, int]:
+def audio_to_array(msg: Any, limits: Optional[Limits] = None) -> Tuple[np.ndarray, int]:
     """mmfusion_msgs/AudioFrame -> ((S,C) float32, sample_rate).
 
     S16LE is scaled by 1/32768 into [-1, 1); F32LE is passed through as sent (nominally [-1, 1]);
-    non-finite samples raise.
+    non-finite samples raise, and so does a chunk whose peak is beyond ``limits.audio_max_abs``.
     """
     enc = getattr(msg, "encoding", None)
     if enc not in AUDIO_ENCODINGS:
@@ -635,6 +694,11 @@ def audio_to_array(msg: Any) -> Tuple[np.ndarray, int]:
     out = samples.astype(np.float32)  # (S, C) native endian copy
     if not np.isfinite(out).all():
         raise ConversionError("AudioFrame.data", "contains non-finite F32LE samples")
+    bound = float((limits or DEFAULT_LIMITS).audio_max_abs)
+    peak = float(np.abs(out).max(initial=0.0))
+    if peak > bound:
+        raise ConversionError("AudioFrame.data", f"peak |sample| {peak:.4g} is beyond the plausible {bound:g} "
+                                                 f"(full scale 1; parameter limits.audio_max_abs)")
     return out, rate
 
 

@@ -98,37 +98,37 @@ class Sample(NamedTuple):
 _NONE: Dict[str, Any] = {}
 
 
-def _image(msg) -> Tuple[tuple, Dict[str, Any]]:
+def _image(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
     return (conv.image_to_rgb(msg),), _NONE  # (H, W, 3) uint8
 
 
-def _compressed(msg) -> Tuple[tuple, Dict[str, Any]]:
+def _compressed(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
     fmt = str(getattr(msg, "format", "") or "").lower()
     if fmt and not any(k in fmt for k in ("jpeg", "jpg", "png")):
         raise conv.ConversionError("CompressedImage.format", f"{fmt!r} is neither jpeg nor png")
     return (conv.compressed_to_rgb(msg),), _NONE
 
 
-def _camera_info(msg) -> Tuple[tuple, Dict[str, Any]]:
+def _camera_info(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
     return (conv.camera_info_to_intrinsics(msg),), _NONE
 
 
-def _lidar(msg) -> Tuple[tuple, Dict[str, Any]]:
-    pts, dropped = conv.pointcloud2_to_xyzi_counted(msg)  # (N, 4); invalid points dropped and counted
+def _lidar(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
+    pts, dropped = conv.pointcloud2_to_xyzi_counted(msg, limits)  # (N, 4); invalid points dropped and counted
     return (pts, msg.header.frame_id or None), {"dropped_points": int(dropped)}
 
 
-def _audio(msg) -> Tuple[tuple, Dict[str, Any]]:
-    return conv.audio_to_array(msg), _NONE  # ((S, C) float32, rate)
+def _audio(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
+    return conv.audio_to_array(msg, limits), _NONE  # ((S, C) float32, rate)
 
 
-def _imu(msg) -> Tuple[tuple, Dict[str, Any]]:
-    r = conv.imu_to_reading(msg)
+def _imu(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
+    r = conv.imu_to_reading(msg, limits)
     return (r.accel, r.gyro), _NONE
 
 
-#: input name -> (conversion of the message into Collector (args, kwargs), Collector method)
-DISPATCH: Dict[str, Tuple[Callable[[Any], Tuple[tuple, Dict[str, Any]]], str]] = {
+#: input name -> (conversion of (message, conv.Limits) into Collector (args, kwargs), Collector method)
+DISPATCH: Dict[str, Tuple[Callable[[Any, Any], Tuple[tuple, Dict[str, Any]]], str]] = {
     "image": (_image, "add_image"),
     "compressed": (_compressed, "add_image"),
     "camera_info": (_camera_info, "add_camera_info"),
@@ -154,6 +154,7 @@ class InputFeeder:
         self.raw_images = bool(values.get("topics.image", INPUTS["image"].topic))
         self.camera_timeout_s = float(values.get("sync.timeout.camera", 0.5))
         self.newest_raw: Optional[float] = None  # header stamp of the newest raw image converted
+        self.limits = conv.Limits.from_params(values)  # plausibility bounds (limits.* parameters)
         self._keywords = {m: _keywords(getattr(collector, m, None)) for _, m in DISPATCH.values()}
 
     def convert(self, name: str, msg: Any) -> Optional[Sample]:
@@ -163,7 +164,7 @@ class InputFeeder:
         if name == "compressed" and self.raw_images and self.newest_raw is not None \
                 and abs(stamp - self.newest_raw) < self.camera_timeout_s:
             return None
-        args, extra = DISPATCH[name][0](msg)
+        args, extra = DISPATCH[name][0](msg, self.limits)
         if name == "image":
             self.newest_raw = stamp if self.newest_raw is None else max(self.newest_raw, stamp)
         return Sample(name, stamp, args, extra)

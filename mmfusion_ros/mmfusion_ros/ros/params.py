@@ -176,6 +176,18 @@ def _pipeline_config():
     return PipelineConfig
 
 
+#: Plausibility bounds at conversion (ros/conversions.py Limits): all strictly positive.
+LIMITS_ROWS: Dict[str, Dict[str, Any]] = {
+    f: dict(min=0.0, min_exclusive=True) for f in ("audio_max_abs", "lidar_max_range_m", "imu_max_accel",
+                                                   "imu_max_gyro")}
+
+
+def _limits_config():
+    from mmfusion_ros.ros.conversions import Limits
+
+    return Limits
+
+
 def _sync_param_name(field: str) -> str:
     """SyncConfig field -> parameter: camera_timeout_s -> sync.timeout.camera (the group users know), else sync.<f>."""
     for m in SENSOR_MODALITIES:
@@ -244,6 +256,7 @@ def _table() -> List[ParamSpec]:
     ]
     rows += _dataclass_rows("pipeline.", _pipeline_config(), PIPELINE_NOT_PARAMS, PIPELINE_ROWS,
                             lambda f: f"pipeline.{f}")
+    rows += _dataclass_rows("limits.", _limits_config(), (), LIMITS_ROWS, lambda f: f"limits.{f}")
     rows += _perception_rows()
     seen: Dict[str, ParamSpec] = {}
     for r in rows:  # a row written by hand wins over one derived from a dataclass
