@@ -49,5 +49,7 @@ setup(
     entry_points={
         "console_scripts": ["mmfusion = mmfusion_ros.cli:main"]
         + [f"{name} = {target}" for name, target in EXECUTABLES.items()],
+        # backends implemented above runtime/ (runtime/torch_backend.py finds them here)
+        "mmfusion_ros.backends": ["torch = mmfusion_ros.train.torch_backend:TorchBackend"],
     },
 )

@@ -34,11 +34,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..ros.inputs import INPUTS, OUTPUTS
+
 NOMINAL_HZ = {"image": 15.0, "camera_info": 15.0, "lidar": 10.0, "imu": 200.0, "audio": 50.0}
-TOPICS = {"image": "camera/image_raw", "camera_info": "camera/camera_info", "lidar": "lidar/points",
-          "imu": "imu/data", "audio": "audio/audio"}
+TOPICS = {k: INPUTS[k].topic for k in NOMINAL_HZ}  # the node's default topics (ros/inputs.py)
 TOPICS_ABS = {k: "/" + v for k, v in TOPICS.items()}
-OUTPUT_TOPIC = "mmfusion/perception"
+OUTPUT_TOPIC = OUTPUTS["perception"].topic
 AUDIO_RATE = 16000
 PKG_ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,14 +79,13 @@ def _child(factors: List[float], seconds: float, warmup: float, ready_timeout: f
     from mmfusion_msgs.msg import FusedPerception
     from mmfusion_ros.core.types import CameraIntrinsics
     from mmfusion_ros.ros import conversions as conv
-    from sensor_msgs.msg import CameraInfo, Image, Imu, PointCloud2
-
     from diagnostic_msgs.msg import DiagnosticArray
-    from mmfusion_msgs.msg import AudioFrame
+
+    from mmfusion_ros.ros.inputs import msg_class
 
     rclpy.init()
     node = rclpy.create_node("mmfusion_bench_load")
-    classes = {"image": Image, "camera_info": CameraInfo, "lidar": PointCloud2, "imu": Imu, "audio": AudioFrame}
+    classes = {k: msg_class(INPUTS[k].msgtype) for k in TOPICS}
     # reliable keep-last publishers connect to best-effort and reliable subscriptions alike
     pub_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     pubs = {k: node.create_publisher(classes[k], TOPICS[k], pub_qos) for k in TOPICS}

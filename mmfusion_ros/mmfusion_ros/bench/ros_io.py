@@ -75,6 +75,7 @@ def _write_bag(path: Path, seconds: float, heavy: bool) -> dict:
 
     from ..ros import conversions as conv
     from ..ros.bag_io import typestore
+    from ..ros.inputs import INPUTS
 
     ts = typestore()
     rng = np.random.default_rng(0)
@@ -85,11 +86,7 @@ def _write_bag(path: Path, seconds: float, heavy: bool) -> dict:
         events += [(t0 + int(i * 1e9 / 30) + 2, "/camera/image_raw") for i in range(int(seconds * 30))]
     cloud = serialize_message(conv.xyzi_to_pointcloud2(rng.normal(0, 20, (N_POINTS, 4)).astype(np.float32)))
     image = serialize_message(conv.rgb_to_image(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)))
-    types = {
-        "/imu/data": "sensor_msgs/msg/Imu",
-        "/lidar/points": "sensor_msgs/msg/PointCloud2",
-        "/camera/image_raw": "sensor_msgs/msg/Image",
-    }
+    types = {"/" + INPUTS[k].topic: INPUTS[k].msgtype for k in ("imu", "lidar", "image")}  # ros/inputs.py
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conns = {t: w.add_connection(t, m, typestore=ts) for t, m in types.items() if heavy or t == "/imu/data"}
         for t, topic in sorted(events):
@@ -112,11 +109,7 @@ def _listen_main() -> None:
 
     from ..ros.replay import message_class
 
-    types = {
-        "/imu/data": "sensor_msgs/msg/Imu",
-        "/lidar/points": "sensor_msgs/msg/PointCloud2",
-        "/camera/image_raw": "sensor_msgs/msg/Image",
-    }
+    types = {"/" + INPUTS[k].topic: INPUTS[k].msgtype for k in ("imu", "lidar", "image")}  # ros/inputs.py
     expected, topics = int(sys.argv[1]), sys.argv[2:]
     rclpy.init()
     node = rclpy.create_node("bench_replay_listener")

@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,11 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    # --- text encoder branch (runtime engineer; logic in model/text_export.py) ---
+    # --- text encoder branch (runtime engineer; export in model/text_export.py) ---
     if getattr(args, "text_encoder", False):
-        from mmfusion_ros.model.text_export import run_text_export
-
-        return run_text_export(args.out, force=args.force)
+        return _run_text_export(args.out, force=args.force)
     if not args.model or not args.out:
         print("error: --model and --out are required (or use --text-encoder)", file=sys.stderr)
         return 2
@@ -60,4 +61,28 @@ def run(args) -> int:
     fam = "familiarity statistics" if man.get("familiarity") else "NO familiarity statistics (not assessed at run time)"
     print(f"wrote bundle {args.out}: {len(man['parts'])} ONNX parts (opset {man['onnx_opset']}), manifest.json, "
           f"prompts.json, {fam}")
+    return 0
+
+
+def _run_text_export(out_dir: Optional[str] = None, force: bool = False) -> int:
+    """`mmfusion export --text-encoder [--out DIR] [--force]`: export (model/), then check the runtime's
+    TextEncoder (runtime/) against sentence-transformers: here, the layer that may import both."""
+    from mmfusion_ros.model.text_export import META_FILE, TEXT_ENCODER_NAME, export_text_encoder
+
+    try:
+        out = export_text_encoder(out_dir, force=force)
+    except (RuntimeError, OSError) as e:
+        print(f"error: text encoder export failed: {e}", file=sys.stderr)
+        return 1
+    from mmfusion_ros.runtime.text_encoder import TextEncoder
+
+    meta = json.loads((out / META_FILE).read_text())
+    emb = TextEncoder(out)
+    ids = np.asarray(meta["check_ids"], np.int64)  # (2, 5)
+    (got,) = emb.session.run(["embedding"], {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)})
+    err = float(np.abs(got[:, :8] - np.asarray(meta["check_embedding_head"])).max())
+    if err > 1e-4:
+        print(f"error: exported text encoder differs from torch by {err:.2e}", file=sys.stderr)
+        return 1
+    print(f"text encoder {TEXT_ENCODER_NAME} ready in {out} (ONNX + tokenizer.json; check diff {err:.1e})")
     return 0

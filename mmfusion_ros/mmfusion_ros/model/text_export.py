@@ -100,26 +100,3 @@ def export_text_encoder(out_dir: Optional[Union[str, Path]] = None, force: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return out
-
-
-def run_text_export(out_dir: Optional[str] = None, force: bool = False) -> int:
-    """`mmfusion export --text-encoder [--out DIR] [--force]`: export, then check against sentence-transformers."""
-    import sys
-
-    try:
-        out = export_text_encoder(out_dir, force=force)
-    except (RuntimeError, OSError) as e:
-        print(f"error: text encoder export failed: {e}", file=sys.stderr)
-        return 1
-    from mmfusion_ros.runtime.text_encoder import TextEncoder
-
-    meta = json.loads((out / META_FILE).read_text())
-    emb = TextEncoder(out)
-    ids = np.asarray(meta["check_ids"], np.int64)  # (2, 5)
-    (got,) = emb.session.run(["embedding"], {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)})
-    err = float(np.abs(got[:, :8] - np.asarray(meta["check_embedding_head"])).max())
-    if err > 1e-4:
-        print(f"error: exported text encoder differs from torch by {err:.2e}", file=sys.stderr)
-        return 1
-    print(f"text encoder {TEXT_ENCODER_NAME} ready in {out} (ONNX + tokenizer.json; check diff {err:.1e})")
-    return 0

@@ -78,10 +78,10 @@ def create_backend(model_dir: Union[str, Path], backend_type: str = "auto", text
             backend_type = "onnxruntime"
 
     if backend_type == "torch":
-        from .torch_backend import TorchBackend, TorchOptions
+        from .torch_backend import TorchOptions, torch_backend_class
 
         torch_opts, _ = _split_options(TorchOptions, options)
-        return TorchBackend(manifest, torch_opts, text_encoder)
+        return torch_backend_class()(manifest, torch_opts, text_encoder)
 
     from .onnxruntime_backend import OnnxRuntimeBackend, OrtOptions
 

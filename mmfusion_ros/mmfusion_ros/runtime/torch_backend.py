@@ -1,21 +1,16 @@
-"""PyTorch backend: the reference the exported engines are checked against, and a training-time tool.
+"""The PyTorch backend's options, and where its implementation is found.
 
-torch and the model package are imported only when this backend is created, so importing
-mmfusion_ros.runtime never pulls torch into the robot's process.
+The backend itself runs model/ code, so it lives in train/torch_backend.py (runtime/ does not import
+model/: docs/architecture.md); it is registered as the `torch` entry point of the group
+`mmfusion_ros.backends` (setup.py) and loaded only when backend type "torch" is asked for.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Dict, Optional
 
-import numpy as np
-
-from .backend import Backend
-from .manifest import Manifest
-
-log = logging.getLogger(__name__)
+#: entry point group of backends implemented above runtime/
+ENTRY_POINT_GROUP = "mmfusion_ros.backends"
 
 
 @dataclass
@@ -27,51 +22,12 @@ class TorchOptions:
     checkpoint: str = ""  # checkpoint file; empty = the bundle's checkpoint.pt
 
 
-class TorchBackend(Backend):
-    """Runs the same per-part modules the exporter traced (model.export.part_specs), eagerly."""
+def torch_backend_class() -> type:
+    """The TorchBackend class registered under the `torch` entry point (imports torch and model/ only now)."""
+    from importlib.metadata import entry_points
 
-    name = "torch"
-
-    def __init__(self, manifest: Manifest, options: Optional[TorchOptions] = None, text_encoder=None):
-        super().__init__(manifest, text_encoder)
-        import torch
-
-        from ..model.checkpoint import load_checkpoint
-        from ..model.export import part_specs
-
-        self.options = options or TorchOptions()
-        self._torch = torch
-        if self.options.threads > 0:
-            torch.set_num_threads(int(self.options.threads))
-        ckpt = self.options.checkpoint or str(manifest.model_dir / "checkpoint.pt")
-        model, vocab, info = load_checkpoint(ckpt)
-        if list(vocab.tokens) != manifest.vocab:
-            raise ValueError(f"{ckpt}: its vocab differs from {manifest.model_dir}/manifest.json (re-export the bundle)")
-        want = manifest.get("checkpoint_sha256")
-        if want and info.get("sha256") and info["sha256"] != want:
-            log.warning("checkpoint %s sha256 %s differs from the one the bundle was exported from (%s)",
-                        ckpt, info["sha256"][:12], want[:12])
-        self.device = torch.device(self.options.device)
-        self.model = model.to(self.device).eval()
-        self.modules = {p: s["module"].eval() for p, s in part_specs(self.model).items()}
-        log.info("torch %s backend for %s on %s", torch.__version__, manifest["name"], self.device)
-
-    def run_part(self, part: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        torch = self._torch
-        mod = self.modules.get(part)
-        if mod is None:
-            raise RuntimeError(f"backend is closed or has no part {part!r}")
-        names = list(self.manifest.inputs(part))
-        args = [torch.from_numpy(inputs[n]).to(self.device) for n in names]
-        with torch.inference_mode():
-            out = mod(*args)
-        if not isinstance(out, (tuple, list)):
-            out = (out,)
-        return {n: o.detach().float().cpu().numpy() for n, o in zip(self.manifest.outputs(part), out)}
-
-    def describe(self) -> str:
-        return f"torch {self._torch.__version__} eager on {self.device}"
-
-    def close(self) -> None:
-        self.modules = {}
-        self.model = None
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == "torch"]
+    if not found:
+        raise ImportError(f"no 'torch' backend in the {ENTRY_POINT_GROUP} entry points: install the mmfusion_ros "
+                          f"package (pip install ./mmfusion_ros, or make bootstrap)")
+    return found[0].load()
