@@ -1,4 +1,7 @@
-"""`mmfusion eval --model CKPT_OR_BUNDLE --data DIR [--split test] [--json FILE]`: tables T1-T5."""
+"""`mmfusion eval --model CKPT_OR_BUNDLE --data DIR [--split test] [--json FILE]`: tables T1-T8.
+
+Reliability diagrams (T6) are written next to the report (the folder of --json, else of --markdown, else
+--figures); T8 reads the real recordings in --real-data (default ../shared/data when present)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, default=0, help="evaluate only the first shards up to this many frames")
     p.add_argument("--text-cache", default=None, help="folder for the text-embedding cache")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--figures", help="folder for the reliability diagrams (default: next to --json / --markdown)")
+    p.add_argument("--real-data", help="folder of real recordings for familiarity (T8; default ../shared/data)")
+    p.add_argument("--tables", nargs="+", default=["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"],
+                   help="tables to compute (default all)")
 
 
 def run(args) -> int:
@@ -26,7 +33,10 @@ def run(args) -> int:
 
     try:
         ev = Evaluator(args.model, text_cache=args.text_cache, threads=args.threads)
-        res = ev.run(args.data, args.split, upper_bound=args.upper_bound, max_samples=args.max_samples)
+        figures = args.figures or (Path(args.json).parent if args.json else Path(args.markdown).parent if args.markdown else None)
+        res = ev.run(args.data, args.split, upper_bound=args.upper_bound, max_samples=args.max_samples,
+                     figures_dir=figures, real_data=args.real_data, tables=[t.upper() for t in args.tables],
+                     log=lambda m: print(m, file=sys.stderr))
         if args.real_audio:
             if Path(args.real_audio, "labels.csv").is_file():
                 res["real_audio"] = ev.real_audio(args.real_audio)

@@ -1,4 +1,8 @@
-"""Evaluation of a trained model on a dataset split: tables T1-T5 as markdown and JSON.
+"""Evaluation of a trained model on a dataset split: tables T1-T8 as markdown and JSON.
+
+T1 retrieval, T2 zero-shot labels, T3 robustness to missing modalities, T4 captions, T5 events (per-frame
+alarms and the node's event tracker), T6 calibration error per output with reliability diagrams, T7
+unsupported claims per presence subset, T8 familiarity against real recordings. One method per table.
 
 Gallery for retrieval and the caption set: one frame per second of every scene of the split (the
 frames in between are near-duplicates and would only inflate the gallery). Event metrics use every
@@ -10,12 +14,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.model.checkpoint import load_checkpoint
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel
 from mmfusion_ros.model.prompts import default_prompts
@@ -51,6 +58,29 @@ def embed_split(model: MMFusionModel, split: Split, batch: int = 128) -> np.ndar
     return out
 
 
+@dataclass
+class EvalContext:
+    """What every table of one split shares: the split, its embeddings and the gallery."""
+
+    split: Split
+    tokens: np.ndarray  # (N, 4, 384) per-sensor embeddings
+    fused_all: np.ndarray  # (N, 384) fused with all four present
+    gal: np.ndarray  # (G,) gallery frame indices: one per second per scene
+    canon: List[str]  # (N,) first caption phrasing
+    first: np.ndarray  # (N,) bool, first frame of a scene
+    outputs: Optional[object] = None  # train.calibrate.SplitOutputs, computed once for T6/T7
+
+    @property
+    def arrays(self) -> Dict[str, np.ndarray]:
+        return self.split.arrays
+
+    @property
+    def emb(self) -> Dict[str, np.ndarray]:
+        e = {k: self.tokens[:, j] for j, k in enumerate(SENSOR_KEYS)}
+        e["fused"] = self.fused_all
+        return e
+
+
 class Evaluator:
     def __init__(self, model_path, text_cache=None, threads: int = 1):
         torch.set_num_threads(max(1, threads))
@@ -60,7 +90,13 @@ class Evaluator:
         self.root = root if root.is_dir() else root.parent
         self.embedder = TextEmbedder(text_cache)
         self.prompts = default_prompts()
-        self.prompt_emb = self.embedder.encode([p["text"] for p in self.prompts])  # (C, 384)
+        self.manifest: dict = {}
+        manifest = self.root / "manifest.json"
+        if root.is_dir() and manifest.is_file():
+            self.manifest = json.loads(manifest.read_text())
+        self.prompt_emb = self._bundle_prompt_embeddings()
+        if self.prompt_emb is None:
+            self.prompt_emb = self.embedder.encode([p["text"] for p in self.prompts])  # (C, 384)
         mem = self.root / str(self.info.get("metadata", {}).get("caption_memory_file", "caption_memory.npz"))
         self.memory = None
         if mem.is_file():
@@ -68,13 +104,24 @@ class Evaluator:
             self.memory = z["embeddings"].astype(np.float32)  # (M, 384)
         meta = self.info.get("metadata", {})
         thr = dict(meta.get("event_thresholds", {}))
-        manifest = self.root / "manifest.json"
-        if root.is_dir() and manifest.is_file():
-            # a bundle: score with the thresholds the runtime uses (export may have overridden them)
-            import json
-
-            thr.update(json.loads(manifest.read_text()).get("event_thresholds", {}))
+        # a bundle: score with the thresholds the runtime uses (export may have overridden them)
+        thr.update(self.manifest.get("event_thresholds", {}))
         self.thresholds = {t: float(thr.get(t, 0.5)) for t in self.model.cfg.events.event_types}
+        # the label softmax scale the runtime uses (manifest logit_scale = the camera's learned scale)
+        self.logit_scale = float(self.manifest.get("logit_scale", float(self.model.logit_scale("camera").detach())))
+        self.calibration = Calibration.from_manifest(self.manifest) if self.manifest else Calibration(None)
+
+    def _bundle_prompt_embeddings(self) -> Optional[np.ndarray]:
+        """The bundle's prompts.json embeddings (what the robot labels with) when they are the default prompts."""
+        path = self.root / str(self.manifest.get("prompts_file", "prompts.json"))
+        if not self.manifest or not path.is_file():
+            return None
+        doc = json.loads(path.read_text())
+        rows = doc.get("prompts", [])
+        if [r.get("label") for r in rows] != [p["label"] for p in self.prompts]:
+            return None
+        e = np.asarray([r["embedding"] for r in rows], np.float32)
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
     def embed(self, split: Split) -> np.ndarray:
         return embed_split(self.model, split)  # (N, 4, 384)
@@ -99,12 +146,58 @@ class Evaluator:
         return out
 
     @torch.no_grad()
+    def _greedy_with_confidence(self, emb: np.ndarray) -> Tuple[List[str], np.ndarray]:
+        """(B,D) -> greedy captions and the runtime's raw confidence: the mean probability of the chosen
+        tokens, EOS included (runtime/backend.py `_greedy_decode`)."""
+        dec = self.model.caption_decoder
+        texts, confs = [], []
+        for s in range(0, len(emb), 256):
+            e = torch.from_numpy(np.ascontiguousarray(emb[s:s + 256], np.float32))
+            b = e.shape[0]
+            tokens = torch.full((b, 1), 1, dtype=torch.long)
+            done = torch.zeros(b, dtype=torch.bool)
+            psum = torch.zeros(b, dtype=torch.float64)
+            pcnt = torch.zeros(b, dtype=torch.float64)
+            for _ in range(dec.cfg.max_len - 1):
+                step = torch.softmax(dec(e, tokens)[:, -1].double(), dim=-1)  # (B, V)
+                pv, nxt = step.max(-1)
+                live = ~done
+                psum += torch.where(live, pv, torch.zeros_like(pv))
+                pcnt += live.double()
+                nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+                tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+                done |= nxt == 2
+                if bool(done.all()):
+                    break
+            texts.extend(self.vocab.decode(r) for r in tokens[:, 1:].tolist())
+            confs.append((psum / pcnt.clamp(min=1)).numpy())
+        return texts, np.concatenate(confs) if confs else np.zeros(0)
+
+    def runtime_captions(self, fused_by: Dict[str, np.ndarray]) -> Dict[str, Tuple[List[str], np.ndarray]]:
+        """{subset: (N,D) fused} -> {subset: (captions, raw confidences)} as the robot's backend makes them:
+        nearest caption-memory entry (rows normalised), greedy decode, mean chosen-token probability.
+        Each memory entry is decoded once."""
+        if self.memory is None:
+            out = {}
+            for k, f in fused_by.items():
+                out[k] = self._greedy_with_confidence(f)
+            return out
+        mem = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
+        near = {k: np.argmax(f @ mem.T, axis=1) for k, f in fused_by.items()}
+        uniq = np.unique(np.concatenate(list(near.values())))
+        texts, conf = self._greedy_with_confidence(mem[uniq])
+        pos = {int(u): i for i, u in enumerate(uniq)}
+        return {k: ([texts[pos[int(j)]] for j in idx], np.array([conf[pos[int(j)]] for j in idx]))
+                for k, idx in near.items()}
+
+    @torch.no_grad()
     def event_probs(self, fused: np.ndarray, history_index: np.ndarray) -> np.ndarray:
         f = torch.from_numpy(fused)
         out = [_np(self.model.event_head(f[torch.from_numpy(history_index[s:s + 512])])) for s in range(0, len(f), 512)]
         return np.concatenate(out)  # (N, E, H)
 
-    def run(self, data, split: str = "test", upper_bound: Optional[str] = None, max_samples: int = 0) -> dict:
+    # ---- the tables ----------------------------------------------------------------------------------
+    def context(self, data, split: str = "test", max_samples: int = 0) -> EvalContext:
         sp = load_split(data, split, max_samples)
         ev = self.model.cfg.events
         sp.build_histories(ev.history_len, ev.history_step)
@@ -116,14 +209,36 @@ class Evaluator:
         scene_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
         gal = np.flatnonzero((np.arange(n) - scene_start) % stride == 0)  # one frame per second per scene
         canon = [sp.captions[i][0] for i in range(n)]
-        text_all = self.embedder.encode(canon)  # (N, 384)
-        res: Dict = {"split": split, "n_samples": n, "n_scenes": int(first.sum()), "gallery_frames": int(len(gal)),
-                     "model": str(self.info.get("metadata", {}).get("data", "")), "checkpoint_sha256": self.info["sha256"]}
-        fused_all = self.fuse(tokens, [1, 1, 1, 1])
+        return EvalContext(sp, tokens, self.fuse(tokens, [1, 1, 1, 1]), gal, canon, first)
 
-        # ---- T1 retrieval
-        emb = {k: tokens[:, j] for j, k in enumerate(SENSOR_KEYS)}
-        emb["fused"] = fused_all
+    def run(self, data, split: str = "test", upper_bound: Optional[str] = None, max_samples: int = 0,
+            figures_dir=None, real_data=None, tables: Sequence[str] = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"),
+            log: Callable[[str], None] = lambda m: None) -> dict:
+        """Every table on one split. figures_dir: where T6 writes its reliability diagrams (PNG);
+        real_data: the folder of real recordings for T8 (default ../shared/data when present)."""
+        ctx = self.context(data, split, max_samples)
+        res: Dict = {"split": split, "n_samples": len(ctx.split), "n_scenes": int(ctx.first.sum()),
+                     "gallery_frames": int(len(ctx.gal)), "model": str(self.info.get("metadata", {}).get("data", "")),
+                     "checkpoint_sha256": self.info["sha256"], "calibrated": self.calibration.available}
+        steps = [("T1", "T1_retrieval", lambda: self.t1_retrieval(ctx)),
+                 ("T2", "T2_zero_shot", lambda: self.t2_zero_shot(ctx, upper_bound)),
+                 ("T3", "T3_robustness", lambda: self.t3_robustness(ctx)),
+                 ("T4", "T4_captions", lambda: self.t4_captions(ctx)),
+                 ("T5", "T5_events", lambda: self.t5_events(ctx)),
+                 ("T6", "T6_calibration", lambda: self.t6_calibration(ctx, figures_dir)),
+                 ("T7", "T7_unsupported_claims", lambda: self.t7_unsupported(ctx)),
+                 ("T8", "T8_familiarity", lambda: self.t8_familiarity(ctx, real_data))]
+        for tag, key, fn in steps:
+            if tag in tables:
+                t0 = time.time()
+                out = fn()
+                if out is not None:
+                    res[key] = out
+                log(f"{tag} {time.time() - t0:.1f} s")
+        return res
+
+    def t1_retrieval(self, ctx: EvalContext) -> list:
+        emb, gal, canon = ctx.emb, ctx.gal, ctx.canon
         uniq = sorted(set(canon[i] for i in gal))
         uidx = {c: i for i, c in enumerate(uniq)}
         uemb = self.embedder.encode(uniq)  # (U, 384)
@@ -144,16 +259,17 @@ class Evaluator:
         for k in ("lidar", "audio", "imu", "fused"):
             row(emb[k][gal], uemb, k, "text", text_match)
             row(uemb, emb[k][gal], "text", k, text_match.T)
-        res["T1_retrieval"] = t1
+        return t1
 
-        # ---- T2 zero-shot
+    def t2_zero_shot(self, ctx: EvalContext, upper_bound: Optional[str] = None) -> dict:
+        emb, a, n = ctx.emb, ctx.arrays, len(ctx.split)
         labels = a["class_id"].astype(np.int64)
         counts = np.bincount(labels, minlength=len(self.prompts))
         t2 = {"chance_uniform": 1.0 / len(self.prompts), "chance_majority": float(counts.max() / n), "accuracy": {}}
         for k in SENSOR_KEYS + ["fused"]:
             t2["accuracy"][k] = M.zero_shot_accuracy(emb[k], self.prompt_emb, labels)
         if upper_bound:
-            ubt = embed_split(load_checkpoint(upper_bound)[0], sp)  # (N, 4, 384)
+            ubt = embed_split(load_checkpoint(upper_bound)[0], ctx.split)  # (N, 4, 384)
             t2["supervised_upper_bound"] = {}
             t2["emergent_ratio"] = {}
             for j, k in enumerate(SENSOR_KEYS):
@@ -174,15 +290,16 @@ class Evaluator:
                                     "fused": float((pred["fused"][sel] == c).mean()),
                                     "camera_top_confusion": names[int(wrong.argmax())] if wrong.any() else "",
                                     "camera_top_confusion_frames": int(wrong.max())})
-        res["T2_zero_shot"] = t2
+        return t2
 
-        # ---- T3 robustness
+    def t3_robustness(self, ctx: EvalContext) -> dict:
+        labels = ctx.arrays["class_id"].astype(np.int64)
         t3 = {"subsets": []}
         full = None
         for r in range(4, 0, -1):
             for combo in itertools.combinations(range(4), r):
                 mask = [1.0 if j in combo else 0.0 for j in range(4)]
-                acc = M.zero_shot_accuracy(self.fuse(tokens, mask), self.prompt_emb, labels)
+                acc = M.zero_shot_accuracy(self.fuse(ctx.tokens, mask), self.prompt_emb, labels)
                 t3["subsets"].append({"modalities": [SENSOR_KEYS[j] for j in combo], "accuracy": acc})
                 if r == 4:
                     full = acc
@@ -191,15 +308,17 @@ class Evaluator:
             others = [SENSOR_KEYS[i] for i in range(4) if i != j]
             acc = next(s["accuracy"] for s in t3["subsets"] if s["modalities"] == others)
             t3["relative_drop_when_missing"][k] = (full - acc) / full if full else float("nan")
-        res["T3_robustness"] = t3
+        return t3
 
-        # ---- T4 captions (from the fused embedding of every gallery frame)
+    def t4_captions(self, ctx: EvalContext) -> list:
+        """Captions from the fused embedding of every gallery frame."""
+        sp, a, gal, emb = ctx.split, ctx.arrays, ctx.gal, ctx.emb
         refs = [sp.captions[i] for i in gal]
         truth_obj = [{sp.classes[c] for c in np.flatnonzero(a["classes_present"][i])} for i in gal]
         truth_snd = [{sp.classes[a["sound_class"][i]]} if a["sound_class"][i] >= 0 else set() for i in gal]
         ref_obj = [M.mentions(r[0], OBJECT_WORDS) for r in refs]
         t4 = []
-        variants = [("fused, memory projection", fused_all[gal], True), ("fused, direct", fused_all[gal], False),
+        variants = [("fused, memory projection", ctx.fused_all[gal], True), ("fused, direct", ctx.fused_all[gal], False),
                     ("camera only, memory projection", emb["camera"][gal], True)]
         for name, e, proj in variants:
             if proj and self.memory is None:
@@ -219,10 +338,15 @@ class Evaluator:
                    "objects_vs_truth": M.precision_recall([M.mentions(h, OBJECT_WORDS) for h in alt], truth_obj),
                    "objects_vs_reference_caption": M.precision_recall([M.mentions(h, OBJECT_WORDS) for h in alt], ref_obj),
                    "sounds_vs_truth": M.precision_recall([M.mentions(h, SOUND_WORDS) for h in alt], truth_snd)})
-        res["T4_captions"] = t4
+        return t4
 
-        # ---- T5 events over every frame
-        probs = self.event_probs(fused_all, sp.history_index)  # (N, E, H)
+    def t5_events(self, ctx: EvalContext) -> dict:
+        """Per-frame alarms at the raw manifest thresholds (as before), plus the node's view: the event
+        tracker (EMA + hysteresis) over calibrated probabilities at the shipped calibrated thresholds,
+        beside the same tracker over raw probabilities at the raw thresholds."""
+        sp, a = ctx.split, ctx.arrays
+        ev = self.model.cfg.events
+        probs = self.event_probs(ctx.fused_all, sp.history_index)  # (N, E, H)
         scene = a["scene_id"]
         t5 = {"thresholds": self.thresholds, "per_horizon": [], "per_type_at_1s": []}
         for h, hz in enumerate(ev.horizons):
@@ -255,10 +379,194 @@ class Evaluator:
                                       "mean_F1": float(np.mean(f1s)) if f1s else float("nan"),
                                       "mean_lead_s": float(np.mean(leads)) if leads else float("nan"),
                                       "onsets": n_on, "warned": n_warned, "false_alarms_per_min": fa})
-        res["T5_events"] = t5
-        return res
+        t5["tracker"] = self._tracker_table(ctx, probs)
+        return t5
+
+    def _tracker_table(self, ctx: EvalContext, probs: np.ndarray) -> dict:
+        """Event flags as the node raises them (core.events.EventTracker), raw and calibrated."""
+        from mmfusion_ros.train import calibrate as C
+
+        a, sp = ctx.arrays, ctx.split
+        ev = self.model.cfg.events
+        h1 = list(ev.horizons).index(1.0) if 1.0 in ev.horizons else 0
+        now, fut, scene, t = a["events_now"].astype(bool), a["events_future"].astype(bool), a["scene_id"], a["t"]
+        out = {"minutes": len(sp) * sp.frame_step / 60.0, "variants": []}
+        variants = [("raw probabilities, manifest event_thresholds", probs, self.thresholds)]
+        if self.calibration.available:
+            variants.append(("calibrated probabilities, calibration thresholds", self.calibration.events(probs),
+                             {k: self.calibration.thresholds.get(k, v) for k, v in self.thresholds.items()}))
+        for name, p, thr in variants:
+            st, sh, ac = C.run_tracker(p, scene, ev.event_types, ev.horizons, thr)
+            rows = C.tracker_metrics(st, sh, ac, now, fut, scene, t, sp.frame_step)
+            for r, e in zip(rows, ev.event_types):
+                k = ev.event_types.index(e)
+                r.update(event=e, threshold=float(thr[e]), AP_1s=M.average_precision(fut[:, k, h1], p[:, k, h1]))
+            aps = [r["AP_1s"] for r in rows if not math.isnan(r["AP_1s"])]
+            on = sum(r["onsets"] for r in rows)
+            out["variants"].append({"name": name, "per_type": rows, "mAP_1s": float(np.mean(aps)) if aps else float("nan"),
+                                    "false_alarms_per_min_max": max(r["false_alarms_per_min"] for r in rows),
+                                    "false_alarms_per_min_total": sum(r["false_alarms_per_min"] for r in rows),
+                                    "onsets": on, "warned": sum(r["warned"] for r in rows),
+                                    "warned_before_onset": sum(r["warned_before_onset"] for r in rows)})
+        return out
+
+    def outputs(self, ctx: EvalContext):
+        """Per-subset labels, captions and events with their ground truth (train.calibrate.collect), once."""
+        from mmfusion_ros.train import calibrate as C
+
+        if ctx.outputs is None:
+            ctx.outputs = C.collect(self, ctx.split, tokens=ctx.tokens)
+        return ctx.outputs
+
+    def t6_calibration(self, ctx: EvalContext, figures_dir=None) -> dict:
+        """Expected calibration error per output, raw vs calibrated, and reliability diagrams (PNG)."""
+        from mmfusion_ros.core.observability import observable
+        from mmfusion_ros.train import calibrate as C
+
+        o = self.outputs(ctx)
+        cal = self.calibration
+        h1 = o.horizons.index(1.0) if 1.0 in o.horizons else 0
+        ok = o.prompt_class >= 0
+        curves: Dict[str, Dict[str, tuple]] = {"labels (top-1)": {}, "events (1 s horizon)": {}, "caption": {}}
+        t6: Dict = {"calibration_available": cal.available, "bins": 15, "per_subset": [], "per_event_1s": []}
+        rows = {}
+        for variant in ("raw", "calibrated"):
+            if variant == "calibrated" and not cal.available:
+                continue
+            l1c, l1r, lac, lar, cc, cr = [], [], [], [], [], []
+            for key, probs in o.label_probs.items():
+                used = key.split("+")
+                p = cal.labels(probs, used) if variant == "calibrated" else probs
+                c1, r1 = C.top1(p[:, ok], o.label_right[key][:, ok])
+                publish = observable("labels", used)
+                if publish:
+                    l1c.append(c1)
+                    l1r.append(r1)
+                    lac.append(p[:, ok].ravel())
+                    lar.append(o.label_right[key][:, ok].ravel())
+                conf = o.caption_conf.get(key, np.zeros(0))
+                if variant == "calibrated":
+                    conf = np.array([cal.caption(c, used) for c in conf])
+                cc.append(conf)
+                cr.append(o.caption_right.get(key, np.zeros(0, bool)))
+                rows.setdefault(key, {"subset": key, "labels_published": publish,
+                                      "captions": int(len(conf)), "caption_right": float(np.mean(cr[-1])) if len(conf) else float("nan")})
+                rows[key][f"labels_top1_ECE_{variant}"] = C.ece(c1, r1) if publish else float("nan")
+                rows[key][f"labels_top1_accuracy"] = float(np.mean(r1))
+                rows[key][f"caption_ECE_{variant}"] = C.ece(conf, cr[-1]) if len(conf) else float("nan")
+            ep = cal.events(o.event_probs) if variant == "calibrated" else o.event_probs
+            lc, lr = np.concatenate(l1c), np.concatenate(l1r)
+            ccat, rcat = np.concatenate(cc), np.concatenate(cr)
+            t6[variant] = {"labels_top1_ECE": C.ece(lc, lr), "labels_all_prompts_ECE": C.ece(np.concatenate(lac), np.concatenate(lar)),
+                           "events_1s_ECE": C.ece(ep[:, :, h1], o.events_future[:, :, h1]),
+                           "events_all_horizons_ECE": C.ece(ep, o.events_future),
+                           "caption_ECE": C.ece(ccat, rcat), "labels_n": int(len(lc)), "captions_n": int(len(ccat))}
+            for e, name in enumerate(o.event_types):
+                if variant == "raw":
+                    t6["per_event_1s"].append({"event": name, "positive_rate": float(o.events_future[:, e, h1].mean())})
+                t6["per_event_1s"][e][f"ECE_{variant}"] = C.ece(ep[:, e, h1], o.events_future[:, e, h1])
+            curves["labels (top-1)"][variant] = (lc, lr)
+            curves["events (1 s horizon)"][variant] = (ep[:, :, h1].ravel(), o.events_future[:, :, h1].ravel())
+            curves["caption"][variant] = (ccat, rcat)
+        t6["per_subset"] = list(rows.values())
+        t6["reliability"] = {out: {v: C.reliability(c, r) for v, (c, r) in d.items()} for out, d in curves.items()}
+        if figures_dir is not None:
+            t6["figures"] = write_reliability_pngs(curves, Path(figures_dir), f"{ctx.split.name}")
+        return t6
+
+    def t7_unsupported(self, ctx: EvalContext) -> dict:
+        """Claims the frame's sensors cannot observe, per presence subset (core/observability.py judges).
+
+        Counted per frame: caption clauses (of the caption published with that frame), scene labels (the
+        top-5 published), flagged events (EventTracker starts and ongoing at the shipped thresholds).
+        `model` is what the model says when nothing gates it; `published` is what the robot's path
+        publishes after grounding (grounded_caption, labels only where `labels` is observable, events only
+        of observable types)."""
+        from mmfusion_ros.core.observability import caption_clauses, event_mask, grounded_caption, observable
+        from mmfusion_ros.train import calibrate as C
+
+        o = self.outputs(ctx)
+        sp = ctx.split
+        ev = self.model.cfg.events
+        cal = self.calibration
+        thr = {k: cal.thresholds.get(k, v) for k, v in self.thresholds.items()} if cal.available else self.thresholds
+        rows = []
+        caps = self._subset_captions(ctx)
+        top_k = 5
+        for used in C.all_subsets():
+            key = "+".join(used)
+            fused = self.fuse(ctx.tokens, [1.0 if m in used else 0.0 for m in SENSOR_KEYS])
+            probs = self.event_probs(fused, sp.history_index)
+            if cal.available:
+                probs = cal.events(probs)
+            _, _, active = C.run_tracker(probs, sp.arrays["scene_id"], ev.event_types, ev.horizons, thr)
+            mask = np.array(event_mask(ev.event_types, used))
+            n = len(sp)
+            r = {"subset": key, "frames": n}
+            for variant in ("model", "published"):
+                unsup = {"caption_clauses": 0, "labels": 0, "events": 0}
+                claims = {"caption_clauses": 0, "labels": 0, "events": 0}
+                for i, text in enumerate(caps[key]):
+                    cap = grounded_caption(text, used)[0] if variant == "published" else text
+                    for kind, _ in caption_clauses(cap):
+                        claims["caption_clauses"] += 1
+                        unsup["caption_clauses"] += int(not observable(kind, used))
+                labels_ok = observable("labels", used)
+                n_labels = top_k * n if (variant == "model" or labels_ok) else 0
+                claims["labels"] = n_labels
+                unsup["labels"] = 0 if labels_ok else n_labels
+                flagged = active if variant == "model" else active & mask[None, :]
+                claims["events"] = int(flagged.sum())
+                unsup["events"] = int((flagged & ~mask[None, :]).sum())
+                r[variant] = {"claims_per_frame": sum(claims.values()) / n,
+                              "unsupported_per_frame": sum(unsup.values()) / n,
+                              **{f"unsupported_{k}": v for k, v in unsup.items()}}
+            rows.append(r)
+        return {"subsets": rows, "top_k_labels": top_k, "event_thresholds": thr,
+                "published_total_unsupported": int(sum(sum(r["published"][f"unsupported_{k}"] for k in ("caption_clauses", "labels", "events")) for r in rows))}
+
+    def _subset_captions(self, ctx: EvalContext) -> Dict[str, List[str]]:
+        """Raw (ungrounded) runtime caption of every frame per subset (decoded once, in collect)."""
+        return self.outputs(ctx).caption_raw
+
+    def t8_familiarity(self, ctx: EvalContext, real_data=None) -> Optional[dict]:
+        """Familiarity AUROC between the simulator split and each real set, per modality, and the share of
+        simulator frames flagged unfamiliar (core/familiarity.py on model inputs, statistics shipped in the
+        bundle; real sets from train/real_data.py)."""
+        from mmfusion_ros.core.familiarity import Familiarity
+
+        fam = Familiarity.from_manifest(self.manifest, self.root) if self.manifest else None
+        if fam is None or not fam.available:
+            return {"available": False, "note": "the bundle ships no familiarity statistics"}
+        from mmfusion_ros.train import real_data as R
+
+        root = Path(real_data) if real_data else R.default_root()
+        sim_scores = {}
+        out: Dict = {"available": True, "threshold": fam.threshold, "sim": [], "real": []}
+        n = len(ctx.split)
+        for m in SENSOR_KEYS:
+            if not fam.assessed(m):
+                continue
+            s = np.concatenate([fam.scores(m, ctx.split.inputs(np.arange(i, min(i + 256, n)), [m])[m])
+                                for i in range(0, n, 256)])
+            sim_scores[m] = s
+            out["sim"].append({"modality": m, "frames": int(len(s)), "flagged_unfamiliar": float(np.mean(s < fam.threshold)),
+                               "score_p50": float(np.median(s))})
+        sets = R.real_sets(root) if root is not None else {}
+        if not sets:
+            out["note"] = f"no real recordings found (looked in {root})"
+        for name, mods in sets.items():
+            for m, x in mods.items():
+                if m not in sim_scores or len(x) == 0:
+                    continue
+                rs = np.asarray(fam.scores(m, x), np.float64)
+                out["real"].append({"set": name, "modality": m, "samples": int(len(rs)),
+                                    "AUROC": auroc(sim_scores[m], rs), "flagged_unfamiliar": float(np.mean(rs < fam.threshold)),
+                                    "score_p50": float(np.median(rs))})
+        return out
 
     def real_audio(self, folder) -> dict:
+
         """Zero-shot audio on real UrbanSound8K clips whose class maps to a simulator class."""
         import csv
 
@@ -294,22 +602,92 @@ class Evaluator:
         return {"clips": out, "accuracy": acc, "chance": 1.0 / len(names), "n": len(out)}
 
 
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a `pos` score > a `neg` score), ties counting half (Mann-Whitney); NaN when either is empty."""
+    pos, neg = np.asarray(pos, np.float64).ravel(), np.asarray(neg, np.float64).ravel()
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    order = np.argsort(allv, kind="mergesort")
+    ranks = np.empty(len(allv))
+    sv = allv[order]
+    i = 0
+    while i < len(sv):  # average ranks over ties
+        j = i
+        while j + 1 < len(sv) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    u = ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def write_reliability_pngs(curves: Dict[str, Dict[str, tuple]], out_dir: Path, tag: str, n_bins: int = 15) -> List[str]:
+    """One reliability diagram per output: accuracy per confidence bin, raw and calibrated, with the
+    diagonal and the share of samples per bin. matplotlib when installed, else OpenCV drawing."""
+    from mmfusion_ros.train.calibrate import ece, reliability
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for output, variants in curves.items():
+        slug = output.split(" ")[0]
+        path = out_dir / f"reliability_{slug}_{tag}.png"
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+            ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+            for v, (c, r) in variants.items():
+                rel = reliability(c, r, n_bins)
+                ax.plot([b["confidence"] for b in rel], [b["accuracy"] for b in rel], marker="o", ms=3,
+                        label=f"{v} (ECE {ece(c, r, n_bins):.3f}, n={len(c)})")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("confidence")
+            ax.set_ylabel("fraction right")
+            ax.set_title(f"{output}: {tag}", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
+            fig.tight_layout()
+            fig.savefig(path)
+            plt.close(fig)
+        except ImportError:
+            import cv2
+
+            S = 420
+            img = np.full((S, S, 3), 255, np.uint8)
+            cv2.line(img, (20, S - 20), (S - 20, 20), (160, 160, 160), 1)
+            for (v, (c, r)), col in zip(variants.items(), [(0, 0, 200), (200, 80, 0)]):
+                pts = [(int(20 + b["confidence"] * (S - 40)), int(S - 20 - b["accuracy"] * (S - 40))) for b in reliability(c, r, n_bins)]
+                for p0, p1 in zip(pts[:-1], pts[1:]):
+                    cv2.line(img, p0, p1, col, 2)
+                cv2.putText(img, f"{v} ECE {ece(c, r, n_bins):.3f}", (25, 30 + 18 * list(variants).index(v)),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.45, col, 1)
+            cv2.imwrite(str(path), img)
+        paths.append(str(path))
+    return paths
+
+
 def _f(x, pct=False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{100 * x:.1f}" if pct else f"{x:.3f}"
 
 
-def to_markdown(res: dict) -> str:
-    L = [f"Split `{res['split']}`: {res['n_samples']} frames, {res['n_scenes']} scenes; retrieval/caption gallery "
-         f"{res['gallery_frames']} frames (one per second per scene).", ""]
-    L += ["### T1 retrieval (%)", "", "| query | gallery | gallery size | R@1 | R@5 |", "|---|---|---|---|---|"]
+def _md_t1(res: dict) -> List[str]:
+    L = ["### T1 retrieval (%)", "", "| query | gallery | gallery size | R@1 | R@5 |", "|---|---|---|---|---|"]
     for r in res["T1_retrieval"]:
         L.append(f"| {r['query']} | {r['gallery']} | {r['gallery_size']} | {_f(r['R@1'], 1)} | {_f(r['R@5'], 1)} |")
+    return L
+
+
+def _md_t2(res: dict) -> List[str]:
     t2 = res["T2_zero_shot"]
-    L += ["", f"### T2 zero-shot top-1 (%) — chance {_f(t2['chance_uniform'], 1)} uniform, "
-              f"{_f(t2['chance_majority'], 1)} majority class", "",
-          "| modality | top-1 | supervised upper bound | emergent / upper bound |", "|---|---|---|---|"]
+    L = [f"### T2 zero-shot top-1 (%) — chance {_f(t2['chance_uniform'], 1)} uniform, "
+         f"{_f(t2['chance_majority'], 1)} majority class", "",
+         "| modality | top-1 | supervised upper bound | emergent / upper bound |", "|---|---|---|---|"]
     for k, v in t2["accuracy"].items():
         ub = t2.get("supervised_upper_bound", {}).get(k)
         ratio = t2.get("emergent_ratio", {}).get(k)
@@ -320,15 +698,23 @@ def to_markdown(res: dict) -> str:
         for r in t2["per_class"]:
             conf = f"{r['camera_top_confusion']} ({r['camera_top_confusion_frames']})" if r["camera_top_confusion"] else "-"
             L.append(f"| {r['class']} | {r['frames']} | {_f(r['camera'], 1)} | {_f(r['fused'], 1)} | {conf} |")
+    return L
+
+
+def _md_t3(res: dict) -> List[str]:
     t3 = res["T3_robustness"]
-    L += ["", "### T3 fused top-1 (%) per modality subset", "", "| present | top-1 |", "|---|---|"]
+    L = ["### T3 fused top-1 (%) per modality subset", "", "| present | top-1 |", "|---|---|"]
     for s in t3["subsets"]:
         L.append(f"| {'+'.join(s['modalities'])} | {_f(s['accuracy'], 1)} |")
     L += ["", "| missing modality | relative drop (%) |", "|---|---|"]
     for k, v in t3["relative_drop_when_missing"].items():
         L.append(f"| {k} | {_f(v, 1)} |")
-    L += ["", "### T4 captions", "", "| source | BLEU-4 | CIDEr | object P / R / F1 vs truth | object F1 vs reference caption | sound P / R |",
-          "|---|---|---|---|---|---|"]
+    return L
+
+
+def _md_t4(res: dict) -> List[str]:
+    L = ["### T4 captions", "", "| source | BLEU-4 | CIDEr | object P / R / F1 vs truth | object F1 vs reference caption | sound P / R |",
+         "|---|---|---|---|---|---|"]
     for r in res["T4_captions"]:
         o, oc, s = r["objects_vs_truth"], r["objects_vs_reference_caption"], r["sounds_vs_truth"]
         L.append(f"| {r['source']} | {_f(r['BLEU-4'])} | {_f(r['CIDEr'])} | {_f(o['precision'])} / {_f(o['recall'])} / {_f(o['f1'])} "
@@ -336,9 +722,14 @@ def to_markdown(res: dict) -> str:
     for r in res["T4_captions"][:1]:
         for ex in r.get("examples", []):
             L.append(f"\n- generated: _{ex['generated']}_  \n  reference: _{ex['reference']}_")
+    return L
+
+
+def _md_t5(res: dict) -> List[str]:
     t5 = res["T5_events"]
-    L += ["", "### T5 events", "", "| horizon (s) | mAP | micro AP | mean F1 @ thr | mean lead (s) | onsets warned | false alarms / min |",
-          "|---|---|---|---|---|---|---|"]
+    L = ["### T5 events", "", "Per-frame alarms (probability >= the manifest's raw `event_thresholds`):", "",
+         "| horizon (s) | mAP | micro AP | mean F1 @ thr | mean lead (s) | onsets warned | false alarms / min |",
+         "|---|---|---|---|---|---|---|"]
     for r in t5["per_horizon"]:
         L.append(f"| {r['horizon_s']} | {_f(r['mAP'])} | {_f(r['micro_AP'])} | {_f(r['mean_F1'])} | {_f(r['mean_lead_s'])} "
                  f"| {r['warned']}/{r['onsets']} | {r['false_alarms_per_min']:.2f} |")
@@ -346,13 +737,103 @@ def to_markdown(res: dict) -> str:
     for r in t5["per_type_at_1s"]:
         L.append(f"| {r['event']} | {_f(r['AP'])} | {_f(r['F1'])} | {r['threshold']:.2f} | {_f(r['mean_lead_s'])} "
                  f"| {r['warned']}/{r['onsets']} | {r['false_alarms_per_min']:.2f} |")
-    if "real_audio" in res:
-        ra = res["real_audio"]
-        L += ["", f"### Real audio (UrbanSound8K clips, classes mapped to simulator classes): top-1 {_f(ra['accuracy'], 1)}% "
-                  f"on {ra['n']} clips (chance {_f(ra['chance'], 1)}%)", "", "| clip | class | expected | predicted |", "|---|---|---|---|"]
-        for c in ra["clips"]:
-            L.append(f"| {c['file']} | {c['class']} | {c['expected']} | {c['predicted']} |")
-    return "\n".join(L) + "\n"
+    tr = t5.get("tracker")
+    if tr:
+        L += ["", f"Flags as the node raises them (core.events.EventTracker: EMA + hysteresis, reset per scene; "
+                  f"{tr['minutes']:.1f} min; a false alarm is a start while the event is neither active nor due within "
+                  f"the reported horizon; warned = flag on at the onset, in time = on before it):", "",
+              "| variant | mAP @ 1 s | false alarms / min (worst type) | false alarms / min (all types) | onsets warned | in time |",
+              "|---|---|---|---|---|---|"]
+        for v in tr["variants"]:
+            L.append(f"| {v['name']} | {_f(v['mAP_1s'])} | {v['false_alarms_per_min_max']:.2f} | {v['false_alarms_per_min_total']:.2f} "
+                     f"| {v['warned']}/{v['onsets']} | {v['warned_before_onset']}/{v['onsets']} |")
+        L += ["", "| event | " + " | ".join(f"{v['name'].split(',')[0]}: thr / FA per min / warned / in time" for v in tr["variants"]) + " |",
+              "|---|" + "---|" * len(tr["variants"])]
+        for k, r0 in enumerate(tr["variants"][0]["per_type"]):
+            cells = []
+            for v in tr["variants"]:
+                r = v["per_type"][k]
+                cells.append(f"{r['threshold']:.2f} / {r['false_alarms_per_min']:.2f} / {r['warned']}/{r['onsets']} / {r['warned_before_onset']}/{r['onsets']}")
+            L.append(f"| {r0['event']} | " + " | ".join(cells) + " |")
+    return L
+
+
+def _md_t6(res: dict) -> List[str]:
+    t6 = res["T6_calibration"]
+    L = ["### T6 calibration error (ECE, 15 equal-width bins; lower is better)", ""]
+    if not t6["calibration_available"]:
+        L += ["The bundle ships no calibration (`mmfusion calibrate`): raw scores only.", ""]
+    vs = [v for v in ("raw", "calibrated") if v in t6]
+    L += ["| output | " + " | ".join(vs) + " |", "|---|" + "---|" * len(vs)]
+    for key, name in [("labels_top1_ECE", "labels: top-1 label, subsets where labels are published"),
+                      ("labels_all_prompts_ECE", "labels: every prompt"), ("events_1s_ECE", "events: 1 s horizon, every type"),
+                      ("events_all_horizons_ECE", "events: every horizon"), ("caption_ECE", "caption confidence (published captions)")]:
+        L.append(f"| {name} | " + " | ".join(_f(t6[v][key]) for v in vs) + " |")
+    L += ["", "| presence subset | top-1 right | labels top-1 ECE " + " / ".join(vs) + " | captions (right) | caption ECE " + " / ".join(vs) + " |",
+          "|---|---|---|---|---|"]
+    for r in t6["per_subset"]:
+        L.append(f"| {r['subset']} | {_f(r['labels_top1_accuracy'], 1)} | " + " / ".join(_f(r.get(f"labels_top1_ECE_{v}")) for v in vs)
+                 + f" | {r['captions']} ({_f(r['caption_right'], 1)} %) | " + " / ".join(_f(r.get(f"caption_ECE_{v}")) for v in vs) + " |")
+    L += ["", "| event (1 s) | positive rate | ECE " + " / ".join(vs) + " |", "|---|---|---|"]
+    for r in t6["per_event_1s"]:
+        L.append(f"| {r['event']} | {_f(r['positive_rate'], 1)} % | " + " / ".join(_f(r.get(f"ECE_{v}")) for v in vs) + " |")
+    for p in t6.get("figures", []):
+        L.append(f"\n![reliability]({Path(p).name})")
+    return L
+
+
+def _md_t7(res: dict) -> List[str]:
+    t7 = res["T7_unsupported_claims"]
+    L = ["### T7 unsupported claims per frame, per presence subset (judged by core/observability.py)", "",
+         "`model`: what the model says ungated (every decoded caption clause, the top-5 labels, every flagged event); "
+         "`published`: after grounding as the robot publishes.", "",
+         "| present | model: claims / unsupported per frame | published: claims / unsupported per frame | published unsupported (clauses, labels, events) |",
+         "|---|---|---|---|"]
+    for r in t7["subsets"]:
+        m, p = r["model"], r["published"]
+        L.append(f"| {r['subset']} | {m['claims_per_frame']:.2f} / {m['unsupported_per_frame']:.2f} | {p['claims_per_frame']:.2f} / "
+                 f"{p['unsupported_per_frame']:.2f} | {p['unsupported_caption_clauses']}, {p['unsupported_labels']}, {p['unsupported_events']} |")
+    L.append(f"\nPublished unsupported claims over all subsets: {t7['published_total_unsupported']}.")
+    return L
+
+
+def _md_t8(res: dict) -> List[str]:
+    t8 = res["T8_familiarity"]
+    L = ["### T8 familiarity (simulator split vs real recordings)", ""]
+    if not t8.get("available"):
+        return L + [f"Not assessed: {t8.get('note', '')}."]
+    L += [f"Unfamiliar below {t8['threshold']:.2f}.", "", "| simulator modality | frames | flagged unfamiliar | median score |", "|---|---|---|---|"]
+    for r in t8["sim"]:
+        L.append(f"| {r['modality']} | {r['frames']} | {_f(r['flagged_unfamiliar'], 1)} % | {_f(r['score_p50'])} |")
+    L += ["", "| real set | modality | samples | AUROC (sim vs real) | flagged unfamiliar | median score |", "|---|---|---|---|---|---|"]
+    for r in t8["real"]:
+        L.append(f"| {r['set']} | {r['modality']} | {r['samples']} | {_f(r['AUROC'])} | {_f(r['flagged_unfamiliar'], 1)} % | {_f(r['score_p50'])} |")
+    if t8.get("note"):
+        L.append(f"\n{t8['note']}")
+    return L
+
+
+def _md_real_audio(res: dict) -> List[str]:
+    ra = res["real_audio"]
+    L = [f"### Real audio (UrbanSound8K clips, classes mapped to simulator classes): top-1 {_f(ra['accuracy'], 1)}% "
+         f"on {ra['n']} clips (chance {_f(ra['chance'], 1)}%)", "", "| clip | class | expected | predicted |", "|---|---|---|---|"]
+    for c in ra["clips"]:
+        L.append(f"| {c['file']} | {c['class']} | {c['expected']} | {c['predicted']} |")
+    return L
+
+
+_MARKDOWN = [("T1_retrieval", _md_t1), ("T2_zero_shot", _md_t2), ("T3_robustness", _md_t3), ("T4_captions", _md_t4),
+             ("T5_events", _md_t5), ("T6_calibration", _md_t6), ("T7_unsupported_claims", _md_t7),
+             ("T8_familiarity", _md_t8), ("real_audio", _md_real_audio)]
+
+
+def to_markdown(res: dict) -> str:
+    L = [f"Split `{res['split']}`: {res['n_samples']} frames, {res['n_scenes']} scenes; retrieval/caption gallery "
+         f"{res['gallery_frames']} frames (one per second per scene).", ""]
+    for key, fn in _MARKDOWN:
+        if key in res:
+            L += fn(res) + [""]
+    return "\n".join(L).rstrip("\n") + "\n"
 
 
 def write_json(res: dict, path) -> None:

@@ -1,0 +1,82 @@
+"""`mmfusion calibrate --model BUNDLE --data DS [DS ...] [--split val]`: fit the bundle's calibration.
+
+Runs the bundle's checkpoint over the split(s), fits the maps of core/calibration.py (labels and caption
+per presence subset, events per type and horizon) and the event on-thresholds against a false-alarm
+budget, and rewrites BUNDLE/manifest.json in place ("calibration"; nothing else changes). The fitting is
+train/calibrate.py; `--dry-run` prints without writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="bundle folder (manifest.json + checkpoint.pt)")
+    p.add_argument("--data", required=True, nargs="+", help="dataset folder(s) written by `mmfusion sim dataset`")
+    p.add_argument("--split", default="val", help="split(s) to fit on, comma-separated (default val)")
+    p.add_argument("--budget", type=float, default=1.0, help="false alarms per minute allowed per event type (default 1)")
+    p.add_argument("--max-samples", type=int, default=0, help="use only the first shards up to this many frames per split")
+    p.add_argument("--dry-run", action="store_true", help="fit and print, leave manifest.json as it is")
+    p.add_argument("--json", help="also write the fitted entry and the method comparison here")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from mmfusion_ros.train import calibrate as C
+    from mmfusion_ros.train.data import DatasetError, load_split, read_manifest
+    from mmfusion_ros.train.evaluate import Evaluator
+
+    bundle = Path(args.model)
+    if not (bundle / "manifest.json").is_file():
+        print(f"error: {bundle} is not a bundle folder (no manifest.json)", file=sys.stderr)
+        return 2
+    if args.budget <= 0:
+        print("error: --budget must be > 0", file=sys.stderr)
+        return 2
+    try:
+        ev = Evaluator(bundle, threads=args.threads)
+        parts, used = [], []
+        for d, data in enumerate(args.data):
+            seed = read_manifest(data).get("seed")
+            for split in [s.strip() for s in args.split.split(",") if s.strip()]:
+                sp = load_split(data, split, args.max_samples)
+                print(f"{data} {split}: {len(sp)} frames")
+                o = C.collect(ev, sp)
+                o.scene = o.scene.astype(np.int64) + 1_000_000 * d  # scene ids are unique within one dataset
+                parts.append(o)
+                used.append({"data": str(data), "seed": seed, "split": split, "frames": len(sp)})
+    except (FileNotFoundError, DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    o = C.concat_outputs(parts)
+    comparison = C.compare_methods(o)
+    spec = C.fit(o, budget_per_min=args.budget)
+    minutes = len(o.scene) * o.frame_step / 60.0
+    spec["fitted_on"] = {"sets": used, "frames": int(len(o.scene)), "minutes": round(minutes, 2),
+                         "checkpoint_sha256": ev.info["sha256"]}
+    spec["method_comparison_cv_ece"] = {m: {k: round(v, 4) for k, v in d.items()} for m, d in comparison.items()}
+    print(f"\nfitted on {len(o.scene)} frames ({minutes:.1f} min); two-fold (by scene) cross-validated ECE per method:")
+    outs = list(next(iter(comparison.values())))
+    print("| method | " + " | ".join(outs) + " |")
+    print("|---|" + "---|" * len(outs))
+    for m, d in comparison.items():
+        print(f"| {m} | " + " | ".join("n/a" if d[k] != d[k] else f"{d[k]:.3f}" for k in outs) + " |")
+    print(f"\nevent on-thresholds (calibrated scale, <= {args.budget:g} false alarms/min on the fitting data):")
+    for name, r in spec["fit_figures"].items():
+        print(f"  {name}: {r['threshold']:.2f} ({r['rule']}; {r['false_alarms']} false alarms, "
+              f"{r['warned']}/{r['onsets']} onsets warned, {r['positive_frames']} positive frames)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(spec, indent=1, default=float))
+    if args.dry_run:
+        print("\n--dry-run: manifest.json not changed")
+        return 0
+    path = C.write_into_bundle(bundle, spec)
+    print(f"\nwrote calibration into {path}")
+    return 0
