@@ -57,7 +57,7 @@ class FakeBackend:
             return np.zeros((len(history), 2, 3), np.float32)
         return np.asarray(self.event_probs, np.float32)[None]
 
-    def caption(self, embedding):
+    def caption(self, embedding, kinds=None):
         assert embedding.shape == (D,)
         self.captions += 1
         return f"caption {self.captions}", 0.75

@@ -170,6 +170,16 @@ def test_train_resume_and_export(tmp_path, synth):
     man = json.loads((out / "manifest.json").read_text())
     assert man["caption_memory"] == "caption_memory.npz" and (out / "caption_memory.npz").is_file()
     assert man["event_thresholds"] == meta["event_thresholds"]
+    # familiarity statistics fitted by training survive export; the grounded caption memory records kinds
+    assert man["familiarity"]["modalities"].keys() == {"camera", "lidar", "audio", "imu"}
+    from mmfusion_ros.core.familiarity import Familiarity
+    from mmfusion_ros.runtime.manifest import load_manifest
+
+    assert Familiarity.from_manifest(load_manifest(out), out).assessed("imu")
+    with np.load(out / "caption_memory.npz") as z:
+        kinds = z["kinds"].tolist()
+        assert len(kinds) == len(z["texts"]) == len(z["embeddings"])
+    assert kinds and all(set(k.split("+")) <= {"objects", "sounds", "ego"} for k in kinds)
 
     js = tmp_path / "eval.json"
     assert main(["eval", "--model", str(ck), "--data", str(synth), "--split", "test", "--json", str(js),

@@ -79,12 +79,13 @@ def caption_clauses(text: str) -> List[Tuple[str, str]]:
         piece = piece.strip().rstrip(".;").strip()
         if not piece:
             continue
-        if piece.startswith("in view:"):
-            out.append(("objects", piece[len("in view:"):].strip()))
+        # the decoder's vocabulary has no ":", so "in view: x" may come back as "in view x"
+        if re.match(r"in view\b:?", piece):
+            out.append(("objects", re.sub(r"^in view\b:?", "", piece).strip()))
         elif piece == "nothing is in view" or piece == "nothing stands out":
             out.append(("objects", "nothing stands out"))
-        elif piece.startswith("sounds:"):
-            out.append(("sounds", piece[len("sounds:"):].strip()))
+        elif re.match(r"sounds\b:?", piece):
+            out.append(("sounds", re.sub(r"^sounds\b:?", "", piece).strip()))
         elif piece == "it is quiet":
             out.append(("sounds", ""))
         elif piece.startswith("you can hear "):
@@ -136,16 +137,17 @@ def _without_source(heard: str) -> str:
     return heard
 
 
-def render_clauses(clauses: Sequence[Tuple[str, str]], sees_objects: bool = True) -> str:
+def render_clauses(clauses: Sequence[Tuple[str, str]], sees_objects: bool = True, reword: bool = True) -> str:
     """[(kind, clause)] -> one caption in a fixed order (objects; sounds; ego); '' when there is none.
 
-    sees_objects=False words sounds without the object that makes them (it was heard, not seen)."""
+    sees_objects=False words sounds without the object that makes them (it was heard, not seen);
+    reword=False keeps every clause's own words."""
     parts = []
-    for kind in ("objects", "sounds", "ego"):
+    for kind in CAPTION_KINDS:
         texts = [c for k, c in clauses if k == kind]
         if not texts:
             continue
-        if kind == "ego":
+        if kind == "ego" and reword:
             texts = [_EGO_WORDING.get(t, t) for t in texts]
         if kind == "sounds":
             heard = [t for t in texts if t]
@@ -158,18 +160,42 @@ def render_clauses(clauses: Sequence[Tuple[str, str]], sees_objects: bool = True
     return s[:1].upper() + s[1:]
 
 
+#: The caption's clause kinds, in rendering order.
+CAPTION_KINDS = ("objects", "sounds", "ego")
+
+
+def observable_kinds(modalities: Iterable[str]) -> List[str]:
+    """The caption clause kinds `modalities` can observe, in CAPTION_KINDS order."""
+    mods = [str(getattr(m, "value", m)) for m in modalities]
+    return [k for k in CAPTION_KINDS if observable(k, mods)]
+
+
+def select_clauses(text: str, kinds: Iterable[str], reword: bool = True) -> str:
+    """The caption rendered with only the clauses of `kinds` ('' when none is left).
+
+    reword=False keeps the caption's own words (training targets: the decoder's vocabulary); True words
+    the clauses for publishing (see render_clauses)."""
+    kinds = set(kinds)
+    kept = [(k, c) for k, c in caption_clauses(text) if k in kinds]
+    if not kept:
+        return ""
+    if not reword:
+        return render_clauses(kept, sees_objects=True, reword=False)
+    return render_clauses(kept, sees_objects="objects" in kinds)
+
+
 def grounded_caption(text: str, modalities: Iterable[str]) -> Tuple[str, List[str], List[str]]:
     """Keep only the clauses `modalities` can observe.
 
     Returns (caption, kinds kept, modalities the kept clauses rest on); ('', [], []) when nothing is left.
     """
     mods = [str(getattr(m, "value", m)) for m in modalities]
-    clauses = caption_clauses(text)
-    kept = [(k, c) for k, c in clauses if observable(k, mods)]
-    if not kept:
+    allowed = observable_kinds(mods)
+    out = select_clauses(text, allowed)
+    if not out:
         return "", [], []
-    kinds = sorted({k for k, _ in kept})
-    return render_clauses(kept, sees_objects=observable("objects", mods)), kinds, claim_modalities(kinds, mods)
+    kinds = sorted({k for k, _ in caption_clauses(text) if k in allowed})
+    return out, kinds, claim_modalities(kinds, mods)
 
 
 def label_modalities(modalities: Iterable[str]) -> List[str]:

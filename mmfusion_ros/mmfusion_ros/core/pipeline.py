@@ -20,7 +20,7 @@ import numpy as np
 from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
 from mmfusion_ros.core.familiarity import Familiarity
-from mmfusion_ros.core.observability import event_mask, grounded_caption, label_modalities
+from mmfusion_ros.core.observability import event_mask, grounded_caption, label_modalities, observable_kinds
 from mmfusion_ros.core.preprocess import PreprocessConfig, model_inputs, preprocess_image
 from mmfusion_ros.core.types import EMBED_DIM, SENSOR_MODALITIES, DetectedObject, FusionResult, SensorFrame
 
@@ -279,7 +279,7 @@ class Pipeline:
             t0 = time.perf_counter()
             text, kinds, mods, conf = "", [], [], 0.0
             if used:
-                raw, raw_conf = self.backend.caption(fused)
+                raw, raw_conf = self.backend.caption(fused, kinds=observable_kinds(used))
                 text, kinds, mods = grounded_caption(str(raw), used)
                 if text:
                     conf = float(raw_conf)

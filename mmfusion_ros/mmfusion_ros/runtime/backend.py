@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,6 +58,7 @@ class Backend(abc.ABC):
         # Optional TextEncoder: makes caption confidence the caption-to-input cosine (see caption()).
         self.text_encoder = text_encoder
         self._memory: Optional[np.ndarray] = None  # (M, D) caption memory, loaded on first caption()
+        self._memory_kinds: Optional[List[str]] = None  # (M,) clause kinds of each memory entry, when recorded
         self._memory_loaded = False
 
     # --- what an engine implements -------------------------------------------------------------
@@ -88,11 +89,15 @@ class Backend(abc.ABC):
         """history (B,T,D) oldest first -> probs (B,E,H)."""
         return self.run("event_head", {"history": history})["probs"]
 
-    def caption(self, embedding: np.ndarray, max_len: Optional[int] = None) -> Tuple[str, float]:
+    def caption(self, embedding: np.ndarray, max_len: Optional[int] = None,
+                kinds: Optional[Sequence[str]] = None) -> Tuple[str, float]:
         """Greedy decode of one (D,) embedding -> (text, confidence in [0, 1]).
 
         When the bundle ships a caption memory, the embedding is first replaced by its nearest entry
         (as the model's evaluation does); confidence is still measured against the input embedding.
+
+        kinds: the caption clause kinds (core/observability.py) the frame's modalities can observe; a memory
+        that records each entry's kinds (grounded training) is searched only among entries within them.
 
         Confidence is the cosine between the caption's text embedding and the input embedding (clipped
         to [0, 1]) when a TextEncoder was given: both live in the text space, so it says whether the
@@ -107,7 +112,13 @@ class Backend(abc.ABC):
         key = None
         if mem is not None:
             # the decoder was trained on text embeddings: decode the nearest training caption's embedding
-            idx = int(np.argmax(mem @ emb[0]))
+            sims = mem @ emb[0]  # (M,)
+            allowed = self._memory_allowed(kinds)
+            if allowed is not None:
+                if not allowed.any():
+                    return "", 0.0
+                sims = np.where(allowed, sims, -np.inf)
+            idx = int(np.argmax(sims))
             query = mem[idx][None]  # (1, D)
             # greedy decoding of a memory entry is deterministic: decode each entry once (a greedy decode
             # is up to caption_max_len decoder runs, ~10-25 ms on a CPU core; a scene repeats its captions)
@@ -155,6 +166,16 @@ class Backend(abc.ABC):
                 break
         return detokenize(ids, self.manifest.vocab), (float(np.mean(probs)) if probs else 0.0)
 
+    def _memory_allowed(self, kinds: Optional[Sequence[str]]) -> Optional[np.ndarray]:
+        """(M,) bool: memory entries whose clause kinds all lie within `kinds`; None = no restriction."""
+        if kinds is None or self._memory_kinds is None:
+            return None
+        key = frozenset(kinds)
+        cache = self.__dict__.setdefault("_allowed_cache", {})
+        if key not in cache:
+            cache[key] = np.array([set(k.split("+")) <= key if k else False for k in self._memory_kinds], bool)
+        return cache[key]
+
     def caption_memory(self) -> Optional[np.ndarray]:
         """(M, D) float32 unit embeddings of the training captions when the bundle ships them
         (manifest "caption_memory": an .npz with "embeddings"), else None. caption() projects onto it."""
@@ -166,6 +187,8 @@ class Backend(abc.ABC):
                 try:
                     with np.load(path) as z:
                         mem = np.asarray(z["embeddings"], np.float32)  # (M, D)
+                        # "kinds": per entry, its clause kinds joined by "+" (a grounded memory); absent in older bundles
+                        self._memory_kinds = [str(k) for k in z["kinds"]] if "kinds" in z else None
                 except (OSError, KeyError, ValueError) as e:
                     raise ValueError(f"{path}: cannot read the caption memory named in manifest.json: {e}") from e
                 if mem.ndim != 2 or mem.shape[1] != self.manifest.embed_dim or len(mem) == 0:

@@ -36,6 +36,7 @@ class TrainConfig:
     caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
     supervised_upper_bound: bool = False  # bind LiDAR/audio/IMU to caption TEXT (the upper-bound baseline), not the camera
     fact_phrasings: float = 0.0  # camera/fusion stages: share of steps whose text is one fact of the caption ("a dog", "a dog sits ahead"; sim/captions.caption_facts) instead of a whole phrasing (0 = whole captions only)
+    grounded_captions: bool = True  # caption/events stages: learn only what each dropout subset can observe (core/observability.py): captions cut to those clauses, event losses masked to observable types
     camera_jitter: float = 0.1  # camera stage: brightness/contrast jitter amplitude
     camera_shift: int = 6  # camera stage: random translation, pixels (0 = off)
     encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mmfusion_ros.core.observability import CAPTION_KINDS, caption_clauses, event_mask, observable, select_clauses
 from mmfusion_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from mmfusion_ros.model.config import ModelConfig, tiny_config
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel, build_model
@@ -128,9 +129,14 @@ class EventStep(nn.Module):
         self.model = model
         self.register_buffer("pos_weight", pos_weight)
 
-    def forward(self, history, target):
+    def forward(self, history, target, observed=None):
         logits = self.model.event_head.logits(history)  # (B, E, H)
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+        if observed is None:
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+        # grounded: event types the sample's modalities cannot observe teach nothing (their loss is masked)
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight, reduction="none")
+        w = observed.unsqueeze(-1).expand_as(loss)  # (B, E, H)
+        return (loss * w).sum() / w.sum().clamp(min=1.0)
 
 
 # --------------------------------------------------------------------------- text targets
@@ -466,15 +472,52 @@ class Trainer:
             out.append(self.model.fusion(t * p.unsqueeze(-1), p)[0])
         return torch.cat(out)  # (N, 384)
 
+    def _kind_bits(self, present: torch.Tensor) -> np.ndarray:
+        """(B,4) presence -> (B,) bitmask of the caption clause kinds those modalities observe (bit i = CAPTION_KINDS[i])."""
+        bits = np.zeros(len(present), np.int64)
+        for row, mask in enumerate(present.cpu().numpy() > 0.5):
+            mods = [m for m, on in zip(SENSOR_KEYS, mask) if on]
+            bits[row] = sum(1 << i for i, k in enumerate(CAPTION_KINDS) if observable(k, mods))
+        return bits
+
+    def grounded_captions(self, n_text: int) -> Tuple[np.ndarray, List[str], np.ndarray]:
+        """Every whole phrasing cut to each combination of clause kinds (core/observability.py).
+
+        Returns table (n_text, 2**K) -> variant id, the variant texts, and their (V, 384) text embeddings."""
+        nk = len(CAPTION_KINDS)
+        variants: Dict[str, int] = {}
+        table = np.zeros((n_text, 1 << nk), np.int64)
+        for t in range(n_text):
+            for bits in range(1 << nk):
+                kinds = [k for i, k in enumerate(CAPTION_KINDS) if bits >> i & 1]
+                text = select_clauses(self.captions.texts[t], kinds, reword=False) if kinds else ""
+                table[t, bits] = variants.setdefault(text, len(variants))
+        texts = list(variants)
+        return table, texts, self.embedder.encode(texts)
+
     def stage_caption(self) -> None:
-        """One step item per distinct caption phrasing (frames repeat the same captions many times)."""
+        """One step item per distinct caption phrasing (frames repeat the same captions many times).
+
+        Grounded (cfg.grounded_captions): each item draws a presence subset (modality dropout) and learns the
+        caption cut to the clauses that subset can observe, conditioned on that cut's text embedding (with
+        noise) or on a frame's fused embedding under the same subset."""
         params = self._set_trainable([self.model.caption_decoder])
         n_text = self.captions.n_full  # whole phrasings only: facts are training targets, not captions
         if self.progress.get("caption", 0) >= self.cfg.epochs.get("caption", 0):
             return self._run_stage("caption", CaptionStep(self.model), params, n_text, None)
         max_len = self.mcfg.caption.max_len
-        tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in self.captions.texts[:n_text]], np.int64))  # (U, L)
-        fused = self._fused(self._dropout_mask(len(self.train)))  # (N, 384) with random missing modalities
+        grounded = bool(self.cfg.grounded_captions)
+        if grounded:
+            table, vtexts, vemb = self.grounded_captions(n_text)
+            self.log(f"[caption] grounded targets: {len(vtexts)} variants of {n_text} phrasings")
+            tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in vtexts], np.int64))  # (V, L)
+            text_table = self._to(vemb)  # (V, 384)
+        else:
+            tok_table = self._to(np.array([self.vocab.encode(t, max_len) for t in self.captions.texts[:n_text]], np.int64))  # (U, L)
+            text_table = self.text
+        masks = self._dropout_mask(len(self.train))  # (N, 4) random missing modalities
+        fused = self._fused(masks)  # (N, 384)
+        frame_bits = self._kind_bits(masks)  # (N,)
         frames_of: List[List[int]] = [[] for _ in range(n_text)]
         for i, ids in enumerate(self.captions.sample_ids):
             for t in ids:
@@ -483,17 +526,20 @@ class Trainer:
         frac = self.cfg.caption_fused_frac
 
         def make(idx):
-            tid = self._to(idx)
-            text = self.text[tid]  # (B, 384)
             b = len(idx)
+            frame = np.array([frames_of[t][self.rng.integers(len(frames_of[t]))] for t in idx], np.int64)
+            use_fused = self.rng.random(b) < frac  # (B,) some steps condition on a real fused embedding
+            if grounded:
+                bits = np.where(use_fused, frame_bits[frame], self._kind_bits(self._dropout_mask(b)))
+                vid = self._to(table[idx, bits])
+            else:
+                vid = self._to(idx)
+            text = text_table[vid]  # (B, 384)
             scale = sigma * torch.rand(b, 1, device=text.device)
             noise = torch.randn_like(text) * scale / math.sqrt(text.shape[1])
             cond = F.normalize(text + noise, dim=-1)
-            # some steps condition on a real fused embedding of a frame with this caption
-            frame = self._to(np.array([frames_of[t][self.rng.integers(len(frames_of[t]))] for t in idx], np.int64))
-            use_fused = torch.rand(b, 1, device=text.device) < frac
-            cond = torch.where(use_fused, fused[frame], cond)
-            return cond, tok_table[tid]
+            cond = torch.where(self._to(use_fused[:, None]), fused[self._to(frame)], cond)
+            return cond, tok_table[vid]
 
         self._run_stage("caption", CaptionStep(self.model), params, n_text, make)
 
@@ -507,15 +553,24 @@ class Trainer:
         if self.progress.get("events", 0) >= self.cfg.epochs.get("events", 0):
             return self._run_stage("events", step, params, len(tr), None)
         full = self._fused()  # (N, 384)
-        dropped = self._fused(self._dropout_mask(len(tr)))  # (N, 384) another view with missing modalities
+        masks = self._dropout_mask(len(tr))  # (N, 4)
+        dropped = self._fused(masks)  # (N, 384) another view with missing modalities
         hist = self._to(tr.history_index)  # (N, T)
+        # (N, E): which event types each frame's dropout subset can observe (core/observability.py)
+        obs_drop = self._to(np.array([event_mask(self.mcfg.events.event_types,
+                                                 [m for m, on in zip(SENSOR_KEYS, row) if on])
+                                      for row in masks.cpu().numpy() > 0.5], np.float32))
+        grounded = bool(self.cfg.grounded_captions)
 
         def make(idx):
             i = self._to(idx)
             h = hist[i]  # (B, T)
             use_drop = torch.rand(len(idx), 1, 1, device=h.device) < 0.3
             x = torch.where(use_drop, dropped[h], full[h])  # (B, T, 384)
-            return x, target[i]
+            if not grounded:
+                return x, target[i]
+            observed = torch.where(use_drop[:, :, 0], obs_drop[h[:, -1]], torch.ones_like(obs_drop[h[:, -1]]))  # (B, E)
+            return x, target[i], observed
 
         self._run_stage("events", step, params, len(tr), make)
 
@@ -543,12 +598,27 @@ class Trainer:
         return thr
 
     def write_caption_memory(self) -> str:
-        """Unique training captions and their text embeddings, for projection before decoding."""
+        """Unique training captions and their text embeddings, for projection before decoding. Grounded:
+        every caption cut to each combination of clause kinds, with the kinds recorded per entry, so a frame is
+        projected only onto captions its modalities can observe (runtime/backend.py caption(kinds=...))."""
         name = "caption_memory.npz"
         if self.dist.main:
             texts = sorted({caps[0] for caps in self.train.captions if caps})
-            idx = [self.captions.texts.index(t) for t in texts]
-            np.savez(self.out / name, texts=np.array(texts), embeddings=self.captions.emb[idx].astype(np.float16))
+            if not self.cfg.grounded_captions:
+                idx = [self.captions.texts.index(t) for t in texts]
+                np.savez(self.out / name, texts=np.array(texts), embeddings=self.captions.emb[idx].astype(np.float16))
+                return name
+            cut: Dict[str, str] = {}
+            nk = len(CAPTION_KINDS)
+            for t in texts:
+                for bits in range(1, 1 << nk):
+                    kinds = [k for i, k in enumerate(CAPTION_KINDS) if bits >> i & 1]
+                    v = select_clauses(t, kinds, reword=False)
+                    if v and v not in cut:
+                        cut[v] = "+".join(sorted({k for k, _ in caption_clauses(v)}))
+            vt = sorted(cut)
+            np.savez(self.out / name, texts=np.array(vt), kinds=np.array([cut[v] for v in vt]),
+                     embeddings=self.embedder.encode(vt).astype(np.float16))
         return name
 
     def fit_familiarity(self) -> Optional[dict]:
