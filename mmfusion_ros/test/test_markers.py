@@ -85,3 +85,14 @@ def test_rosbags_markers_serialise_and_read_back_in_rclpy():
     back = deserialize_message(bytes(raw), MarkerArray)
     assert [(m.ns, m.id, m.type) for m in back.markers] == [(m.ns, m.id, m.type) for m in arr.markers]
     assert back.markers[1].text == "dog 0.80 #3"
+
+
+def test_grounding_marker_shows_familiarity_and_unobservable_events(kit):
+    from mmfusion_ros.ros.markers import grounding_text
+
+    r = _result(2.0, [], caption="")
+    r.familiarity, r.used, r.unobservable = {"imu": 0.03}, [], ["robot_impact", "rough_ground"]
+    assert grounding_text(r) == "familiarity: imu 0.03 (unfamiliar)\nnot observable: robot_impact, rough_ground"
+    arr = MarkerArrayBuilder(kit).build(r)
+    texts = {(m.ns, m.id): m.text for m in arr.markers}
+    assert "not observable: robot_impact" in texts[("grounding", 0)] and ("caption", 0) not in texts

@@ -10,6 +10,7 @@ Marker namespaces and ids (deterministic, so RViz replaces a marker in place ins
   ``velocity`` ARROW along the tracked velocity (1 s of motion) when the object moves
   ``events``   red ARROW pointing down at the object an event concerns, id = track id
   ``caption``  TEXT_VIEW_FACING id 0 above the robot: the caption and scene-level events
+  ``grounding`` TEXT_VIEW_FACING id 0 above the caption: familiarity per modality, unobservable event types
 
 Deletion: ``MarkerArrayBuilder`` remembers what it published last and sends an explicit DELETE for
 every (ns, id) that is gone, instead of a DELETEALL first. Both are correct; explicit DELETEs keep
@@ -195,6 +196,13 @@ class MarkerArrayBuilder:
                                         scale=_vec(kit, 0, 0, self.text_size * 1.2), color=_color(kit, (1, 1, 1), 1.0),
                                         text="\n".join(lines)))
             shown.add(("caption", 0))
+        status = grounding_text(result)
+        if status:  # what the learned claims rest on: familiarity per modality, events nothing here can observe
+            markers.append(self._marker(header, "grounding", 0, TEXT_VIEW_FACING,
+                                        pose=_pose(kit, [0, 0, self.caption_height + 1.0]),
+                                        scale=_vec(kit, 0, 0, self.text_size), color=_color(kit, (1, 0.85, 0.3), 1.0),
+                                        text=status))
+            shown.add(("grounding", 0))
         for ns, mid in sorted(self._shown - shown):
             markers.append(kit.new("visualization_msgs/msg/Marker", header=header, ns=ns, id=mid, action=DELETE))
         self._shown = shown
@@ -207,6 +215,18 @@ class MarkerArrayBuilder:
                    for ns, mid in sorted(self._shown)]
         self._shown = set()
         return self.kit.new("visualization_msgs/msg/MarkerArray", markers=markers)
+
+
+def grounding_text(result: FusionResult) -> str:
+    """One or two lines for RViz: each present modality's familiarity, and the event types no used modality
+    can observe ('' when the result carries neither)."""
+    lines = []
+    if result.familiarity:
+        parts = [f"{m} {v:.2f}" + ("" if m in result.used else " (unfamiliar)") for m, v in result.familiarity.items()]
+        lines.append("familiarity: " + ", ".join(parts))
+    if result.unobservable:
+        lines.append("not observable: " + ", ".join(result.unobservable))
+    return "\n".join(lines)
 
 
 def result_to_markers(result: FusionResult, builder: Optional[MarkerArrayBuilder] = None) -> Any:
