@@ -28,6 +28,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
@@ -83,7 +84,10 @@ class FusionNode(Node):
         self._state = "unconfigured"
         self._last_error_log = float("-inf")
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_service(SetPrompts, "~/set_prompts", self._on_set_prompts)
+        # its own callback group: while a request awaits its embedding, the default group (subscriptions,
+        # the diagnostics timer) stays free to run on the same executor
+        self.create_service(SetPrompts, "~/set_prompts", self._on_set_prompts,
+                            callback_group=MutuallyExclusiveCallbackGroup())
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _now(self) -> float:
