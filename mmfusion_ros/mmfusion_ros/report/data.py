@@ -192,6 +192,8 @@ class OutputFrame:
     labels: List[Tuple[str, float]]
     objects: List[DetectedObject]
     inference_ms: float
+    familiarity: Dict[str, float] = field(default_factory=dict)  # assessed present modality -> [0,1]
+    used: List[str] = field(default_factory=list)  # modalities the learned claims rested on
 
 
 @dataclass
@@ -203,6 +205,7 @@ class Outputs:
     clock: np.ndarray  # (C, 2) receive time, /clock value (seconds); empty for offline bags
     pipeline: Dict[str, str] = field(default_factory=dict)  # newest pipeline diagnostics values
     event_scores: Dict[float, Dict[str, float]] = field(default_factory=dict)  # stamp -> {type: raw prob, max over horizons}
+    unobservable: Dict[str, int] = field(default_factory=dict)  # event type -> event arrays that reported it unobservable
 
     @property
     def stamps(self) -> np.ndarray:
@@ -247,6 +250,7 @@ def read_outputs(bag: Path) -> Outputs:
     """FusedPerception, Caption, EventArray, MarkerArray, /diagnostics and /clock of a recording."""
     frames, captions, events, clock = [], [], [], []
     event_scores: Dict[float, Dict[str, float]] = {}
+    unobservable: Dict[str, int] = {}
     markers = 0
     pipeline: Dict[str, str] = {}
     with open_bag(bag) as r:
@@ -257,9 +261,13 @@ def read_outputs(bag: Path) -> Outputs:
                 continue
             msg = r.deserialize(raw, c.msgtype)
             if c.msgtype == "mmfusion_msgs/msg/FusedPerception":
+                fam = np.asarray(getattr(msg, "modality_familiarity", []), np.float32)  # (4,) -1 = not assessed
                 frames.append(OutputFrame(conv.header_stamp(msg), t_log, list(msg.present_modalities),
                                           [(str(l.label), float(l.score)) for l in msg.labels],
-                                          [_detected(o) for o in msg.objects], float(msg.inference_ms)))
+                                          [_detected(o) for o in msg.objects], float(msg.inference_ms),
+                                          {str(m): float(v) for m, v in zip(msg.modality_names, fam)
+                                           if m in msg.present_modalities and v >= 0},
+                                          list(getattr(msg, "modalities_used", []))))
             elif c.msgtype == "mmfusion_msgs/msg/Caption":
                 captions.append((conv.header_stamp(msg), t_log, str(msg.text), float(msg.confidence)))
             elif c.msgtype == "mmfusion_msgs/msg/EventArray":
@@ -270,8 +278,11 @@ def read_outputs(bag: Path) -> Outputs:
                 n_h = len(getattr(msg, "horizons", []))
                 if n_h and len(msg.types):
                     probs = np.asarray(msg.probabilities, np.float32).reshape(len(msg.types), n_h)  # (E, H)
+                    probs = np.nan_to_num(probs, nan=0.0)  # NaN = unobservable: no evidence either way
                     event_scores[round(conv.header_stamp(msg), 3)] = {
                         str(k): float(v) for k, v in zip(msg.types, probs.max(axis=1))}
+                for k in getattr(msg, "unobservable", []):
+                    unobservable[str(k)] = unobservable.get(str(k), 0) + 1
             elif c.msgtype == "rosgraph_msgs/msg/Clock":
                 clock.append((t_log, msg.clock.sec + msg.clock.nanosec * 1e-9))
             elif c.msgtype == "diagnostic_msgs/msg/DiagnosticArray":
@@ -282,4 +293,4 @@ def read_outputs(bag: Path) -> Outputs:
     captions.sort(key=lambda c: c[0])
     events.sort(key=lambda e: e[0])
     return Outputs(frames, captions, events, markers, np.asarray(clock, np.float64).reshape(-1, 2), pipeline,
-                   event_scores)
+                   event_scores, unobservable)

@@ -80,6 +80,13 @@ def compute_summary(scenario: Scenario, outputs: Outputs, rate_hz: float,
     leads = [s.lead_s * s.detected for s in scores if s.detected]
     out["mean_lead_s"] = _r(sum(leads) / sum(s.detected for s in scores), 2) if leads else None
     out["event_horizon_s"] = horizon
+    out["familiarity"] = {}
+    for m in SENSOR_MODALITIES:  # what the learned claims rested on: mean familiarity, share of frames not used
+        vals = [f.familiarity[m.value] for f in frames if m.value in f.familiarity]
+        if vals:
+            unused = [m.value not in f.used for f in frames if m.value in f.familiarity]
+            out["familiarity"][m.value] = {"mean": _r(float(np.mean(vals))), "unfamiliar_share": _r(float(np.mean(unused)))}
+    out["unobservable_events"] = {k: v for k, v in sorted(outputs.unobservable.items())}
     return out
 
 
@@ -115,6 +122,13 @@ def rows(s: Dict[str, Any]) -> List[List[str]]:
         [f"event mAP (active within {s['event_horizon_s']:g} s)", _fmt(s["event_map"])],
         ["event onsets flagged in time / mean lead", f"{s['onsets_detected']} / {_fmt(s['mean_lead_s'], ' s')}"],
     ]
+    fam = s.get("familiarity") or {}
+    r.append(["familiarity (mean; share of frames unfamiliar)",
+              ", ".join(f"{m} {_fmt(v['mean'])} ({_fmt(100 * v['unfamiliar_share'])}%)" for m, v in fam.items())
+              or "not assessed"])
+    unobs = s.get("unobservable_events") or {}
+    r.append(["event types reported unobservable (frames)",
+              ", ".join(f"{k} {v}" for k, v in unobs.items()) or "none"])
     if "stage_seconds" in s:
         r.append(["stage times", ", ".join(f"{k} {v:.0f} s" for k, v in s["stage_seconds"].items())])
     r.append(["machine", s["machine"]])
