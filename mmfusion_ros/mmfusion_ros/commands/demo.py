@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..ros.inputs import INPUTS
+
 #: stage -> exit code
 STAGES = {"simulate": 3, "node": 4, "replay": 5, "report": 6}
 #: the scenario the demo plays by default: a person walks up, a dog barks, an alarm rings, rough ground
@@ -45,8 +47,7 @@ FIRST_OUTPUT_TIMEOUT_S = 30.0
 DRAIN_S = 2.0
 REPLAY_SLACK_S = 60.0  # replay may take 3x the bag's length plus this before it counts as hung
 #: the sensor message types replayed into the node (ground truth stays in the bag, for the report)
-SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo",
-                "sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/Imu", "mmfusion_msgs/msg/AudioFrame")
+SENSOR_TYPES = tuple(s.msgtype for s in INPUTS.values())  # ros/inputs.py
 #: the simulator's ground truth: replayed too and recorded with the outputs (RViz can show both)
 GT_TYPE = "mmfusion_msgs/msg/GroundTruth"
 

@@ -179,6 +179,7 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
         raise MicrophoneError(f"sounddevice/PortAudio unavailable ({e}); install libportaudio2") from None
 
     from mmfusion_msgs.msg import AudioFrame
+    from mmfusion_ros.ros.inputs import INPUTS
 
     try:
         devices = [dict(d) for d in sd.query_devices()]
@@ -186,7 +187,7 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
     except sd.PortAudioError as e:
         raise MicrophoneError(f"PortAudio cannot list devices ({e}); available input devices: none") from None
     index = choose_device(devices, cfg.device, default_input, cfg.channels)
-    pub = node.create_publisher(AudioFrame, "audio/audio", qos_profile_sensor_data)
+    pub = node.create_publisher(AudioFrame, INPUTS["audio"].topic, qos_profile_sensor_data)  # the node's input
     log = node.get_logger()
     blocks: "queue.Queue[tuple]" = queue.Queue(maxsize=64)
     overflows = [0]
