@@ -12,7 +12,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from mmfusion_msgs.msg import EventArray, FusedPerception
 from mmfusion_ros.core.types import DetectedObject, Event, FusionResult, Modality
 from mmfusion_ros.ros import messages
-from mmfusion_ros.ros.diagnostics import NodeDiagnostics
+from mmfusion_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
 
 
 def make_result(stamp: float = 1700000000.123456789) -> FusionResult:
@@ -149,3 +149,26 @@ def test_diagnostics_never_received_and_inactive():
     assert audio.level == audio.WARN and "no messages" in audio.message and kv(audio)["age_s"] == "never"
     pipe = status(arr, "mmfusion: pipeline")
     assert pipe.level == pipe.WARN and "unconfigured" in pipe.message
+
+
+def test_diagnostics_warn_names_an_unfamiliar_or_dropped_modality_and_the_remedy():
+    d = NodeDiagnostics("mmfusion", {"camera": 0.5, "lidar": 0.5, "audio": 0.5, "imu": 0.25})
+    d.state = "active"
+    for _ in range(10):
+        d.frame(["imu"], 2.0, familiarity={"imu": 0.02}, used=[], dropped={})
+    st = {s.name: s for s in d.build(100.0).status}["mmfusion: pipeline"]
+    assert st.level == WARN and "imu unfamiliar" in st.message and "mmfusion train --bags" in st.message
+    assert {kv.key: kv.value for kv in st.values}["familiarity_imu"] == "0.02"
+    # familiar again for most of the window: OK; then an encoder failure drops audio: WARN naming it
+    for _ in range(40):
+        d.frame(["imu"], 2.0, familiarity={"imu": 0.9}, used=["imu"], dropped={})
+    assert {s.name: s for s in d.build(101.0).status}["mmfusion: pipeline"].level == OK
+    d.frame(["audio", "imu"], 2.0, familiarity={"imu": 0.9}, used=["imu"], dropped={"audio": "encoder: boom"})
+    st = {s.name: s for s in d.build(102.0).status}["mmfusion: pipeline"]
+    assert st.level == WARN and "audio dropped" in st.message and "boom" in st.message
+    # a failed frame is an ERROR until a report has said so; a bundle without statistics says "not assessed"
+    d.pipeline_error()
+    assert {s.name: s for s in d.build(103.0).status}["mmfusion: pipeline"].level == ERROR
+    d.frame(["imu"], 2.0, familiarity={}, used=["imu"], dropped={})
+    vals = {kv.key: kv.value for kv in {s.name: s for s in d.build(104.0).status}["mmfusion: pipeline"].values}
+    assert vals["familiarity"].startswith("not assessed")

@@ -22,6 +22,11 @@ OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.E
 RATE_WINDOW_S = 2.0
 #: Seconds between two log lines about rejected messages of the same input.
 REJECT_LOG_PERIOD_S = 5.0
+#: Frames the pipeline status looks back over for unfamiliar and dropped modalities.
+RECENT_FRAMES = 50
+#: Remedy named when a modality is unfamiliar.
+FAMILIARITY_REMEDY = ("record this robot's sensors and run `mmfusion train --bags BAG... --init CKPT --out DIR`, "
+                      "which re-binds the encoders and refits the familiarity statistics on your recordings")
 
 
 @dataclass
@@ -57,6 +62,12 @@ class NodeDiagnostics:
         self.backend = ""
         self.state = "unconfigured"
         self.extra: Dict[str, str] = {}
+        self._recent: Deque[tuple] = deque(maxlen=RECENT_FRAMES)  # (unfamiliar set, dropped set) per frame
+        self._familiarity: Dict[str, float] = {}  # newest familiarity per assessed modality
+        self._familiarity_assessed = True  # False once a frame came from a bundle without statistics
+        self._dropped: Dict[str, int] = {}  # modality (or "perception") -> frames it was dropped from
+        self._dropped_why: Dict[str, str] = {}  # ... and the newest reason
+        self._errors_at_last_report = 0
 
     # -- counting (called from callbacks and the worker) ------------------------------------------------
     def add_input(self, name: str, topic: str, group: str) -> None:
@@ -86,8 +97,13 @@ class NodeDiagnostics:
                 return True
             return False
 
-    def frame(self, present: List[str], inference_ms: float, skipped: int = 0) -> None:
-        """A frame was fused from the `present` modalities; `skipped` newer frames replaced older ones."""
+    def frame(self, present: List[str], inference_ms: float, skipped: int = 0,
+              familiarity: Optional[Dict[str, float]] = None, used: Optional[List[str]] = None,
+              dropped: Optional[Dict[str, str]] = None) -> None:
+        """A frame was fused from the `present` modalities; `skipped` newer frames replaced older ones.
+
+        familiarity / used / dropped (FusionResult fields): per-modality familiarity, the modalities the
+        learned claims rested on, and modalities (or perception) dropped from the frame with the reason."""
         with self._lock:
             self.frames_fused += 1
             self.frames_skipped += skipped
@@ -95,6 +111,16 @@ class NodeDiagnostics:
                 if m not in present:
                     self._frames_without[m] += 1
             self._inference_ms.append(inference_ms)
+            used_set = set(present if used is None else used)
+            unfamiliar = {m for m in present if m in (familiarity or {}) and m not in used_set}
+            self._recent.append((frozenset(unfamiliar), frozenset(dropped or ())))
+            for m, v in (familiarity or {}).items():
+                self._familiarity[m] = float(v)
+            if familiarity is not None and present and not familiarity and not dropped:
+                self._familiarity_assessed = False  # present modalities, none assessed: no statistics
+            for m, why in (dropped or {}).items():
+                self._dropped[m] = self._dropped.get(m, 0) + 1
+                self._dropped_why[m] = why
 
     def skipped(self, n: int) -> None:
         with self._lock:
@@ -177,8 +203,32 @@ class NodeDiagnostics:
             "inference_ms_p50": f"{np.percentile(inf, 50):.2f}" if len(inf) else "n/a",
             "inference_ms_p99": f"{np.percentile(inf, 99):.2f}" if len(inf) else "n/a",
         }
+        for m in ("camera", "lidar", "audio", "imu"):
+            if m in self._familiarity:
+                values[f"familiarity_{m}"] = f"{self._familiarity[m]:.2f}"
+        if not self._familiarity_assessed:
+            values["familiarity"] = "not assessed (the model bundle has no familiarity statistics)"
+        for m, n in sorted(self._dropped.items()):
+            values[f"dropped_{m}"] = f"{n} frames (last: {self._dropped_why[m]})"
         values.update(self.extra)
         level, message = OK, "fusing"
+        problems = []
+        n = len(self._recent)
+        unfam = sorted({m for u, _ in self._recent for m in u if sum(m in uu for uu, _ in self._recent) > n / 2})
+        for m in unfam:
+            problems.append(f"{m} unfamiliar (familiarity {self._familiarity.get(m, 0.0):.2f}): its input does not "
+                            f"look like the training data, so labels, captions and events ignore it; remedy: "
+                            f"{FAMILIARITY_REMEDY}")
+        dropped = sorted({m for _, d in self._recent for m in d})
+        for m in dropped:
+            problems.append(f"{m} dropped from {sum(m in d for _, d in self._recent)} of the last {n} frames "
+                            f"({self._dropped_why.get(m, '')})")
+        if problems:
+            level, message = WARN, "; ".join(problems)
+        if self.pipeline_errors > self._errors_at_last_report:
+            level, message = ERROR, (f"{self.pipeline_errors - self._errors_at_last_report} frames failed since the "
+                                     f"last report" + (f"; {message}" if problems else ""))
+        self._errors_at_last_report = self.pipeline_errors
         if self.state != "active":
             level, message = WARN, f"not fusing: node is {self.state}"
         return DiagnosticStatus(

@@ -296,7 +296,8 @@ class FusionNode(Node):
                     self._log_error(f"pipeline failed on frame {frame.stamp:.3f}: {type(e).__name__}: {e}")
                     continue
             # counted before publishing, so /diagnostics never lags what subscribers already received
-            self._diag.frame([getattr(m, "value", m) for m in result.present], messages.inference_ms(result), skipped)
+            self._diag.frame([getattr(m, "value", m) for m in result.present], messages.inference_ms(result), skipped,
+                             familiarity=result.familiarity, used=result.used, dropped=result.dropped)
             if not self.context.ok():  # shutting down (SIGINT): nothing can be published any more
                 return
             try:
