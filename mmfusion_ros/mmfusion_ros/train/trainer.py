@@ -210,8 +210,9 @@ class Trainer:
         if resume and last.is_file():
             self.model, self.vocab, info = load_checkpoint(last)
             extra = info.get("extra", {})
-            self.progress = dict(extra.get("progress", {}))
-            self.stage_seconds = dict(extra.get("stage_seconds", {}))
+            meta = info.get("metadata", {})  # a finished checkpoint.pt keeps its progress in the metadata
+            self.progress = dict(extra.get("progress") or meta.get("progress") or {})
+            self.stage_seconds = dict(extra.get("stage_seconds") or meta.get("stage_seconds") or {})
             self.opt_state = extra.get("optimizer")
             self.metadata = dict(info.get("metadata", {}))
             self.log(f"resumed from {last}: epochs done {self.progress}")
