@@ -102,7 +102,7 @@ def test_ece_known_values():
     assert [b["count"] for b in rel] == [1, 1] and rel[1]["accuracy"] == 1.0
 
 
-def _event_outputs(n_scenes=60, frames=20, seed=0):
+def _event_outputs(n_scenes=30, frames=20, seed=0):
     """One event type; scenes with an onset at frame 12 preceded by rising scores, others noise."""
     rng = np.random.default_rng(seed)
     N = n_scenes * frames

@@ -16,9 +16,12 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="bundle folder (manifest.json + checkpoint.pt)")
-    p.add_argument("--data", required=True, nargs="+", help="dataset folder(s) written by `mmfusion sim dataset`")
-    p.add_argument("--split", default="val", help="split(s) to fit on, comma-separated (default val)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="dataset folder(s) written by `mmfusion sim dataset`; DIR:train,val names that folder's splits")
+    p.add_argument("--split", default="val", help="split(s) to fit on, comma-separated (default val), for folders without :SPLITS")
     p.add_argument("--budget", type=float, default=1.0, help="false alarms per minute allowed per event type (default 1)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="fit the thresholds against budget x margin (default train/calibrate.py FIT_MARGIN, 0.8)")
     p.add_argument("--max-samples", type=int, default=0, help="use only the first shards up to this many frames per split")
     p.add_argument("--dry-run", action="store_true", help="fit and print, leave manifest.json as it is")
     p.add_argument("--json", help="also write the fitted entry and the method comparison here")
@@ -42,9 +45,10 @@ def run(args) -> int:
     try:
         ev = Evaluator(bundle, threads=args.threads)
         parts, used = [], []
-        for d, data in enumerate(args.data):
+        for d, spec_ in enumerate(args.data):
+            data, _, splits = spec_.rpartition(":") if ":" in spec_ and not Path(spec_).exists() else (spec_, "", "")
             seed = read_manifest(data).get("seed")
-            for split in [s.strip() for s in args.split.split(",") if s.strip()]:
+            for split in [s.strip() for s in (splits or args.split).split(",") if s.strip()]:
                 sp = load_split(data, split, args.max_samples)
                 print(f"{data} {split}: {len(sp)} frames")
                 o = C.collect(ev, sp)
@@ -56,7 +60,8 @@ def run(args) -> int:
         return 2
     o = C.concat_outputs(parts)
     comparison = C.compare_methods(o)
-    spec = C.fit(o, budget_per_min=args.budget)
+    margin = C.FIT_MARGIN if args.margin is None else args.margin
+    spec = C.fit(o, budget_per_min=args.budget, margin=margin)
     minutes = len(o.scene) * o.frame_step / 60.0
     spec["fitted_on"] = {"sets": used, "frames": int(len(o.scene)), "minutes": round(minutes, 2),
                          "checkpoint_sha256": ev.info["sha256"]}
@@ -67,7 +72,7 @@ def run(args) -> int:
     print("|---|" + "---|" * len(outs))
     for m, d in comparison.items():
         print(f"| {m} | " + " | ".join("n/a" if d[k] != d[k] else f"{d[k]:.3f}" for k in outs) + " |")
-    print(f"\nevent on-thresholds (calibrated scale, <= {args.budget:g} false alarms/min on the fitting data):")
+    print(f"\nevent on-thresholds (calibrated scale, <= {args.budget:g} x {margin:g} false alarms/min on the fitting data):")
     for name, r in spec["fit_figures"].items():
         print(f"  {name}: {r['threshold']:.2f} ({r['rule']}; {r['false_alarms']} false alarms, "
               f"{r['warned']}/{r['onsets']} onsets warned, {r['positive_frames']} positive frames)")

@@ -27,7 +27,10 @@ What "right" means (simulator ground truth; train/calibrate.py documents the det
 
 Event thresholds (`thresholds`) are on the calibrated scale and replace the manifest's raw
 `event_thresholds` when calibration is present: the lowest on-threshold per type whose onsets, run through
-core.events.EventTracker as the node runs it, give at most `budget_per_min` false alarms per minute on val.
+core.events.EventTracker as the node runs it, give at most `budget_per_min` x `event_fit_margin` false
+alarms per minute on the fitting data (the margin, 0.8, keeps new data within the budget; chosen by
+cross-validation in train/calibrate.py). A false alarm is a start while the event is neither active nor due
+within the horizon the event reports.
 """
 
 from __future__ import annotations

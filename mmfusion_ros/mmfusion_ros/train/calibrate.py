@@ -507,8 +507,15 @@ def choose_thresholds(probs: np.ndarray, o: SplitOutputs, budget_per_min: float 
 
 
 # ---- the fit ----------------------------------------------------------------------------------------
+#: Thresholds are fitted against budget x FIT_MARGIN so that new data stays within the budget. Chosen by
+#: two-fold cross-validation over scenes on 12.3 min of fresh simulator data (seed 3): event types over a
+#: 1/min budget on the held-out half 8 of 14 (margin 1.0), 3 of 14 (0.8), 2 of 14 (0.6); onsets warned
+#: 68, 51, 41 of 124.
+FIT_MARGIN = 0.8
+
+
 def fit(o: SplitOutputs, budget_per_min: float = 1.0, tracker: Optional[EventTrackerConfig] = None,
-        min_per_bin: int = 40, max_bins: int = 24) -> dict:
+        min_per_bin: int = 40, max_bins: int = 24, margin: float = FIT_MARGIN) -> dict:
     """Fitted maps and thresholds -> the manifest's "calibration" entry (JSON-ready)."""
     tracker = tracker or EventTrackerConfig()
     lab_sub, pool_s, pool_y = {}, [], []
@@ -551,9 +558,10 @@ def fit(o: SplitOutputs, budget_per_min: float = 1.0, tracker: Optional[EventTra
         spec["caption"] = caption
     cal = Calibration(spec, o.event_types, o.horizons)
     cal_probs = cal.events(o.event_probs)
-    thr, info = choose_thresholds(cal_probs, o, budget_per_min, tracker)
+    thr, info = choose_thresholds(cal_probs, o, budget_per_min * margin, tracker)
     spec["event_thresholds"] = thr
     spec["event_budget_per_min"] = float(budget_per_min)
+    spec["event_fit_margin"] = float(margin)
     spec["event_tracker"] = {"alpha": tracker.alpha, "off_ratio": tracker.off_ratio, "frame_step_s": o.frame_step}
     spec["fit_figures"] = {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                            for name, r in info.items()}

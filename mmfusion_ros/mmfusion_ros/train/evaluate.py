@@ -433,7 +433,7 @@ class Evaluator:
         for variant in ("raw", "calibrated"):
             if variant == "calibrated" and not cal.available:
                 continue
-            l1c, l1r, lac, lar, cc, cr = [], [], [], [], [], []
+            l1c, l1r, lac, lar, cc, cr, l5c, l5r = [], [], [], [], [], [], [], []
             for key, probs in o.label_probs.items():
                 used = key.split("+")
                 p = cal.labels(probs, used) if variant == "calibrated" else probs
@@ -444,6 +444,9 @@ class Evaluator:
                     l1r.append(r1)
                     lac.append(p[:, ok].ravel())
                     lar.append(o.label_right[key][:, ok].ravel())
+                    top = np.argsort(-p[:, ok], axis=1)[:, :5]  # the top-5 labels the node publishes
+                    l5c.append(np.take_along_axis(p[:, ok], top, 1).ravel())
+                    l5r.append(np.take_along_axis(o.label_right[key][:, ok], top, 1).ravel())
                 conf = o.caption_conf.get(key, np.zeros(0))
                 if variant == "calibrated":
                     conf = np.array([cal.caption(c, used) for c in conf])
@@ -457,7 +460,8 @@ class Evaluator:
             ep = cal.events(o.event_probs) if variant == "calibrated" else o.event_probs
             lc, lr = np.concatenate(l1c), np.concatenate(l1r)
             ccat, rcat = np.concatenate(cc), np.concatenate(cr)
-            t6[variant] = {"labels_top1_ECE": C.ece(lc, lr), "labels_all_prompts_ECE": C.ece(np.concatenate(lac), np.concatenate(lar)),
+            t6[variant] = {"labels_top1_ECE": C.ece(lc, lr), "labels_top5_ECE": C.ece(np.concatenate(l5c), np.concatenate(l5r)),
+                           "labels_all_prompts_ECE": C.ece(np.concatenate(lac), np.concatenate(lar)),
                            "events_1s_ECE": C.ece(ep[:, :, h1], o.events_future[:, :, h1]),
                            "events_all_horizons_ECE": C.ece(ep, o.events_future),
                            "caption_ECE": C.ece(ccat, rcat), "labels_n": int(len(lc)), "captions_n": int(len(ccat))}
@@ -481,7 +485,9 @@ class Evaluator:
         top-5 published), flagged events (EventTracker starts and ongoing at the shipped thresholds).
         `model` is what the model says when nothing gates it; `published` is what the robot's path
         publishes after grounding (grounded_caption, labels only where `labels` is observable, events only
-        of observable types)."""
+        of observable types). `published_text_reparsed_unobservable_clauses` reads the published caption back
+        with core.observability.caption_clauses: non-zero means the parser misreads its own rendering (a
+        checker reading the text would count claims that are in fact supported)."""
         from mmfusion_ros.core.observability import caption_clauses, event_mask, grounded_caption, observable
         from mmfusion_ros.train import calibrate as C
 
@@ -503,14 +509,19 @@ class Evaluator:
             mask = np.array(event_mask(ev.event_types, used))
             n = len(sp)
             r = {"subset": key, "frames": n}
+            reparse = 0
             for variant in ("model", "published"):
                 unsup = {"caption_clauses": 0, "labels": 0, "events": 0}
                 claims = {"caption_clauses": 0, "labels": 0, "events": 0}
                 for i, text in enumerate(caps[key]):
-                    cap = grounded_caption(text, used)[0] if variant == "published" else text
-                    for kind, _ in caption_clauses(cap):
+                    # published: the clauses grounding keeps, with the kinds read from the decoded caption
+                    clauses = C.published_clauses(text, used) if variant == "published" else caption_clauses(text)
+                    for kind, _ in clauses:
                         claims["caption_clauses"] += 1
                         unsup["caption_clauses"] += int(not observable(kind, used))
+                    if variant == "published" and clauses:
+                        # the published text read back by the same parser (what a downstream checker sees)
+                        reparse += sum(not observable(k, used) for k, _ in caption_clauses(grounded_caption(text, used)[0]))
                 labels_ok = observable("labels", used)
                 n_labels = top_k * n if (variant == "model" or labels_ok) else 0
                 claims["labels"] = n_labels
@@ -518,6 +529,8 @@ class Evaluator:
                 flagged = active if variant == "model" else active & mask[None, :]
                 claims["events"] = int(flagged.sum())
                 unsup["events"] = int((flagged & ~mask[None, :]).sum())
+                if variant == "published":
+                    r["published_text_reparsed_unobservable_clauses"] = reparse
                 r[variant] = {"claims_per_frame": sum(claims.values()) / n,
                               "unsupported_per_frame": sum(unsup.values()) / n,
                               **{f"unsupported_{k}": v for k, v in unsup.items()}}
@@ -766,6 +779,7 @@ def _md_t6(res: dict) -> List[str]:
     vs = [v for v in ("raw", "calibrated") if v in t6]
     L += ["| output | " + " | ".join(vs) + " |", "|---|" + "---|" * len(vs)]
     for key, name in [("labels_top1_ECE", "labels: top-1 label, subsets where labels are published"),
+                      ("labels_top5_ECE", "labels: the top-5 published"),
                       ("labels_all_prompts_ECE", "labels: every prompt"), ("events_1s_ECE", "events: 1 s horizon, every type"),
                       ("events_all_horizons_ECE", "events: every horizon"), ("caption_ECE", "caption confidence (published captions)")]:
         L.append(f"| {name} | " + " | ".join(_f(t6[v][key]) for v in vs) + " |")
@@ -787,12 +801,13 @@ def _md_t7(res: dict) -> List[str]:
     L = ["### T7 unsupported claims per frame, per presence subset (judged by core/observability.py)", "",
          "`model`: what the model says ungated (every decoded caption clause, the top-5 labels, every flagged event); "
          "`published`: after grounding as the robot publishes.", "",
-         "| present | model: claims / unsupported per frame | published: claims / unsupported per frame | published unsupported (clauses, labels, events) |",
-         "|---|---|---|---|"]
+         "| present | model: claims / unsupported per frame | published: claims / unsupported per frame | published unsupported (clauses, labels, events) | published caption re-read as unobservable |",
+         "|---|---|---|---|---|"]
     for r in t7["subsets"]:
         m, p = r["model"], r["published"]
         L.append(f"| {r['subset']} | {m['claims_per_frame']:.2f} / {m['unsupported_per_frame']:.2f} | {p['claims_per_frame']:.2f} / "
-                 f"{p['unsupported_per_frame']:.2f} | {p['unsupported_caption_clauses']}, {p['unsupported_labels']}, {p['unsupported_events']} |")
+                 f"{p['unsupported_per_frame']:.2f} | {p['unsupported_caption_clauses']}, {p['unsupported_labels']}, {p['unsupported_events']} "
+                 f"| {r.get('published_text_reparsed_unobservable_clauses', 0)} |")
     L.append(f"\nPublished unsupported claims over all subsets: {t7['published_total_unsupported']}.")
     return L
 
