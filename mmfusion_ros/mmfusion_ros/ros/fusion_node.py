@@ -118,7 +118,7 @@ class FusionNode(Node):
             sync_cfg = SyncConfig(**P.sync_kwargs(values)).validate()
             factory.pipeline_config(values)  # a bad pipeline.* value fails configure, not activate
             self._perception_cfg, self._T_cam_lidar = None, None
-            if factory.make_perception(values) is not None:
+            if factory.objects_wanted(values):  # perception on, and an output that shows objects
                 from mmfusion_ros.core.perception import PerceptionConfig
 
                 self._perception_cfg = PerceptionConfig.from_dict(P.perception_dict(values))

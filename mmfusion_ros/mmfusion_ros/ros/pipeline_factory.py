@@ -108,7 +108,7 @@ def load_T_cam_lidar(values: Dict[str, Any]) -> Optional[np.ndarray]:
         raise P.ParamError("perception.extrinsics_file", f"{path}: {e}") from None
 
 
-def _objects_wanted(values: Dict[str, Any]) -> bool:
+def objects_wanted(values: Dict[str, Any]) -> bool:
     """3D objects are published in perception and drawn in markers: with both switched off nobody sees them."""
     return bool(values["perception.enabled"]) and bool({"perception", "markers"} & set(output_topics(values)))
 
@@ -116,7 +116,7 @@ def _objects_wanted(values: Dict[str, Any]) -> bool:
 def make_perception(values: Dict[str, Any]):
     """core.perception.Perception from the perception.* parameters, or None when perception.enabled is false
     (or no output that shows objects is switched on)."""
-    if not _objects_wanted(values):
+    if not objects_wanted(values):
         return None
     from mmfusion_ros.core.perception import Perception, PerceptionConfig
 
@@ -134,7 +134,7 @@ def pipeline_config(values: Dict[str, Any]):
         kw["caption_every_n"] = 0
     if "events" not in outputs:
         kw["enable_events"] = False
-    kw["enable_perception"] = _objects_wanted(values)
+    kw["enable_perception"] = objects_wanted(values)
     return PipelineConfig(**kw).validate()
 
 
@@ -155,7 +155,7 @@ def open_pipeline(model_dir: Optional[Union[str, Path]] = None, params: Optional
     cfg = pipeline_config(values)
     perception = make_perception(values)
     if T_cam_lidar is _FROM_PARAMS:
-        T_cam_lidar = load_T_cam_lidar(values) if _objects_wanted(values) else None
+        T_cam_lidar = load_T_cam_lidar(values) if objects_wanted(values) else None
     own = backend is None
     if own:
         backend = open_backend(model_dir, values)
