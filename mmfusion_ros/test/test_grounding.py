@@ -37,6 +37,10 @@ def test_caption_keeps_only_the_clauses_its_modalities_observe():
     text, _, mods = obs.grounded_caption(FULL, ["camera", "imu"])
     assert not SOUND_WORDS.search(text) and "a person walks" in text.lower() and "about to hit a box" in text
     assert obs.grounded_caption(FULL, []) == ("", [], [])
+    # a published caption reads back as the same clauses (a checker parsing our output agrees with us)
+    for mods in (["audio"], ["audio", "imu"], ["camera", "audio"], ["camera", "lidar", "audio", "imu"], ["imu"]):
+        text, kinds, _ = obs.grounded_caption(FULL, mods)
+        assert sorted({k for k, _ in obs.caption_clauses(text)}) == kinds, (mods, text)
     # every template of the caption grammar splits into its facts
     for t in ["The robot stands still. nothing is in view. it is quiet.",
               "You can hear barking; a dog sits ahead, and the robot drives slowly"]:

@@ -103,6 +103,8 @@ def caption_clauses(text: str) -> List[Tuple[str, str]]:
 
 
 def _split_look(piece: str) -> List[Tuple[str, str]]:
+    if " while " not in piece and piece.endswith("can be heard"):  # a sound clause on its own (our rendering)
+        return [("sounds", piece[: -len("can be heard")].strip())]
     look, sep, snd = piece.partition(" while ")
     out = [("objects", look.strip())] if look.strip() else []
     if sep:
