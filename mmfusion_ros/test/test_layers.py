@@ -133,6 +133,21 @@ def test_rclpy_only_in_ros_and_the_top_layers():
     assert not bad, "ROS imports outside ros/ and the top layers:\n" + "\n".join(bad)
 
 
+def test_torch_only_in_the_layers_whose_row_names_it():
+    """torch is for training, export and the PyTorch backend: never in core/, runtime/, sim/ or ros/."""
+    table = layer_table()
+    bad = []
+    for path in package_files():
+        layer = layer_of(path)
+        allowed = table.get(layer, set())
+        if "*" in allowed or "torch" in allowed:
+            continue
+        for mod, line, _ in imports(path):
+            if mod.split(".")[0] == "torch":
+                bad.append(f"{path.relative_to(SRC)}:{line} ({layer}/) imports {mod}")
+    assert not bad, "torch outside the layers that may import it:\n" + "\n".join(bad)
+
+
 def _module_path(mod: str) -> Path:
     p = SRC.parent / Path(*mod.split("."))
     return p / "__init__.py" if p.is_dir() else p.with_suffix(".py")
