@@ -176,6 +176,20 @@ def test_offline_uses_compressed_images_when_the_raw_topic_is_empty(tmp_path, ra
     assert s.frames >= 19 and s.present["camera"] == s.frames
 
 
+def test_offline_outputs_switched_off_are_not_written(tmp_path, random_model_dir):
+    from mmfusion_ros.ros import offline
+
+    bag = tmp_path / "bag"
+    _write_bag(bag, empty_raw_topic=False)
+    values = offline.load_param_values(None, {"sync.trigger": "camera", "backend.intra_op_threads": 1,
+                                              "topics.caption": "", "topics.events": "", "topics.markers": ""})
+    opts = offline.OfflineOptions(bag=bag, out=tmp_path / "out", model_dir=random_model_dir, backend="onnxruntime",
+                                  progress=False)
+    assert offline.build_pipeline(values, opts).cfg.caption_every_n == 0  # nothing decodes captions
+    s = offline.process_bag(opts, values)
+    assert list(s.outputs) == ["/mmfusion/perception"] and s.outputs["/mmfusion/perception"] == s.frames > 0
+
+
 def test_train_bag_frames_use_the_same_path(tmp_path):
     bag = tmp_path / "bag"
     _write_bag(bag, empty_raw_topic=True)
