@@ -162,3 +162,24 @@ def _typestore():
     from mmfusion_ros.ros.bag_io import typestore
 
     return typestore()
+
+
+def repeat(src: Path, dst: Path, times: int = 3) -> Path:
+    """The recording played `times` times back to back: record times and header stamps both go on (a longer
+    clean bag without simulating it again)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    ts = _typestore()
+    with AnyReader([Path(src)], default_typestore=ts) as r:
+        span = (r.end_time - r.start_time) * 1e-9 + 0.1
+        with Writer(dst, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+            conns = {c.id: w.add_connection(c.topic, c.msgtype, typestore=ts) for c in r.connections}
+            for k in range(times):
+                for c, t, raw in r.messages():
+                    if c.topic.lstrip("/") in SENSOR_TOPICS:
+                        msg = r.deserialize(raw, c.msgtype)
+                        _set_stamp(ts, msg, _stamp(msg) + k * span)
+                        raw = ts.serialize_cdr(msg, c.msgtype)
+                    w.write(conns[c.id], t + int(round(k * span * 1e9)), bytes(raw))
+    return dst

@@ -229,7 +229,7 @@ def test_existing_output_missing_model_and_bad_extrinsics_are_refused(sensor_bag
     assert rc == 1 and "sync.rate_hz" in capsys.readouterr().err
     (tmp_path / "exists").mkdir()
     rc = main(["process", str(sensor_bag), "--out", str(tmp_path / "exists"), "--no-progress"])
-    assert rc == 1 and "already exists" in capsys.readouterr().err
+    assert rc == 5 and "already exists" in capsys.readouterr().err
     rc = main(["process", str(sensor_bag), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "no_model"),
                "--no-progress"])
     assert rc == 3 and "manifest.json" in capsys.readouterr().err

@@ -1,7 +1,10 @@
 """`mmfusion process BAG --out OUT`: a bag through the node's conversions and pipeline, without DDS,
 into a new rosbag2 (mcap) bag of FusedPerception / Caption / EventArray / MarkerArray outputs.
 
-Exit codes: 0 done, 1 bad options or parameters, 2 unreadable input bag, 3 no model bundle.
+Exit codes: 0 done, 1 bad options or parameters, 2 unreadable input bag, 3 no model bundle, 4 the input
+is damaged midway (the output is a valid bag of the frames fused before the damage), 5 the output cannot be
+written (exists, read-only location, disk full; nothing is left behind), 130 interrupted by ctrl-C (the
+output holds the frames fused until then).
 """
 
 from __future__ import annotations
@@ -48,8 +51,36 @@ def default_params_file() -> Path:
     return Path(__file__).resolve().parents[2] / "config" / "mmfusion.yaml"
 
 
+#: exit codes (module docstring)
+EXIT_OK, EXIT_OPTIONS, EXIT_BAG, EXIT_MODEL, EXIT_DAMAGED, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
+
+
 def run(args) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # ctrl-C before or after the read loop (which finishes the output itself)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class _Stderr(logging.StreamHandler):
+    """Log records to sys.stderr as it is when each is written (a caller, or a test, may swap it)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        h = _Stderr()
+        h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+
+
+def _run(args) -> int:
+    _log_to_stderr()
     from mmfusion_ros.ros import offline
     from mmfusion_ros.ros.params import ParamError
 
@@ -64,12 +95,23 @@ def run(args) -> int:
         summary = offline.process_bag(opts, values)
     except offline.BagError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAG
+    except offline.OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3 if "model" in str(e) or "manifest" in str(e) else 1
+        return EXIT_MODEL if "model" in str(e) or "manifest" in str(e) else EXIT_OPTIONS
     except (ParamError, ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_OPTIONS
     print(summary.table())
-    return 0
+    if summary.read_error:
+        print(f"error: {args.bag} is damaged: reading stopped after {summary.messages_read} messages "
+              f"({summary.read_error}); {args.out} holds the {summary.frames} frames fused before it",
+              file=sys.stderr)
+        return EXIT_DAMAGED
+    if summary.interrupted:
+        print(f"interrupted: {args.out} holds the {summary.frames} frames fused until then", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK

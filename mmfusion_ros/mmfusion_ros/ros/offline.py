@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,11 @@ OUTPUT_TYPES: Dict[str, str] = {n: s.msgtype for n, s in OUTPUTS.items()}
 
 class BagError(RuntimeError):
     """The input bag cannot be read (missing, corrupt, unsupported)."""
+
+
+class OutputError(RuntimeError):
+    """The output bag cannot be written (exists, read-only location, disk full); the message names it and
+    nothing half-written is left behind."""
 
 
 def parse_remaps(items: Sequence[str]) -> Dict[str, str]:
@@ -122,6 +128,10 @@ class Summary:
     frame_errors: int = 0
     sync: Dict[str, Any] = field(default_factory=dict)
     rendered: int = 0
+    messages_read: int = 0  # bag messages of the input topics taken from the reader
+    read_error: str = ""  # why reading stopped before the end (a damaged chunk); "" = read to the end
+    interrupted: bool = False  # stopped by ctrl-C: the output holds the frames fused until then
+    dropped: Dict[str, int] = field(default_factory=dict)  # modality -> frames it was dropped from (encoder failed)
 
     @property
     def fps(self) -> float:
@@ -146,6 +156,26 @@ class Summary:
         lines.append("written: " + ", ".join(f"{t} {n}" for t, n in self.outputs.items()))
         if self.rendered:
             lines.append(f"rendered {self.rendered} frames")
+        if self.dropped:
+            lines.append("dropped from frames (its encoder failed): "
+                         + ", ".join(f"{m} {n}" for m, n in sorted(self.dropped.items())))
+        clocks = []
+        for m in SENSOR_MODALITIES:
+            s = self.sync.get(m.value) or {}
+            if s.get("clock_aligned") or s.get("zero_stamps") or s.get("clock_jumps") or s.get("clock_dropped"):
+                off = s.get("clock_offset_s")
+                clocks.append(f"| {m.value} | {'n/a' if off is None else f'{off:.3f}'} | "
+                              f"{'yes' if s.get('clock_aligned') else 'no'} | {s.get('zero_stamps', 0)} | "
+                              f"{s.get('clock_jumps', 0)} | {s.get('clock_dropped', 0)} |")
+        if clocks:
+            lines += ["", "| sensor clock | offset s (record - stamp) | aligned | zero stamps | jumps | dropped |",
+                      "|---|---:|---|---:|---:|---:|"] + clocks
+        if self.read_error:
+            lines.append(f"input damaged: reading stopped after {self.messages_read} messages ({self.read_error}); "
+                         f"the output holds the {self.frames} frames fused before it")
+        if self.interrupted:
+            lines.append(f"interrupted after {self.messages_read} messages: the output holds the {self.frames} "
+                         f"frames fused until then")
         return "\n".join(lines)
 
 
@@ -215,23 +245,54 @@ def build_pipeline(values: Dict[str, Any], opts: OfflineOptions) -> Pipeline:
     return open_pipeline(opts.model_dir, values)
 
 
+def _os_reason(e: OSError) -> str:
+    """'No space left on device (ENOSPC)' from an OSError."""
+    import errno
+
+    name = errno.errorcode.get(e.errno or 0, "")
+    return f"{e.strerror or e}{f' ({name})' if name else ''}"
+
+
+def _open_writer(out: Path):
+    """A rosbags mcap Writer on the new folder `out`; OutputError naming it when it cannot be created."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2.errors import WriterError
+
+    try:
+        writer = Writer(out, version=9, storage_plugin=StoragePlugin.MCAP)
+        writer.open()
+    except WriterError as e:
+        raise OutputError(f"--out {out}: {e}") from None
+    except OSError as e:  # read-only location, no permission, disk full
+        if out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise OutputError(f"--out {out}: cannot create the output bag ({_os_reason(e)})") from None
+    return writer
+
+
+def _discard(writer, out: Path) -> None:
+    """Abort the writer and remove the folder it created (it did not exist before: process_bag checks)."""
+    try:
+        writer.abort()
+    except Exception:  # noqa: BLE001 - best effort: the folder goes anyway
+        pass
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -> Summary:
     """Run a bag through Collector + Pipeline and write the output bag; returns what happened.
 
-    Raises BagError (unreadable input), FileExistsError (output exists), FileNotFoundError (no model),
-    ParamError / ValueError (bad parameters or options).
+    Raises BagError (unreadable input), OutputError (output exists or cannot be written; nothing is left
+    behind), FileNotFoundError (no model), ParamError / ValueError (bad parameters or options). A read error
+    midway (a damaged chunk) is not raised: the output is finished with the frames fused so far and
+    `Summary.read_error` says why; ctrl-C likewise finishes the output and sets `Summary.interrupted`.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    from mmfusion_ros.ros import messages as M
-    from mmfusion_ros.ros.bag_io import typestore
-
     values = values if values is not None else load_param_values(opts.params_file)
     if opts.clock not in ("log", "header"):
         raise ValueError(f"--clock: {opts.clock!r} is not 'log' or 'header'")
     out = Path(opts.out)
     if out.exists():
-        raise FileExistsError(f"--out {out} already exists (rosbag2 writes a new folder)")
+        raise OutputError(f"--out {out} already exists (rosbag2 writes a new folder: remove it or choose another)")
     summary = Summary(bag=str(opts.bag), out=str(out))
 
     reader = _open_reader(Path(opts.bag))
@@ -240,98 +301,143 @@ def process_bag(opts: OfflineOptions, values: Optional[Dict[str, Any]] = None) -
         if not routes:
             raise ValueError(f"{opts.bag}: no input topics to process (inputs are "
                              f"{[values[f'topics.{n}'] for n in INPUT_TYPES]}; use --remap FROM:=TO)")
-        pipe = build_pipeline(values, opts)  # only now, so a bad bag fails before the model loads
-        sync_cfg = SyncConfig(**P.sync_kwargs(values), audio_rate=pipe.preprocess.audio_rate,
-                              imu_rate=pipe.preprocess.imu_rate, frame_id=values["frame_id"])
-        collector = Collector(sync_cfg, log=log)
-        feeder = InputFeeder(collector, values)  # the node's conversions and selection rules
-        serialize = _serializer()
-        markers_fn = _markers_builder() if values.get("topics.markers") else None
-        render_fn = None
-        if opts.render_dir is not None:
-            render_fn = _renderer()
-            if render_fn is None:
-                raise ValueError("--render needs core/render.py (render_frame), which is not installed")
-            Path(opts.render_dir).mkdir(parents=True, exist_ok=True)
-
-        stats = {s.topic: s for s in summary.inputs}
-        out_topics = {n: "/" + _norm(values[f"topics.{n}"]) for n in OUTPUT_TYPES if values.get(f"topics.{n}")}
-        if markers_fn is None:
-            out_topics.pop("markers", None)
-        conns = [c for c in reader.connections if c.id in routes]
-        total = sum(c.msgcount for c in conns)
-        summary.bag_s = max(0.0, (reader.end_time - reader.start_time) * 1e-9) if total else 0.0
-
-        from tqdm import tqdm
-
-        t_wall = time.perf_counter()
-        with Writer(out, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-            wconn = {n: writer.add_connection(t, OUTPUT_TYPES[n], typestore=typestore())
-                     for n, t in out_topics.items()}
-            summary.outputs = {t: 0 for t in out_topics.values()}
-            builders = {"perception": M.perception_msg, "caption": M.caption_msg, "events": M.events_msg,
-                        "markers": markers_fn}
-
-            def emit(frames) -> None:
-                for f in frames:
-                    try:
-                        r = pipe.process(f)
-                    except Exception as e:  # noqa: BLE001 - one bad frame must not end the run
-                        summary.frame_errors += 1
-                        if summary.frame_errors <= 5:
-                            log.warning("frame at %.3f failed: %s: %s", f.stamp, type(e).__name__, e)
-                        continue
-                    summary.frames += 1
-                    summary.pipeline_ms.append(r.timings_ms.get("total", 0.0))
-                    for m in r.present:
-                        summary.present[Modality(m).value] += 1
-                    ns = int(round(r.stamp * 1e9))
-                    for n in wconn:  # only the outputs switched on are built
-                        msg = builders[n](r)
-                        if msg is None:
-                            continue
-                        writer.write(wconn[n], ns, serialize(msg))
-                        summary.outputs[out_topics[n]] += 1
-                    if render_fn is not None:
-                        render_fn(f, r, Path(opts.render_dir) / f"frame_{summary.frames:06d}.png", pipe.T_cam_lidar)
-                        summary.rendered += 1
-
-            now = -math.inf
-            bar = tqdm(total=total, unit="msg", disable=None if opts.progress else True, desc="process")
-            try:
-                for conn, t_log, raw in reader.messages(connections=conns):
-                    bar.update(1)
-                    name = routes[conn.id]
-                    st = stats[conn.topic]
-                    try:
-                        msg = reader.deserialize(raw, conn.msgtype)
-                        used = feeder.feed(name, msg, received=t_log * 1e-9)  # None: not used (as live)
-                        st.read += used is not None
-                        st.ignored += used is None
-                        t_now = t_log * 1e-9 if opts.clock == "log" else conv.header_stamp(msg)
-                    except Exception as e:  # noqa: BLE001 - a malformed message is counted, not fatal
-                        st.read += 1
-                        st.rejected += 1
-                        if st.rejected <= 3:
-                            log.warning("rejected a message on %s: %s", conn.topic, e)
-                        t_now = t_log * 1e-9 if opts.clock == "log" else now
-                    if not math.isfinite(now) or t_now < now - sync_cfg.reset_jump_s:
-                        now = t_now  # the start, or a looped recording (the collector resets itself)
-                    else:
-                        now = max(now, t_now)
-                    emit(collector.poll(now))
-            except BagError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a corrupt chunk in the middle of the bag
-                raise BagError(f"{opts.bag}: reading failed after {bar.n} messages ({type(e).__name__}: {e})") from None
-            finally:
-                bar.close()
-            if math.isfinite(now):
-                # flush the frames still waiting for their delay at the end of the recording
-                emit(collector.poll(now + sync_cfg.delay_s + sync_cfg.lookahead_s + 1e-3))
-        summary.wall_s = time.perf_counter() - t_wall
-        summary.sync = collector.stats()
-        pipe.backend.close()
+        writer = _open_writer(out)  # before the model loads: an output that cannot be written fails at once
+        try:
+            return _process(opts, values, reader, routes, writer, summary)
+        except BaseException:  # an output error, a bad model, ctrl-C...: no half-written output folder
+            _discard(writer, out)
+            raise
     finally:
         reader.close()
+
+
+def _process(opts: OfflineOptions, values: Dict[str, Any], reader, routes: Dict[int, str], writer,
+             summary: Summary) -> Summary:
+    """process_bag's work once the input is open and the output created (the caller discards it on errors)."""
+    from mmfusion_ros.ros import messages as M
+    from mmfusion_ros.ros.bag_io import typestore
+
+    out = Path(opts.out)
+    pipe = build_pipeline(values, opts)
+    sync_cfg = SyncConfig(**P.sync_kwargs(values), audio_rate=pipe.preprocess.audio_rate,
+                          imu_rate=pipe.preprocess.imu_rate, frame_id=values["frame_id"])
+    collector = Collector(sync_cfg, log=log)
+    feeder = InputFeeder(collector, values)  # the node's conversions and selection rules
+    serialize = _serializer()
+    markers_fn = _markers_builder() if values.get("topics.markers") else None
+    render_fn = None
+    if opts.render_dir is not None:
+        render_fn = _renderer()
+        if render_fn is None:
+            raise ValueError("--render needs core/render.py (render_frame), which is not installed")
+        Path(opts.render_dir).mkdir(parents=True, exist_ok=True)
+
+    stats = {s.topic: s for s in summary.inputs}
+    out_topics = {n: "/" + _norm(values[f"topics.{n}"]) for n in OUTPUT_TYPES if values.get(f"topics.{n}")}
+    if markers_fn is None:
+        out_topics.pop("markers", None)
+    conns = [c for c in reader.connections if c.id in routes]
+    total = sum(c.msgcount for c in conns)
+    summary.bag_s = max(0.0, (reader.end_time - reader.start_time) * 1e-9) if total else 0.0
+
+    from tqdm import tqdm
+
+    t_wall = time.perf_counter()
+    wconn = {n: writer.add_connection(t, OUTPUT_TYPES[n], typestore=typestore())
+             for n, t in out_topics.items()}
+    summary.outputs = {t: 0 for t in out_topics.values()}
+    builders = {"perception": M.perception_msg, "caption": M.caption_msg, "events": M.events_msg,
+                "markers": markers_fn}
+
+    def emit(frames) -> None:
+        for f in frames:
+            try:
+                r = pipe.process(f)
+            except Exception as e:  # noqa: BLE001 - one bad frame must not end the run
+                summary.frame_errors += 1
+                if summary.frame_errors <= 5:
+                    log.warning("frame at %.3f failed: %s: %s", f.stamp, type(e).__name__, e)
+                continue
+            summary.frames += 1
+            summary.pipeline_ms.append(r.timings_ms.get("total", 0.0))
+            for m in r.present:
+                summary.present[Modality(m).value] += 1
+            for m in getattr(r, "dropped", None) or {}:
+                key = getattr(m, "value", m)
+                summary.dropped[key] = summary.dropped.get(key, 0) + 1
+            ns = int(round(r.stamp * 1e9))
+            for n in wconn:  # only the outputs switched on are built
+                msg = builders[n](r)
+                if msg is None:
+                    continue
+                try:
+                    writer.write(wconn[n], ns, serialize(msg))
+                except OSError as e:  # disk full, I/O error: the output's fault, not the input's
+                    raise OutputError(f"--out {out}: writing failed ({_os_reason(e)})") from None
+                summary.outputs[out_topics[n]] += 1
+            if render_fn is not None:
+                png = Path(opts.render_dir) / f"frame_{summary.frames:06d}.png"
+                try:
+                    render_fn(f, r, png, pipe.T_cam_lidar)
+                except OSError as e:
+                    raise OutputError(f"--render {opts.render_dir}: writing {png.name} failed "
+                                      f"({_os_reason(e)})") from None
+                summary.rendered += 1
+
+    now = -math.inf
+    bar = tqdm(total=total, unit="msg", disable=None if opts.progress else True, desc="process")
+    messages = iter(reader.messages(connections=conns))
+    try:
+        while True:
+            try:
+                conn, t_log, raw = next(messages)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001 - a damaged chunk midway: keep what is done
+                summary.read_error = f"{type(e).__name__}: {e}"
+                log.warning("%s: reading failed after %d messages (%s); finishing the output with the "
+                            "%d frames fused so far", opts.bag, summary.messages_read,
+                            summary.read_error, summary.frames)
+                break
+            summary.messages_read += 1
+            bar.update(1)
+            name = routes[conn.id]
+            st = stats[conn.topic]
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+                # the record time is the receive clock the Collector measures sensor clocks against;
+                # with --clock header the header stamps are the clock and are taken as they are
+                received = t_log * 1e-9 if opts.clock == "log" else None
+                used = feeder.feed(name, msg, received=received)  # None: not used (as live)
+                st.read += used is not None
+                st.ignored += used is None
+                t_now = t_log * 1e-9 if opts.clock == "log" else conv.header_stamp(msg)
+            except Exception as e:  # noqa: BLE001 - a malformed message is counted, not fatal
+                st.read += 1
+                st.rejected += 1
+                if st.rejected <= 3:
+                    log.warning("rejected a message on %s: %s", conn.topic, e)
+                t_now = t_log * 1e-9 if opts.clock == "log" else now
+            if not math.isfinite(now) or t_now < now - sync_cfg.reset_jump_s:
+                now = t_now  # the start, or a looped recording (the collector resets itself)
+            else:
+                now = max(now, t_now)
+            emit(collector.poll(now))
+        if math.isfinite(now):
+            # flush the frames still waiting for their delay at the end of what was read
+            emit(collector.poll(now + sync_cfg.delay_s + sync_cfg.lookahead_s + 1e-3))
+    except KeyboardInterrupt:  # ctrl-C: finish the output with the frames done so far
+        summary.interrupted = True
+    finally:
+        bar.close()
+    try:
+        writer.close()  # index and metadata.yaml: a readable bag
+    except OSError as e:
+        raise OutputError(f"--out {out}: finishing the bag failed ({_os_reason(e)})") from None
+    summary.wall_s = time.perf_counter() - t_wall
+    summary.sync = collector.stats()
+    try:
+        pipe.backend.close()
+    except Exception as e:  # noqa: BLE001 - the output is finished: keep it
+        log.warning("closing the backend failed: %s: %s", type(e).__name__, e)
     return summary

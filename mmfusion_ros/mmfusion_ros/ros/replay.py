@@ -499,8 +499,11 @@ def play(opts: ReplayOptions) -> int:
     """`mmfusion replay`: play in a fresh rclpy context and print the summary; exit code 0, 2 or 130."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init()
+    # ctrl-C as a KeyboardInterrupt where the loop is (it stops, prints the summary, exit 130): rclpy's own
+    # handler would shut the context down under a publish() and end in a traceback
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("mmfusion_replay")
     try:
         stats = replay(opts, node, should_stop=lambda: not rclpy.ok())
