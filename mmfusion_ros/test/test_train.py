@@ -256,3 +256,15 @@ def test_caption_table_fact_positives():
     assert set(picks) <= set(table.sample_ids[0]) | set(table.fact_ids["camera"][0])
     assert any(p >= table.n_full for p in picks) and any(p < table.n_full for p in picks)
     assert set(table.pick(np.zeros(50, np.int64), rng)) <= set(table.sample_ids[0])  # facts off: whole phrasings
+
+
+def test_scene_bootstrap_interval_is_over_scenes():
+    # 10 scenes of 10 frames: 5 scenes all right, 5 all wrong -> the mean is 0.5 and its interval is wide
+    v = np.r_[np.ones(50), np.zeros(50)]
+    sc = np.repeat(np.arange(10), 10)
+    lo, hi = M.scene_bootstrap_ci(v, sc, n_boot=2000)
+    assert lo < 0.5 < hi and hi - lo > 0.4
+    # the same frames spread over 100 independent scenes give a much tighter interval
+    lo2, hi2 = M.scene_bootstrap_ci(v, np.arange(100), n_boot=2000)
+    assert hi2 - lo2 < 0.6 * (hi - lo)
+    assert all(np.isnan(M.scene_bootstrap_ci(v, np.zeros(100))))  # one scene: no interval

@@ -33,6 +33,23 @@ def zero_shot_accuracy(emb: np.ndarray, prompt_emb: np.ndarray, labels: np.ndarr
     return float((pred == labels).mean())
 
 
+def scene_bootstrap_ci(values: np.ndarray, scene: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple:
+    """(low, high) percentile interval of the mean of per-frame `values` (N,), resampling whole scenes
+    with replacement: frames of one scene are not independent, so the interval is over scenes."""
+    values = np.asarray(values, np.float64)
+    _, inv = np.unique(np.asarray(scene), return_inverse=True)
+    k = int(inv.max()) + 1 if len(inv) else 0
+    if k < 2:
+        return float("nan"), float("nan")
+    sums = np.bincount(inv, weights=values, minlength=k)  # (S,)
+    counts = np.bincount(inv, minlength=k).astype(np.float64)  # (S,)
+    pick = np.random.default_rng(seed).integers(0, k, (n_boot, k))  # (B, S) scenes drawn per replicate
+    means = sums[pick].sum(1) / counts[pick].sum(1)  # (B,)
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
 # --------------------------------------------------------------------------- captions
 def _ngrams(words: Sequence[str], n: int) -> Counter:
     return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
