@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -20,6 +20,9 @@ from mmfusion_ros.ros.messages import make_header
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 #: Seconds of receive times kept to measure an input's rate.
 RATE_WINDOW_S = 2.0
+#: A newest stamp this far after the node clock is still jitter (a sim /clock published at 100 Hz, DDS
+#: delivery order); beyond it the input is WARN: a negative age is never OK.
+FUTURE_TOLERANCE_S = 0.05
 #: Seconds between two log lines about rejected messages of the same input.
 REJECT_LOG_PERIOD_S = 5.0
 #: Frames the pipeline status looks back over for unfamiliar and dropped modalities.
@@ -68,6 +71,7 @@ class NodeDiagnostics:
         self._dropped: Dict[str, int] = {}  # modality (or "perception") -> frames it was dropped from
         self._dropped_why: Dict[str, str] = {}  # ... and the newest reason
         self._errors_at_last_report = 0
+        self._clock_at_last_report: Dict[str, Dict[str, Any]] = {}  # modality -> Collector stats at the last report
 
     # -- counting (called from callbacks and the worker) ------------------------------------------------
     def add_input(self, name: str, topic: str, group: str) -> None:
@@ -135,13 +139,16 @@ class NodeDiagnostics:
             return self._inputs[name]
 
     # -- reporting ------------------------------------------------------------------------------------------
-    def build(self, now: float) -> DiagnosticArray:
-        """One DiagnosticArray: a status per sensor modality (and camera_info) plus one for the pipeline."""
+    def build(self, now: float, sync: Optional[Dict[str, Any]] = None) -> DiagnosticArray:
+        """One DiagnosticArray: a status per sensor modality (and camera_info) plus one for the pipeline.
+
+        `sync` = core.sync.Collector.stats(): each sensor's measured clock offset, and its newest stamp on
+        the receive clock (aligned when its clock is off), which ages are then measured with."""
         with self._lock:
             groups: Dict[str, List[InputCounters]] = {}
             for c in self._inputs.values():
                 groups.setdefault(c.group, []).append(c)
-            statuses = [self._group_status(g, cs, now) for g, cs in groups.items()]
+            statuses = [self._group_status(g, cs, now, (sync or {}).get(g)) for g, cs in groups.items()]
             statuses.append(self._pipeline_status())
             for c in self._inputs.values():
                 self._rejected_at_last_report[c.name] = c.rejected
@@ -149,11 +156,14 @@ class NodeDiagnostics:
         arr.status = statuses
         return arr
 
-    def _group_status(self, group: str, inputs: List[InputCounters], now: float) -> DiagnosticStatus:
+    def _group_status(self, group: str, inputs: List[InputCounters], now: float,
+                      clock: Optional[Dict[str, Any]] = None) -> DiagnosticStatus:
         received = sum(c.received for c in inputs)
         rejected = sum(c.rejected for c in inputs)
         new_rejects = sum(c.rejected - self._rejected_at_last_report.get(c.name, 0) for c in inputs)
         stamps = [c.newest_stamp for c in inputs if c.newest_stamp is not None]
+        if clock is not None and clock.get("newest_stamp") is not None:
+            stamps = [clock["newest_stamp"]]  # on the receive clock: aligned when the sensor's clock is off
         age = now - max(stamps) if stamps else None
         rate = sum(sum(1 for t in c.receive_times if now - RATE_WINDOW_S < t <= now) for c in inputs) / RATE_WINDOW_S
         timeout = self.timeouts.get(group)
@@ -163,9 +173,12 @@ class NodeDiagnostics:
                 problems.append("no messages received")
             elif age > timeout:
                 problems.append(f"stale: newest message is {age:.2f} s old (timeout {timeout:g} s)")
+            elif age < -FUTURE_TOLERANCE_S:  # never OK: stamped after the node clock
+                problems.append(f"newest stamp is {-age:.3f} s ahead of the node clock (sensor clock ahead?)")
         if new_rejects > 0:
             last = next((c.last_error for c in inputs if c.last_error), "")
             problems.append(f"rejected {new_rejects} invalid message(s) since the last report: {last}")
+        clock_values = self._clock_problems(group, clock, problems) if clock is not None else {}
         values = {
             "topics": ", ".join(c.topic for c in inputs),
             "rate_hz": f"{rate:.2f}",
@@ -184,6 +197,7 @@ class NodeDiagnostics:
         last_error = next((c.last_error for c in inputs if c.last_error), "")
         if last_error:
             values["last_error"] = last_error
+        values.update(clock_values)
         return DiagnosticStatus(
             level=WARN if problems else OK,
             name=f"{self.node_name}: {group} input",
@@ -191,6 +205,30 @@ class NodeDiagnostics:
             hardware_id=self.node_name,
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
         )
+
+    def _clock_problems(self, group: str, clock: Dict[str, Any], problems: List[str]) -> Dict[str, str]:
+        """The sensor clock's keys (offset, aligned, zero stamps, jumps) and what is wrong with it since the last
+        report: an aligned clock stays a WARN (its stamps are wrong, the frames are right)."""
+        off = clock.get("clock_offset_s")
+        last = self._clock_at_last_report.get(group, {})
+        self._clock_at_last_report[group] = dict(clock)
+        if clock.get("clock_aligned") and off is not None:
+            how = "behind" if off > 0 else "ahead of"
+            days = f" ({abs(off) / 86400.0:.1f} days)" if abs(off) >= 86400.0 else ""
+            problems.append(f"header stamps are {abs(off):.3f} s {how} the node clock{days}: aligned onto it")
+        for key, what in (("zero_stamps", "zero header stamps (placed at their receive time)"),
+                          ("clock_jumps", "sensor clock jump(s), re-aligned"),
+                          ("clock_dropped", "message(s) dropped while a clock jump was confirmed")):
+            new = int(clock.get(key, 0)) - int(last.get(key, 0))
+            if new > 0:
+                problems.append(f"{new} {what} since the last report")
+        values = {"clock_offset_s": "n/a" if off is None else f"{off:.3f}",
+                  "clock_aligned": "true" if clock.get("clock_aligned") else "false",
+                  "zero_stamps": str(clock.get("zero_stamps", 0)), "clock_jumps": str(clock.get("clock_jumps", 0)),
+                  "clock_dropped": str(clock.get("clock_dropped", 0))}
+        if group == "lidar":
+            values["points_dropped"] = str(clock.get("points_dropped", 0))
+        return values
 
     def _pipeline_status(self) -> DiagnosticStatus:
         inf = np.asarray(self._inference_ms, np.float64)

@@ -340,7 +340,9 @@ class FusionNode(Node):
         if self._diag is None or self._diag_pub is None:
             return
         self._diag.extra["torch_loaded"] = "true" if "torch" in sys.modules else "false"
-        self._diag_pub.publish(self._diag.build(self._now()))
+        with self._lock:  # each sensor's clock offset and newest stamp on the receive clock
+            sync = self._collector.stats() if self._collector is not None else None
+        self._diag_pub.publish(self._diag.build(self._now(), sync=sync))
 
     async def _on_set_prompts(self, request, response):
         """Check the request, embed it on its own thread and swap it into the running pipeline between two
