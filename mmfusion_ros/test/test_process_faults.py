@@ -217,3 +217,38 @@ def test_sigint_exits_130_without_a_traceback(command, clean, tmp_path, random_m
         assert f"holds the {n} frames" in stderr
     else:
         assert "interrupted" in stdout
+
+
+def test_ros1_lidar_bag_237_days_behind_its_recorder_fuses_every_sweep(tmp_path, random_model_dir, capsys):
+    """The issue's Luminar case: a ROS 1 bag of 5 sweeps whose header stamps are 237 days behind the record
+    time (before: 0 frames, exit 0, nothing said)."""
+    import numpy as np
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS1_NOETIC)
+    T = ts.types
+    bag, t0 = tmp_path / "luminar.bag", 1_700_000_000.0
+    rng = np.random.default_rng(0)
+    with Writer(bag) as w:
+        c = w.add_connection("/luminar/points", "sensor_msgs/msg/PointCloud2", typestore=ts)
+        for k in range(5):
+            t = t0 + 0.1 * k
+            ns = int((t - 237 * fb.DAY) * 1e9)
+            pts = np.c_[rng.uniform(-30, 30, (3000, 3)), rng.uniform(0, 1, (3000, 1))].astype(np.float32)
+            fields = [T["sensor_msgs/msg/PointField"](name=n, offset=4 * i, datatype=7, count=1)
+                      for i, n in enumerate(["x", "y", "z", "intensity"])]
+            hdr = T["std_msgs/msg/Header"](seq=k, stamp=T["builtin_interfaces/msg/Time"](
+                sec=ns // 10**9, nanosec=ns % 10**9), frame_id="luminar")
+            m = T["sensor_msgs/msg/PointCloud2"](header=hdr, height=1, width=len(pts), fields=fields, is_bigendian=False,
+                                                 point_step=16, row_step=16 * len(pts),
+                                                 data=pts.view(np.uint8).reshape(-1), is_dense=True)
+            w.write(c, int(t * 1e9), ts.serialize_ros1(m, "sensor_msgs/msg/PointCloud2"))
+    out = tmp_path / "out"
+    rc = main(["process", str(bag), "--out", str(out), "--model", str(random_model_dir), "--backend", "onnxruntime",
+               "--remap", "/luminar/points:=lidar/points", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "| 5 | 0 (0%) | 5 (100%) |" in cap.out and "| lidar | 20476800.000 | yes |" in cap.out
+    assert "237.0 days" in cap.err  # the one WARN naming the sensor and the offset
+    assert len(read_outputs(out)["/mmfusion/perception"]) == 5
