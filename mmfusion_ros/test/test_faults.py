@@ -81,7 +81,8 @@ def test_an_absurd_imu_sample_is_rejected(accel, gyro, field):
 
 
 def test_a_hard_but_real_imu_sample_is_kept():
-    r = conv.imu_to_reading(conv.cdr_roundtrip(conv.imu_to_msg(100.0, (150.0, 0, 9.81), (0, 0, 30.0))))  # 15 g, 30 rad/s
+    msg = conv.imu_to_msg(100.0, (150.0, 0, 9.81), (0, 0, 30.0))  # 15 g, 30 rad/s
+    r = conv.imu_to_reading(conv.cdr_roundtrip(msg))
     assert r.accel[0] == 150.0
 
 
@@ -132,7 +133,8 @@ def test_one_message_in_three_absurd_keeps_every_sensor_in_the_frames():
                 pts[0, 2] = 1e20
             x = np.full((1600, 1), 1e30 if j % 3 == 2 else 0.1, np.float32)
             msgs += [("image", conv.rgb_to_image(np.zeros((8, 8, 3), np.uint8), t)),
-                     ("lidar", conv.xyzi_to_pointcloud2(pts, t)), ("audio", conv.array_to_audio(x, 16000, "F32LE", t - 0.1))]
+                     ("lidar", conv.xyzi_to_pointcloud2(pts, t)),
+                     ("audio", conv.array_to_audio(x, 16000, "F32LE", t - 0.1))]
         for name, m in msgs:
             try:
                 feeder.feed(name, conv.cdr_roundtrip(m), received=t)

@@ -240,8 +240,8 @@ def test_ros1_lidar_bag_237_days_behind_its_recorder_fuses_every_sweep(tmp_path,
                       for i, n in enumerate(["x", "y", "z", "intensity"])]
             hdr = T["std_msgs/msg/Header"](seq=k, stamp=T["builtin_interfaces/msg/Time"](
                 sec=ns // 10**9, nanosec=ns % 10**9), frame_id="luminar")
-            m = T["sensor_msgs/msg/PointCloud2"](header=hdr, height=1, width=len(pts), fields=fields, is_bigendian=False,
-                                                 point_step=16, row_step=16 * len(pts),
+            m = T["sensor_msgs/msg/PointCloud2"](header=hdr, height=1, width=len(pts), fields=fields,
+                                                 is_bigendian=False, point_step=16, row_step=16 * len(pts),
                                                  data=pts.view(np.uint8).reshape(-1), is_dense=True)
             w.write(c, int(t * 1e9), ts.serialize_ros1(m, "sensor_msgs/msg/PointCloud2"))
     out = tmp_path / "out"

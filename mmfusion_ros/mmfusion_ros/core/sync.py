@@ -31,8 +31,9 @@ CLOCK_WINDOW = 15
 #: A sensor clock jump (reset back or forward) is believed once this many consecutive messages agree on
 #: the new offset and their receive times span at least CLOCK_CONFIRM_S: a burst of messages delivered
 #: late together (a stalled executor) or one garbage stamp is not a jump. Until then the disagreeing
-#: messages are placed by the offset they agree on (at most their receive time); right after the receive clock itself jumped back (a bag
-#: loop) they are dropped and counted instead (`clock_dropped`): they are stale ones from before the loop.
+#: messages are placed by the offset they agree on (at most their receive time); right after the receive
+#: clock itself jumped back (a bag loop) they are dropped and counted instead (`clock_dropped`): they are
+#: stale ones from before the loop.
 CLOCK_CONFIRM_MESSAGES = 3
 CLOCK_CONFIRM_S = 0.05
 #: Largest stamp magnitude accepted (ROS time is int32 seconds): beyond it float seconds lose the precision
