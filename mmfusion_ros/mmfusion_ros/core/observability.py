@@ -81,7 +81,7 @@ def caption_clauses(text: str) -> List[Tuple[str, str]]:
             continue
         # the decoder's vocabulary has no ":", so "in view: x" may come back as "in view x"
         if re.match(r"in view\b:?", piece):
-            out.append(("objects", re.sub(r"^in view\b:?", "", piece).strip()))
+            out.extend(("objects", o.strip()) for o in re.sub(r"^in view\b:?", "", piece).split(", ") if o.strip())
         elif piece == "nothing is in view" or piece == "nothing stands out":
             out.append(("objects", "nothing stands out"))
         elif re.match(r"sounds\b:?", piece):
@@ -106,7 +106,7 @@ def _split_look(piece: str) -> List[Tuple[str, str]]:
     if " while " not in piece and piece.endswith("can be heard"):  # a sound clause on its own (our rendering)
         return [("sounds", piece[: -len("can be heard")].strip())]
     look, sep, snd = piece.partition(" while ")
-    out = [("objects", look.strip())] if look.strip() else []
+    out = [("objects", o.strip()) for o in look.split(", ") if o.strip()]  # one clause per object in view
     if sep:
         snd = snd.strip()
         if snd.endswith("can be heard"):
@@ -178,7 +178,8 @@ def select_clauses(text: str, kinds: Iterable[str], reword: bool = True) -> str:
     reword=False keeps the caption's own words (training targets: the decoder's vocabulary); True words
     the clauses for publishing (see render_clauses)."""
     kinds = set(kinds)
-    kept = [(k, c) for k, c in caption_clauses(text) if k in kinds]
+    # a clause the decoder could not spell (a word outside its vocabulary) is not published
+    kept = [(k, c) for k, c in caption_clauses(text) if k in kinds and "<unk>" not in c]
     if not kept:
         return ""
     if not reword:

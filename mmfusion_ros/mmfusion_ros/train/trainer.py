@@ -26,7 +26,7 @@ from mmfusion_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from mmfusion_ros.model.config import ModelConfig, tiny_config
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel, build_model
 from mmfusion_ros.model.text import TextEmbedder
-from mmfusion_ros.model.vocab import PAD, Vocab
+from mmfusion_ros.model.vocab import PAD, Vocab, tokenize
 from mmfusion_ros.sim.captions import caption_facts
 from mmfusion_ros.train.config import STAGES, TrainConfig
 from mmfusion_ros.train.data import Split, load_split, shard_indices
@@ -615,10 +615,12 @@ class Trainer:
                 for bits in range(1, 1 << nk):
                     kinds = [k for i, k in enumerate(CAPTION_KINDS) if bits >> i & 1]
                     v = select_clauses(t, kinds, reword=False)
+                    if any(w not in self.vocab.index for w in tokenize(v)):
+                        continue  # the decoder cannot spell it: projecting onto it would publish <unk>
                     if v and v not in cut:
                         cut[v] = "+".join(sorted({k for k, _ in caption_clauses(v)}))
             vt = sorted(cut)
-            np.savez(self.out / name, texts=np.array(vt), kinds=np.array([cut[v] for v in vt]),
+            np.savez_compressed(self.out / name, texts=np.array(vt), kinds=np.array([cut[v] for v in vt]),
                      embeddings=self.embedder.encode(vt).astype(np.float16))
         return name
 
