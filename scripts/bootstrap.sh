@@ -57,6 +57,26 @@ if [ "$(cat "$STAMPS/msgs" 2>/dev/null)" != "$msgs_hash" ] || ! "$PY" -c "import
   echo "$msgs_hash" > "$STAMPS/msgs"
 fi
 
+# 3b. Test-only stand-ins of interface packages a robot installs from its distribution but that have no
+# wheel (test_interfaces/: audio_common_msgs, tf2_msgs, vision_msgs), so the tests can run the node with
+# them. mmfusion_ros does not depend on them. Same CMake recipe, cached by a hash of their files.
+ti_hash=$( (find test_interfaces -type f -print0 | sort -z | xargs -0 sha1sum; echo "$req_hash") | sha1sum | cut -c1-16)
+if [ "$(cat "$STAMPS/test_interfaces" 2>/dev/null)" != "$ti_hash" ] \
+   || ! "$PY" -c "import audio_common_msgs.msg, tf2_msgs.msg, vision_msgs.msg" 2>/dev/null; then
+  for pkg in tf2_msgs audio_common_msgs vision_msgs; do
+    log "building test interface $pkg"
+    rm -rf "build/ti_$pkg"
+    "$VENV/bin/cmake" -S "test_interfaces/$pkg" -B "build/ti_$pkg" -DCMAKE_INSTALL_PREFIX="$VENV" \
+      -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF -Wno-dev >"build/ti_$pkg.log" 2>&1 \
+      || { cat "build/ti_$pkg.log"; exit 1; }
+    "$VENV/bin/cmake" --build "build/ti_$pkg" -j2 >>"build/ti_$pkg.log" 2>&1 || { tail -50 "build/ti_$pkg.log"; exit 1; }
+    "$VENV/bin/cmake" --install "build/ti_$pkg" >>"build/ti_$pkg.log" 2>&1 || { tail -50 "build/ti_$pkg.log"; exit 1; }
+  done
+  "$PY" -c "import audio_common_msgs.msg, tf2_msgs.msg, vision_msgs.msg" \
+    || { echo "test interfaces built but do not import"; exit 1; }
+  echo "$ti_hash" > "$STAMPS/test_interfaces"
+fi
+
 # 4. mmfusion_ros, non-editable so its share/ files (launch, config, models) are installed.
 pkg_hash=$(find mmfusion_ros -type f -not -path '*/__pycache__/*' -not -path '*/build/*' -not -name '*.egg-info' -print0 \
   | sort -z | xargs -0 sha1sum | sha1sum | cut -c1-16)

@@ -24,7 +24,7 @@ DOC = PKG_ROOT.parent / "docs" / "architecture.md"
 #: ROS client library and interface packages: what "rclpy" means for the layer rule
 ROS_PACKAGES = {"rclpy", "std_msgs", "sensor_msgs", "geometry_msgs", "visualization_msgs", "diagnostic_msgs",
                 "builtin_interfaces", "rosgraph_msgs", "lifecycle_msgs", "rcl_interfaces", "tf2_msgs",
-                "mmfusion_msgs", "std_srvs"}
+                "mmfusion_msgs", "std_srvs", "audio_common_msgs", "vision_msgs"}
 #: the robot's runtime path: what the fusion node loads to run a model with ONNX Runtime
 ROBOT_PATH = ["mmfusion_ros.ros.fusion_node", "mmfusion_ros.ros.offline", "mmfusion_ros.ros.inputs",
               "mmfusion_ros.ros.pipeline_factory", "mmfusion_ros.runtime.onnxruntime_backend"]

@@ -39,4 +39,34 @@ def typestore():
     for f in sorted(msg_dir().glob("*.msg")):
         types.update(get_types_from_msg(f.read_text(), f"mmfusion_msgs/msg/{f.stem}"))
     store.register(types)
+    store.register(_installed_extra_types(store))
     return store
+
+
+#: Interface packages the package reads or writes where they are installed, though it does not depend on them
+#: (the test environment builds stand-ins from test_interfaces/).
+EXTRA_PACKAGES = ("audio_common_msgs", "vision_msgs", "tf2_msgs")
+
+
+def _installed_extra_types(store) -> dict:
+    """Definitions of EXTRA_PACKAGES' messages from their installed share/<pkg>/msg, for those the store lacks."""
+    import sys
+
+    types = {}
+    for pkg in EXTRA_PACKAGES:
+        dirs = []
+        try:
+            from ament_index_python.packages import get_package_share_directory
+
+            dirs.append(Path(get_package_share_directory(pkg)) / "msg")
+        except Exception:  # noqa: BLE001 - not installed
+            pass
+        dirs.append(Path(sys.prefix) / "share" / pkg / "msg")
+        d = next((d for d in dirs if d.is_dir()), None)
+        if d is None:
+            continue
+        for f in sorted(d.glob("*.msg")):
+            name = f"{pkg}/msg/{f.stem}"
+            if name not in store.fielddefs:
+                types.update(get_types_from_msg(f.read_text(), name))
+    return types

@@ -231,7 +231,9 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     if buf.size == 0:
         raise ConversionError("CompressedImage.data", "is empty")
     try:
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # (H, W, 3) BGR
+        # the stored pixels, as cv_bridge and compressed_image_transport return them: an EXIF orientation
+        # tag is not applied (CameraInfo describes the sensor's pixel grid, not a rotated view of it)
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # (H, W, 3) BGR
     except cv2.error as e:
         raise ConversionError("CompressedImage.data", f"could not be decoded ({e})") from None
     if bgr is None:
@@ -641,8 +643,40 @@ def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
     height = _int_field(msg, "height", "CameraInfo")
     if width == 0 or height == 0:
         raise ConversionError("CameraInfo.width" if width == 0 else "CameraInfo.height", "is 0")
+    K, width, height = _binned_roi(msg, K, width, height)
     frame_id = getattr(getattr(msg, "header", None), "frame_id", "") or "camera"
     return CameraIntrinsics(width=width, height=height, K=K, frame_id=frame_id)
+
+
+def _binned_roi(msg: Any, K: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, int, int]:
+    """K and image size of the image actually published, as image_geometry's PinholeCameraModel computes
+    them: CameraInfo's K and size describe the full-resolution sensor; a driver that bins (binning_x/y, 0
+    meaning 1) and crops to ``roi`` publishes images of roi.width/binning_x x roi.height/binning_y pixels
+    (an all-zero roi = the full image), whose intrinsics are fx/bx, fy/by, (cx - roi.x_offset)/bx,
+    (cy - roi.y_offset)/by."""
+    bx = getattr(msg, "binning_x", 0)
+    by = getattr(msg, "binning_y", 0)
+    bx = 1 if not bx else _int_field(msg, "binning_x", "CameraInfo")
+    by = 1 if not by else _int_field(msg, "binning_y", "CameraInfo")
+    roi = getattr(msg, "roi", None)
+    x0 = int(getattr(roi, "x_offset", 0) or 0)
+    y0 = int(getattr(roi, "y_offset", 0) or 0)
+    rw = int(getattr(roi, "width", 0) or 0)
+    rh = int(getattr(roi, "height", 0) or 0)
+    if rw == 0 and rh == 0:  # no ROI: the full image
+        x0 = y0 = 0
+        rw, rh = width, height
+    if rw == 0 or rh == 0 or x0 + rw > width or y0 + rh > height:
+        raise ConversionError("CameraInfo.roi", f"x_offset {x0}, y_offset {y0}, {rw}x{rh} does not fit the "
+                                                f"{width}x{height} image")
+    if bx == 1 and by == 1 and (x0, y0, rw, rh) == (0, 0, width, height):
+        return K, width, height
+    K = K.copy()
+    K[0, 0] /= bx
+    K[1, 1] /= by
+    K[0, 2] = (K[0, 2] - x0) / bx
+    K[1, 2] = (K[1, 2] - y0) / by
+    return K, rw // bx, rh // by
 
 
 def intrinsics_to_camera_info(intr: CameraIntrinsics, stamp: float = 0.0):
@@ -700,6 +734,196 @@ def audio_to_array(msg: Any, limits: Optional[Limits] = None) -> Tuple[np.ndarra
         raise ConversionError("AudioFrame.data", f"peak |sample| {peak:.4g} is beyond the plausible {bound:g} "
                                                  f"(full scale 1; parameter limits.audio_max_abs)")
     return out, rate
+
+
+# ------------------------------------------------------------------------- audio_common_msgs (both layouts)
+# Two published packages share the name audio_common_msgs. ROS 2 audio_common (AudioStamped = header +
+# Audio{AudioData, AudioInfo}; AudioDataStamped = header + AudioData): AudioData carries one typed array per
+# sample format and AudioInfo{format, channels, rate, chunk} names it with a PortAudio constant. ros-drivers
+# audio_common (AudioDataStamped = header + AudioData{uint8[] data}, AudioInfo{channels, sample_rate,
+# sample_format, bitrate, coding_format} on its own topic): raw bytes in a GStreamer sample format. The
+# readers below are duck-typed on those field names, so either installed package (and a bag of either) works.
+
+
+class AudioFormat(NamedTuple):
+    """What an AudioInfo says about the samples of AudioData."""
+
+    rate: int  # samples per second per channel
+    channels: int
+    dtype: np.dtype  # little-endian sample type
+    scale: float  # full scale of the integer samples (1.0 for float)
+    offset: float  # subtracted before scaling (128 for unsigned 8-bit)
+    field: Optional[str]  # the AudioData array to read (ROS 2 layout), None = the `data` bytes (ros-drivers)
+
+
+#: PortAudio sample format constant (ROS 2 audio_common AudioInfo.format) -> (AudioData field, dtype, full scale, offset)
+PA_FORMATS: Dict[int, Tuple[str, str, float, float]] = {
+    1: ("float32_data", "<f4", 1.0, 0.0),  # paFloat32
+    2: ("int32_data", "<i4", 2.0 ** 31, 0.0),  # paInt32
+    4: ("int24_data", "<i4", 2.0 ** 23, 0.0),  # paInt24, one sample per int32
+    8: ("int16_data", "<i2", 32768.0, 0.0),  # paInt16
+    16: ("int8_data", "i1", 128.0, 0.0),  # paInt8
+    32: ("uint8_data", "u1", 128.0, 128.0),  # paUInt8
+}
+#: ros-drivers AudioInfo.sample_format (GStreamer names) -> (dtype, full scale, offset) of AudioData.data bytes
+SAMPLE_FORMATS: Dict[str, Tuple[str, float, float]] = {
+    "S16LE": ("<i2", 32768.0, 0.0), "S32LE": ("<i4", 2.0 ** 31, 0.0), "F32LE": ("<f4", 1.0, 0.0),
+    "S8": ("i1", 128.0, 0.0), "U8": ("u1", 128.0, 128.0),
+}
+#: AudioFrame encodings -> PortAudio format constant (what the microphone node writes into AudioInfo.format)
+PA_OF_ENCODING = {"S16LE": 8, "F32LE": 1}
+
+
+def audio_info_to_format(info: Any, what: str = "AudioInfo") -> AudioFormat:
+    """An AudioInfo of either audio_common_msgs layout -> AudioFormat; ConversionError for what cannot be read."""
+    if info is None:
+        raise ConversionError(what, "missing")
+    if hasattr(info, "sample_format"):  # ros-drivers layout
+        rate = _int_field(info, "sample_rate", what)
+        channels = _int_field(info, "channels", what)
+        coding = str(getattr(info, "coding_format", "") or "").lower()
+        if coding and coding not in ("wave", "wav", "raw", "pcm"):
+            raise ConversionError(f"{what}.coding_format", f"{coding!r} is compressed audio; capture with "
+                                                           f"format 'wave' (raw PCM)")
+        sf = str(getattr(info, "sample_format", "") or "").upper()
+        if sf not in SAMPLE_FORMATS:
+            raise ConversionError(f"{what}.sample_format", f"{sf!r} is not one of {sorted(SAMPLE_FORMATS)}")
+        dt, scale, offset = SAMPLE_FORMATS[sf]
+        field = None
+    else:  # ROS 2 audio_common layout
+        rate = _int_field(info, "rate", what)
+        channels = _int_field(info, "channels", what)
+        fmt = getattr(info, "format", None)
+        if fmt not in PA_FORMATS:
+            raise ConversionError(f"{what}.format", f"{fmt!r} is not a PortAudio sample format "
+                                                    f"({', '.join(f'{k}' for k in PA_FORMATS)})")
+        field, dt, scale, offset = PA_FORMATS[int(fmt)]
+    if rate == 0:
+        raise ConversionError(f"{what}.{'sample_rate' if field is None else 'rate'}", "is 0")
+    if channels == 0:
+        raise ConversionError(f"{what}.channels", "is 0")
+    return AudioFormat(rate, channels, np.dtype(dt), scale, offset, field)
+
+
+def _pcm_to_float(samples: np.ndarray, fmt: AudioFormat, field: str, limits: Optional[Limits]) -> np.ndarray:
+    """(S, C) samples of fmt.dtype -> (S, C) float32 in [-1, 1); float samples are checked like AudioFrame's."""
+    if fmt.dtype.kind == "f":
+        out = samples.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ConversionError(field, "contains non-finite float samples")
+        bound = float((limits or DEFAULT_LIMITS).audio_max_abs)
+        peak = float(np.abs(out).max(initial=0.0))
+        if peak > bound:
+            raise ConversionError(field, f"peak |sample| {peak:.4g} is beyond the plausible {bound:g} "
+                                         f"(full scale 1; parameter limits.audio_max_abs)")
+        return out
+    x = samples.astype(np.float32)
+    if fmt.offset:
+        x -= np.float32(fmt.offset)
+    return x * np.float32(1.0 / fmt.scale)
+
+
+def audio_data_to_array(data: Any, fmt: AudioFormat, what: str = "AudioData",
+                        limits: Optional[Limits] = None) -> Tuple[np.ndarray, int]:
+    """AudioData of either layout, read as `fmt` says -> ((S, C) float32, rate)."""
+    if data is None:
+        raise ConversionError(what, "missing")
+    if fmt.field is not None:
+        field = f"{what}.{fmt.field}"
+        raw = getattr(data, fmt.field, None)
+        if raw is None:
+            raise ConversionError(field, "missing (the AudioInfo format names an array this AudioData lacks)")
+        if isinstance(raw, np.ndarray):
+            flat = raw.astype(fmt.dtype.newbyteorder("="), copy=False).reshape(-1)
+        elif isinstance(raw, array.array):
+            flat = np.frombuffer(raw, dtype=np.dtype(raw.typecode)).astype(fmt.dtype.newbyteorder("="), copy=False)
+        else:
+            try:
+                flat = np.asarray(list(raw), dtype=fmt.dtype.newbyteorder("="))
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ConversionError(field, f"not {fmt.dtype} samples ({e})") from None
+    else:
+        field = f"{what}.data"
+        buf = _uint8_buffer(getattr(data, "data", None), field)
+        if buf.size % fmt.dtype.itemsize:
+            raise ConversionError(field, f"{buf.size} bytes is not a whole number of {fmt.dtype.itemsize}-byte samples")
+        flat = np.frombuffer(buf, dtype=fmt.dtype)
+    if flat.size % fmt.channels:
+        raise ConversionError(field, f"{flat.size} samples is not a whole number of {fmt.channels}-channel frames")
+    return _pcm_to_float(flat.reshape(-1, fmt.channels), fmt, field, limits), fmt.rate
+
+
+def audio_stamped_to_array(msg: Any, limits: Optional[Limits] = None) -> Tuple[np.ndarray, int]:
+    """audio_common_msgs/AudioStamped (ROS 2 audio_common: header + Audio{audio, info}) -> ((S, C) float32, rate)."""
+    audio = getattr(msg, "audio", None)
+    if audio is None:
+        raise ConversionError("AudioStamped.audio", "missing")
+    fmt = audio_info_to_format(getattr(audio, "info", None), "AudioStamped.audio.info")
+    return audio_data_to_array(getattr(audio, "audio", None), fmt, "AudioStamped.audio.audio", limits)
+
+
+def audio_data_stamped_to_array(msg: Any, info: Any, limits: Optional[Limits] = None) -> Tuple[np.ndarray, int]:
+    """audio_common_msgs/AudioDataStamped + the newest AudioInfo of its info topic -> ((S, C) float32, rate)."""
+    if info is None:
+        raise ConversionError("AudioDataStamped", "no AudioInfo received yet (parameter topics.audio_info): "
+                                                  "the sample format and rate are unknown")
+    fmt = audio_info_to_format(info, "AudioInfo")
+    return audio_data_to_array(getattr(msg, "audio", None), fmt, "AudioDataStamped.audio", limits)
+
+
+def _fields(cls) -> Dict[str, str]:
+    try:
+        return dict(cls.get_fields_and_field_types())
+    except AttributeError:
+        return {}
+
+
+def audio_common_info(sample_rate: int, channels: int, encoding: str = "S16LE", chunk: int = 0):
+    """rclpy audio_common_msgs.msg.AudioInfo in the installed package's layout."""
+    from audio_common_msgs.msg import AudioInfo
+
+    if encoding not in PA_OF_ENCODING:
+        raise ConversionError("AudioInfo", f"encoding {encoding!r} is not one of {sorted(PA_OF_ENCODING)}")
+    if "sample_format" in _fields(AudioInfo):  # ros-drivers
+        return AudioInfo(channels=int(channels), sample_rate=int(sample_rate), sample_format=encoding,
+                         bitrate=int(sample_rate * channels * (16 if encoding == "S16LE" else 32)),
+                         coding_format="wave")
+    return AudioInfo(format=PA_OF_ENCODING[encoding], channels=int(channels), rate=int(sample_rate), chunk=int(chunk))
+
+
+def _audio_common_data(samples: np.ndarray, encoding: str):
+    """(S, C) block -> (rclpy AudioData, channels, frames) in the installed package's layout."""
+    from audio_common_msgs.msg import AudioData
+
+    data, channels = pack_audio(samples, encoding)
+    frames = len(data) // (channels * AUDIO_ENCODINGS[encoding].itemsize)
+    msg = AudioData()
+    if "data" in _fields(AudioData):  # ros-drivers: raw bytes
+        msg.data = data
+    elif encoding == "S16LE":
+        msg.int16_data = array.array("h", data)
+    else:
+        msg.float32_data = array.array("f", data)
+    return msg, channels, frames
+
+
+def array_to_audio_stamped(samples: np.ndarray, sample_rate: int, encoding: str = "S16LE", stamp: float = 0.0,
+                           frame_id: str = "microphone"):
+    """(S,C) or (S,) samples -> rclpy audio_common_msgs.msg.AudioStamped (ROS 2 audio_common)."""
+    from audio_common_msgs.msg import Audio, AudioStamped
+
+    data, channels, frames = _audio_common_data(samples, encoding)
+    return AudioStamped(header=make_header(stamp, frame_id),
+                        audio=Audio(audio=data, info=audio_common_info(sample_rate, channels, encoding, frames)))
+
+
+def array_to_audio_data_stamped(samples: np.ndarray, encoding: str = "S16LE", stamp: float = 0.0,
+                                frame_id: str = "microphone"):
+    """(S,C) or (S,) samples -> rclpy audio_common_msgs.msg.AudioDataStamped (its AudioInfo goes on its own topic)."""
+    from audio_common_msgs.msg import AudioDataStamped
+
+    data, _, _ = _audio_common_data(samples, encoding)
+    return AudioDataStamped(header=make_header(stamp, frame_id), audio=data)
 
 
 def pack_audio(samples: np.ndarray, encoding: str = "S16LE") -> Tuple[bytes, int]:

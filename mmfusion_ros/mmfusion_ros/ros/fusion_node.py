@@ -43,7 +43,9 @@ from mmfusion_ros.ros import messages
 from mmfusion_ros.ros import params as P
 from mmfusion_ros.ros import pipeline_factory as factory
 from mmfusion_ros.ros.diagnostics import NodeDiagnostics
-from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS, InputFeeder, input_topics, msg_class, output_topics
+from mmfusion_ros.ros.extrinsics import ExtrinsicsResolver
+from mmfusion_ros.ros.inputs import (INPUTS, OPTIONAL_OUTPUTS, OUTPUTS, TF_TOPICS, InputFeeder, input_msgtype,
+                                     input_topics, msg_class, output_topics, type_available)
 from mmfusion_ros.ros.qos import input_qos, output_qos
 #: seconds between two log lines about the same pipeline error
 ERROR_LOG_PERIOD_S = 5.0
@@ -78,6 +80,8 @@ class FusionNode(Node):
         self._markers = None  # ros/markers.MarkerArrayBuilder while configured
         self._perception_cfg = None  # core.perception.PerceptionConfig when perception is enabled
         self._T_cam_lidar: Optional[np.ndarray] = None  # (4, 4) from perception.extrinsics_file
+        self._extrinsics: Optional[ExtrinsicsResolver] = None  # TF first, that file as the fallback
+        self._tf_lock = threading.Lock()  # guards the transform tree (TF callbacks vs worker)
         self._worker: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._active = False
@@ -117,15 +121,26 @@ class FusionNode(Node):
             values = P.validate({spec.name: self.get_parameter(spec.name).value for spec in P.PARAMS})
             sync_cfg = SyncConfig(**P.sync_kwargs(values)).validate()
             factory.pipeline_config(values)  # a bad pipeline.* value fails configure, not activate
-            self._perception_cfg, self._T_cam_lidar = None, None
+            self._perception_cfg, self._T_cam_lidar, self._extrinsics = None, None, None
             if factory.objects_wanted(values):  # perception on, and an output that shows objects
                 from mmfusion_ros.core.perception import PerceptionConfig
 
                 self._perception_cfg = PerceptionConfig.from_dict(P.perception_dict(values))
                 self._T_cam_lidar = factory.load_T_cam_lidar(values)  # (4, 4) LiDAR -> camera optical frame
+                yaml_path = ""
                 if self._T_cam_lidar is not None:
-                    self.get_logger().info("camera labels for 3D objects use the extrinsics in "
-                                           f"{P.extrinsics_file(values['perception.extrinsics_file'])}")
+                    yaml_path = str(P.extrinsics_file(values["perception.extrinsics_file"]))
+                    self.get_logger().info(f"camera labels for 3D objects use the extrinsics in {yaml_path}"
+                                           + (" unless TF has them" if values["perception.extrinsics_from_tf"]
+                                              else ""))
+                self._extrinsics = ExtrinsicsResolver(self._T_cam_lidar, yaml_path,
+                                                      values["perception.extrinsics_from_tf"],
+                                                      self.get_logger().info, self.get_logger().warning)
+            audio_type = input_msgtype("audio", values)
+            if values["topics.audio"]:  # detected here: the type's package may not be installed on this robot
+                why = type_available(audio_type)
+                if why is not None:
+                    raise P.ParamError("types.audio", f"{audio_type} cannot be used: {why}")
         except (ValueError, OSError) as e:
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
@@ -138,10 +153,22 @@ class FusionNode(Node):
         for name, topic in input_topics(values).items():
             self._diag.add_input(name, topic, INPUTS[name].group)
             qos = input_qos(values[f"qos.{name}.reliability"], values[f"qos.{name}.depth"])
-            self._subs.append(self.create_subscription(msg_class(INPUTS[name].msgtype), topic, self._callback(name),
-                                                       qos))
+            self._subs.append(self.create_subscription(msg_class(input_msgtype(name, values)), topic,
+                                                       self._callback(name), qos))
+        if values["topics.audio"]:
+            self.get_logger().info(f"audio input: {input_msgtype('audio', values)} on {values['topics.audio']}")
+        self._subscribe_tf()
         for name, topic in output_topics(values).items():  # an output switched off is not built at all
             self._pubs[name] = self.create_lifecycle_publisher(msg_class(OUTPUTS[name].msgtype), topic, output_qos())
+        for name, spec in OPTIONAL_OUTPUTS.items():  # published where the package is installed
+            topic = values[f"topics.{name}"]
+            if not topic:
+                continue
+            why = type_available(spec.msgtype)
+            if why is not None:
+                self.get_logger().info(f"{topic} ({spec.msgtype}) is not published: {why}")
+                continue
+            self._pubs[name] = self.create_lifecycle_publisher(msg_class(spec.msgtype), topic, output_qos())
         self._markers = None
         if "markers" in self._pubs:
             try:  # ros/markers.py remembers what it shows, to DELETE markers of objects that are gone
@@ -263,6 +290,38 @@ class FusionNode(Node):
 
         return callback
 
+    def _subscribe_tf(self) -> None:
+        """/tf_static (latched: reliable, transient local) and /tf into the extrinsics' transform tree."""
+        ex = self._extrinsics
+        if ex is None or not ex.use_tf:
+            return
+        why = type_available(TF_TOPICS["tf"][1])
+        if why is not None:
+            self.get_logger().warning(f"extrinsics come from the YAML only: {why}")
+            return
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        for name, (topic, msgtype) in TF_TOPICS.items():
+            static = name == "tf_static"
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
+
+            def on_tf(msg, static=static) -> None:
+                with self._tf_lock:
+                    ex.add_tf(msg, static)
+
+            self._subs.append(self.create_subscription(msg_class(msgtype), topic, on_tf, qos))
+
+    def _resolve_extrinsics(self, frame) -> None:
+        """The frame's T_cam_lidar: TF between its cloud's and its camera's frame_id, else the YAML's."""
+        ex = self._extrinsics
+        if ex is None or frame.lidar is None or frame.camera is None:
+            return
+        with self._tf_lock:
+            T = ex.resolve(frame.frame_id, frame.camera.frame_id)
+        self._pipeline.T_cam_lidar = T
+        self._diag.extra["extrinsics"] = ex.source
+
     def _reject(self, name: str, e: Exception) -> None:
         what = str(e) if isinstance(e, (conv.ConversionError, ValueError)) else f"{type(e).__name__}: {e}"
         if self._diag.rejected(name, what, time.monotonic()):
@@ -289,6 +348,7 @@ class FusionNode(Node):
                 if self._pipeline is None:
                     return
                 try:
+                    self._resolve_extrinsics(frame)
                     result = self._pipeline.process(frame)
                 except Exception as e:  # noqa: BLE001
                     self._diag.pipeline_error()
@@ -325,6 +385,10 @@ class FusionNode(Node):
                 pubs["caption"].publish(cap)
         if "events" in pubs:
             pubs["events"].publish(messages.events_msg(result, frame_id))
+        if "detections" in pubs:  # vision_msgs/Detection3DArray beside FusedPerception
+            from mmfusion_ros.ros.vision import detection3d_array_msg
+
+            pubs["detections"].publish(detection3d_array_msg(result, frame_id))
         if "markers" in pubs and self._markers is not None:
             pubs["markers"].publish(self._markers.build(dataclasses.replace(result, frame_id=frame_id)))
 

@@ -28,8 +28,15 @@ class InputSpec:
     name: str  # key of the parameters topics.<name> and qos.<name>.*, and of the feeder's dispatch
     msgtype: str  # ROS 2 type name, as bags spell it
     topic: str  # default topic (relative, so the node's namespace applies)
-    group: str  # diagnostics group: the modality, or camera_info
+    group: str  # diagnostics group: the modality, or camera_info / audio_info
     stream: bool = False  # a continuous stream cut into windows: every message matters (queues a few)
+    alternatives: Tuple[str, ...] = ()  # other message types the input accepts (parameter types.<name> picks one)
+    only_with: Optional[Tuple[str, str]] = None  # (input, type): subscribed only while that input has that type
+
+    @property
+    def msgtypes(self) -> Tuple[str, ...]:
+        """Every type the input accepts, the default first."""
+        return (self.msgtype,) + self.alternatives
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,16 @@ INPUTS: Dict[str, InputSpec] = {s.name: s for s in (
     InputSpec("compressed", "sensor_msgs/msg/CompressedImage", "camera/image_raw/compressed", "camera"),
     InputSpec("camera_info", "sensor_msgs/msg/CameraInfo", "camera/camera_info", "camera_info"),
     InputSpec("lidar", "sensor_msgs/msg/PointCloud2", "lidar/points", "lidar"),
-    InputSpec("audio", "mmfusion_msgs/msg/AudioFrame", "audio/audio", "audio", stream=True),
+    InputSpec("audio", "mmfusion_msgs/msg/AudioFrame", "audio/audio", "audio", stream=True,
+              alternatives=("audio_common_msgs/msg/AudioStamped",  # ROS 2 audio_common: format inside
+                            "audio_common_msgs/msg/AudioDataStamped")),  # format from audio_info
+    InputSpec("audio_info", "audio_common_msgs/msg/AudioInfo", "audio/audio_info", "audio_info",
+              only_with=("audio", "audio_common_msgs/msg/AudioDataStamped")),
     InputSpec("imu", "sensor_msgs/msg/Imu", "imu/data", "imu", stream=True),
 )}
+#: Outputs published only where their message package is installed (vision_msgs is not a dependency):
+#: the node checks at configure; `mmfusion process` does not write them.
+OPTIONAL_OUTPUTS: Dict[str, "OutputSpec"] = {}
 #: The fused outputs.
 OUTPUTS: Dict[str, OutputSpec] = {s.name: s for s in (
     OutputSpec("perception", "mmfusion_msgs/msg/FusedPerception", "mmfusion/perception"),
@@ -57,6 +71,14 @@ OUTPUTS: Dict[str, OutputSpec] = {s.name: s for s in (
     OutputSpec("events", "mmfusion_msgs/msg/EventArray", "mmfusion/events"),
     OutputSpec("markers", "visualization_msgs/msg/MarkerArray", "mmfusion/markers"),
 )}
+OPTIONAL_OUTPUTS.update({s.name: s for s in (
+    OutputSpec("detections", "vision_msgs/msg/Detection3DArray", "mmfusion/detections"),
+)})
+#: The transform topics the node reads extrinsics from (tf2_msgs is not a dependency either).
+TF_TOPICS: Dict[str, Tuple[str, str]] = {
+    "tf_static": ("/tf_static", "tf2_msgs/msg/TFMessage"),
+    "tf": ("/tf", "tf2_msgs/msg/TFMessage"),
+}
 #: Topics the simulator writes besides the inputs (ground truth for scoring, the static transforms).
 SIM_EXTRA: Dict[str, Tuple[str, str]] = {
     "ground_truth": ("sim/ground_truth", "mmfusion_msgs/msg/GroundTruth"),
@@ -75,9 +97,51 @@ def norm_topic(topic: str) -> str:
     return topic.strip().lstrip("/")
 
 
+def resolve_type(name: str, value: Optional[str]) -> str:
+    """types.<name> -> the full message type: a type the input accepts, written in full
+    ("audio_common_msgs/msg/AudioStamped"), as pkg/Name, or as its bare name ("AudioStamped"); "" = the default.
+    ValueError naming the parameter and the accepted types otherwise."""
+    spec = INPUTS[name]
+    v = (value or "").strip()
+    if not v:
+        return spec.msgtype
+    for t in spec.msgtypes:
+        pkg, _, short = t.split("/")
+        if v in (t, f"{pkg}/{short}", short):
+            return t
+    raise ValueError(f"parameter 'types.{name}': {value!r} is not a message type the {name} input accepts "
+                     f"(one of {', '.join(spec.msgtypes)})")
+
+
+def input_msgtype(name: str, values: Dict[str, Any]) -> str:
+    """The message type input `name` is subscribed with (types.<name> for inputs with alternatives)."""
+    spec = INPUTS[name]
+    return resolve_type(name, values.get(f"types.{name}", "")) if spec.alternatives else spec.msgtype
+
+
+def type_available(msgtype: str) -> Optional[str]:
+    """None when the message class imports, else why not (the package is not installed)."""
+    try:
+        msg_class(msgtype)
+    except (ImportError, AttributeError) as e:
+        return f"{msgtype.split('/')[0]} is not installed ({type(e).__name__}: {e})"
+    return None
+
+
 def input_topics(values: Dict[str, Any]) -> Dict[str, str]:
-    """{input name: topic} of the inputs that are switched on (an empty topics.<name> switches one off)."""
-    return {n: values.get(f"topics.{n}", s.topic) for n, s in INPUTS.items() if values.get(f"topics.{n}", s.topic)}
+    """{input name: topic} of the inputs that are switched on (an empty topics.<name> switches one off; an
+    input that only goes with another input's type, like audio_info, is on only with that type)."""
+    out = {}
+    for n, s in INPUTS.items():
+        topic = values.get(f"topics.{n}", s.topic)
+        if not topic:
+            continue
+        if s.only_with is not None:
+            other, t = s.only_with
+            if not values.get(f"topics.{other}", INPUTS[other].topic) or input_msgtype(other, values) != t:
+                continue
+        out[n] = topic
+    return out
 
 
 def output_topics(values: Dict[str, Any]) -> Dict[str, str]:
@@ -118,8 +182,13 @@ def _lidar(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
     return (pts, msg.header.frame_id or None), {"dropped_points": int(dropped)}
 
 
-def _audio(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
-    return conv.audio_to_array(msg, limits), _NONE  # ((S, C) float32, rate)
+def _audio(msg, limits, info=None) -> Tuple[tuple, Dict[str, Any]]:
+    """Any accepted audio type, told apart by its fields (rclpy objects and bag messages alike)."""
+    if hasattr(msg, "encoding"):  # mmfusion_msgs/AudioFrame
+        return conv.audio_to_array(msg, limits), _NONE  # ((S, C) float32, rate)
+    if hasattr(getattr(msg, "audio", None), "info"):  # audio_common_msgs/AudioStamped
+        return conv.audio_stamped_to_array(msg, limits), _NONE
+    return conv.audio_data_stamped_to_array(msg, info, limits), _NONE  # AudioDataStamped + the newest AudioInfo
 
 
 def _imu(msg, limits) -> Tuple[tuple, Dict[str, Any]]:
@@ -134,6 +203,7 @@ DISPATCH: Dict[str, Tuple[Callable[[Any, Any], Tuple[tuple, Dict[str, Any]]], st
     "camera_info": (_camera_info, "add_camera_info"),
     "lidar": (_lidar, "add_lidar"),
     "audio": (_audio, "add_audio"),
+    "audio_info": (None, None),  # kept by the feeder for the AudioDataStamped that follow
     "imu": (_imu, "add_imu"),
 }
 assert set(DISPATCH) == set(INPUTS), "every input needs a conversion"
@@ -155,12 +225,22 @@ class InputFeeder:
         self.camera_timeout_s = float(values.get("sync.timeout.camera", 0.5))
         self.newest_raw: Optional[float] = None  # header stamp of the newest raw image converted
         self.limits = conv.Limits.from_params(values)  # plausibility bounds (limits.* parameters)
-        self._keywords = {m: _keywords(getattr(collector, m, None)) for _, m in DISPATCH.values()}
+        self._keywords = {m: _keywords(getattr(collector, m, None)) for _, m in DISPATCH.values() if m}
+        self.audio_info: Any = None  # newest AudioInfo (audio_common_msgs), for AudioDataStamped audio
+        self._newest_audio = 0.0
 
     def convert(self, name: str, msg: Any) -> Optional[Sample]:
         """Convert without touching the Collector (callers convert outside their lock); None = not used
         (a compressed image while raw images of that time flow). Raises ConversionError / ValueError."""
+        if name == "audio_info":  # no header: checked now, kept for the audio chunks that follow
+            conv.audio_info_to_format(msg)
+            self.audio_info = msg
+            return Sample(name, self._newest_audio, (), _NONE)
         stamp = conv.header_stamp(msg)
+        if name == "audio":
+            args, extra = _audio(msg, self.limits, self.audio_info)
+            self._newest_audio = max(self._newest_audio, stamp)
+            return Sample(name, stamp, args, extra)
         if name == "compressed" and self.raw_images and self.newest_raw is not None \
                 and abs(stamp - self.newest_raw) < self.camera_timeout_s:
             return None
@@ -172,6 +252,8 @@ class InputFeeder:
     def add(self, sample: Sample, received: Optional[float] = None) -> bool:
         """The Collector call of a converted message; False when the Collector dropped it."""
         name = DISPATCH[sample.name][1]
+        if name is None:  # state of the feeder itself (AudioInfo), nothing for the Collector
+            return True
         known = self._keywords[name]
         kw = {k: v for k, v in sample.extra.items() if k in known}
         if received is not None and "received" in known:
@@ -211,7 +293,10 @@ def route_connections(connections: Iterable[Any], values: Dict[str, Any], remaps
 
     Raises ValueError when `selected` names a topic that is not in the bag.
     """
-    wanted = {norm_topic(t): n for n, t in input_topics(values).items()}
+    # every input topic, whatever types.* says: a bag names each connection's type, and any type the input
+    # accepts is routed (an AudioInfo topic goes with the AudioDataStamped chunks it describes)
+    wanted = {norm_topic(values.get(f"topics.{n}", s.topic)): n for n, s in INPUTS.items()
+              if values.get(f"topics.{n}", s.topic)}
     remaps = {norm_topic(k): norm_topic(v) for k, v in (remaps or {}).items()}
     chosen = None if selected is None else {norm_topic(t) for t in selected}
     routes: Dict[int, Route] = {}
@@ -224,8 +309,8 @@ def route_connections(connections: Iterable[Any], values: Dict[str, Any], remaps
         name = wanted.get(remaps.get(bag_topic, bag_topic))
         if name is None:
             skipped.append(f"{c.topic} ({c.msgtype}: not an input topic)")
-        elif c.msgtype != INPUTS[name].msgtype:
-            skipped.append(f"{c.topic} ({c.msgtype}, expected {INPUTS[name].msgtype})")
+        elif c.msgtype not in INPUTS[name].msgtypes:  # a bag says its type: any type the input accepts
+            skipped.append(f"{c.topic} ({c.msgtype}, expected {' or '.join(INPUTS[name].msgtypes)})")
         else:
             routes[c.id] = Route(c.topic, name)
     if chosen is not None:

@@ -2,7 +2,10 @@
 
 Publishes ``mmfusion_msgs/AudioFrame`` on ``audio/audio`` (sensor-data QoS); parameters:
 ``device`` (""= the default input, an index, or part of a device name), ``sample_rate`` (Hz),
-``channels``, ``chunk_ms`` (samples per message), ``encoding`` (S16LE or F32LE), ``frame_id``.
+``channels``, ``chunk_ms`` (samples per message), ``encoding`` (S16LE or F32LE), ``frame_id``,
+``message_type``: AudioFrame (default), or audio_common_msgs' AudioStamped or AudioDataStamped where that
+package is installed (the latter with its AudioInfo on ``audio/audio_info`` with the first chunk and once a
+second): any type the fusion node's audio input accepts (ros/inputs.py).
 
 Behaviour without a usable device (no sound card, wrong name, device busy or unplugged): the node logs
 one error that names the input devices PortAudio can see ("none" when there are none) and exits with
@@ -49,10 +52,19 @@ class MicrophoneConfig:
     chunk_ms: float = 50.0  # audio per message, milliseconds
     encoding: str = "S16LE"  # AudioFrame sample encoding: S16LE (int16) or F32LE (float32)
     frame_id: str = "microphone"  # header.frame_id of published frames
+    message_type: str = "mmfusion_msgs/msg/AudioFrame"  # or audio_common_msgs/msg/AudioStamped / AudioDataStamped
 
     def validate(self) -> None:
+        from mmfusion_ros.ros.inputs import resolve_type
+
         bad = None
-        if self.encoding not in AUDIO_ENCODINGS:
+        try:
+            self.message_type = resolve_type("audio", self.message_type)
+        except ValueError as e:
+            bad = f"message_type: {str(e).split(': ', 1)[1]}"
+        if bad:
+            pass
+        elif self.encoding not in AUDIO_ENCODINGS:
             bad = f"encoding {self.encoding!r} is not one of {sorted(AUDIO_ENCODINGS)}"
         elif not 0 < self.sample_rate < 2**32:
             bad = f"sample_rate {self.sample_rate} must be a positive integer"
@@ -126,8 +138,23 @@ def first_sample_stamp(now: float, frames: int, rate: int, adc_time: float = 0.0
 
 
 def block_to_msg(block: np.ndarray, stamp: float, cfg: MicrophoneConfig):
-    """(S,C) captured block -> AudioFrame (samples interleaved frame-major, as the message says)."""
+    """(S,C) captured block -> a message of cfg.message_type (samples interleaved frame-major)."""
+    from . import conversions as conv
+
+    if cfg.message_type.endswith("/AudioStamped"):
+        return conv.array_to_audio_stamped(block, cfg.sample_rate, cfg.encoding, stamp=stamp, frame_id=cfg.frame_id)
+    if cfg.message_type.endswith("/AudioDataStamped"):
+        return conv.array_to_audio_data_stamped(block, cfg.encoding, stamp=stamp, frame_id=cfg.frame_id)
     return array_to_audio(block, cfg.sample_rate, cfg.encoding, stamp=stamp, frame_id=cfg.frame_id)
+
+
+def info_msg(cfg: MicrophoneConfig):
+    """The AudioInfo that goes with AudioDataStamped chunks (None for the types that carry their format)."""
+    from . import conversions as conv
+
+    if not cfg.message_type.endswith("/AudioDataStamped"):
+        return None
+    return conv.audio_common_info(cfg.sample_rate, cfg.channels, cfg.encoding, cfg.chunk_frames)
 
 
 def _read_config(node) -> MicrophoneConfig:
@@ -144,11 +171,12 @@ def _read_config(node) -> MicrophoneConfig:
         node.declare_parameter("chunk_ms", defaults.chunk_ms, numeric)
         node.declare_parameter("encoding", defaults.encoding)
         node.declare_parameter("frame_id", defaults.frame_id)
+        node.declare_parameter("message_type", defaults.message_type)
     except ParameterException as e:
         raise MicrophoneError(f"invalid parameter: {e}", EXIT_BAD_PARAMETER) from None
     values = {
         n: node.get_parameter(n).value
-        for n in ("device", "sample_rate", "channels", "chunk_ms", "encoding", "frame_id")
+        for n in ("device", "sample_rate", "channels", "chunk_ms", "encoding", "frame_id", "message_type")
     }
     for name in ("sample_rate", "channels"):
         v = values[name]
@@ -163,6 +191,7 @@ def _read_config(node) -> MicrophoneConfig:
         chunk_ms=float(values["chunk_ms"]),
         encoding=str(values["encoding"]),
         frame_id=str(values["frame_id"]),
+        message_type=str(values["message_type"]),
     )
     cfg.validate()
     return cfg
@@ -178,8 +207,12 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
     except (ImportError, OSError) as e:  # OSError: the PortAudio shared library is missing
         raise MicrophoneError(f"sounddevice/PortAudio unavailable ({e}); install libportaudio2") from None
 
-    from mmfusion_msgs.msg import AudioFrame
-    from mmfusion_ros.ros.inputs import INPUTS
+    from mmfusion_ros.ros.inputs import INPUTS, msg_class, type_available
+
+    why = type_available(cfg.message_type)
+    if why is not None:
+        raise MicrophoneError(f"invalid parameter: message_type {cfg.message_type} cannot be used: {why}",
+                              EXIT_BAD_PARAMETER)
 
     try:
         devices = [dict(d) for d in sd.query_devices()]
@@ -187,7 +220,12 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
     except sd.PortAudioError as e:
         raise MicrophoneError(f"PortAudio cannot list devices ({e}); available input devices: none") from None
     index = choose_device(devices, cfg.device, default_input, cfg.channels)
-    pub = node.create_publisher(AudioFrame, INPUTS["audio"].topic, qos_profile_sensor_data)  # the node's input
+    pub = node.create_publisher(msg_class(cfg.message_type), INPUTS["audio"].topic,
+                                qos_profile_sensor_data)  # the node's input
+    info = info_msg(cfg)
+    info_pub = None if info is None else node.create_publisher(msg_class(INPUTS["audio_info"].msgtype),
+                                                               INPUTS["audio_info"].topic, qos_profile_sensor_data)
+    info_sent = [float("-inf")]
     log = node.get_logger()
     blocks: "queue.Queue[tuple]" = queue.Queue(maxsize=64)
     overflows = [0]
@@ -235,6 +273,9 @@ def _capture(node, cfg: MicrophoneConfig, is_running) -> None:
                         f"device {index} ({devices[index].get('name')}) stopped delivering audio"
                     ) from None
                 continue
+            if info_pub is not None and stamp - info_sent[0] >= 1.0:  # with the first chunk, then once a second
+                info_pub.publish(info)
+                info_sent[0] = stamp
             try:
                 pub.publish(block_to_msg(block, stamp, cfg))
             except ConversionError as e:  # cannot happen for int16/float32 blocks, but never kill the node

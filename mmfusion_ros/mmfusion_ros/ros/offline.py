@@ -319,6 +319,9 @@ def _process(opts: OfflineOptions, values: Dict[str, Any], reader, routes: Dict[
 
     out = Path(opts.out)
     pipe = build_pipeline(values, opts)
+    from mmfusion_ros.ros.extrinsics import apply_bag_tf
+
+    apply_bag_tf(reader, routes, values, pipe, explicit_yaml=bool(opts.extrinsics))  # the bag's /tf_static first
     sync_cfg = SyncConfig(**P.sync_kwargs(values), audio_rate=pipe.preprocess.audio_rate,
                           imu_rate=pipe.preprocess.imu_rate, frame_id=values["frame_id"])
     collector = Collector(sync_cfg, log=log)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from mmfusion_ros.core.types import SENSOR_MODALITIES
-from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS
+from mmfusion_ros.ros.inputs import INPUTS, OPTIONAL_OUTPUTS, OUTPUTS, resolve_type
 
 #: Name of the node (and of the key in config/mmfusion.yaml, written `/**/mmfusion` so it applies in any namespace).
 NODE_NAME = "mmfusion"
@@ -26,10 +26,12 @@ SHIPPED_MODEL = "mmfusion_small"
 INPUT_TOPICS: Dict[str, str] = {n: s.topic for n, s in INPUTS.items()}
 #: Outputs: name -> default topic.
 OUTPUT_TOPICS: Dict[str, str] = {n: s.topic for n, s in OUTPUTS.items()}
+#: Outputs published only where their message package is installed (vision_msgs): name -> default topic.
+OPTIONAL_OUTPUT_TOPICS: Dict[str, str] = {n: s.topic for n, s in OPTIONAL_OUTPUTS.items()}
 #: Inputs that carry a continuous stream cut into windows: every message matters, so they queue a few.
 STREAM_INPUTS = tuple(n for n, s in INPUTS.items() if s.stream)
 #: perception.* parameters the node itself uses (the others are PerceptionConfig fields).
-NODE_ONLY_PERCEPTION = ("perception.enabled", "perception.extrinsics_file")
+NODE_ONLY_PERCEPTION = ("perception.enabled", "perception.extrinsics_file", "perception.extrinsics_from_tf")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 TRIGGERS = ("rate",) + tuple(m.value for m in SENSOR_MODALITIES)
 RELIABILITY = ("best_effort", "reliable")
@@ -243,8 +245,12 @@ def _table() -> List[ParamSpec]:
         rows.append(P(f"qos.{name}.depth", 10 if stream else 1,
                       f"{name} subscription queue depth" + (" (a stream: every message is part of a window)"
                                                             if stream else " (newest wins)"), min=1, max=1000))
-    for name, topic in list(INPUT_TOPICS.items()) + list(OUTPUT_TOPICS.items()):
+    for name, topic in list(INPUT_TOPICS.items()) + list(OUTPUT_TOPICS.items()) + list(OPTIONAL_OUTPUT_TOPICS.items()):
         rows.append(P(f"topics.{name}", topic, f"{name} topic (relative names follow the namespace; empty = off)"))
+    for name, spec in INPUTS.items():
+        if spec.alternatives:  # an input that accepts several message types: which one to subscribe with
+            rows.append(P(f"types.{name}", spec.msgtype, f"{name} message type: one of {', '.join(spec.msgtypes)} "
+                                                         f"(or its bare name); its package must be installed"))
     rows += [
         P("prompts.max_count", 256, "most prompts a SetPrompts request may carry (embedding them takes time and "
           "memory)", min=1, max=100000),
@@ -252,6 +258,9 @@ def _table() -> List[ParamSpec]:
         P("perception.enabled", True, "cluster the LiDAR cloud into labelled 3D objects"),
         P("perception.extrinsics_file", "", "LiDAR-to-camera extrinsics YAML (config/extrinsics.yaml format); "
                                             "empty = that file, the simulated robot's"),
+        P("perception.extrinsics_from_tf", True, "take the LiDAR-to-camera transform from /tf_static and /tf "
+                                                 "(between the cloud's and the camera's frame_id) when they have "
+                                                 "it; the extrinsics file otherwise"),
         P("diagnostics.period_s", 1.0, "seconds between /diagnostics messages", min=0.0, min_exclusive=True),
     ]
     rows += _dataclass_rows("pipeline.", _pipeline_config(), PIPELINE_NOT_PARAMS, PIPELINE_ROWS,
@@ -307,7 +316,13 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         raise ParamError("model.dir", f"{out['model.dir']!r} is not a folder")
     if out["perception.extrinsics_file"] and not Path(os.path.expanduser(out["perception.extrinsics_file"])).is_file():
         raise ParamError("perception.extrinsics_file", f"{out['perception.extrinsics_file']!r} is not a file")
-    inputs = [n for n in INPUT_TOPICS if n != "camera_info" and out[f"topics.{n}"]]
+    for name, spec in INPUTS.items():
+        if spec.alternatives:
+            try:
+                out[f"types.{name}"] = resolve_type(name, out[f"types.{name}"])
+            except ValueError as e:
+                raise ParamError(f"types.{name}", str(e).split(": ", 1)[1]) from None
+    inputs = [n for n in INPUT_TOPICS if INPUTS[n].group not in ("camera_info", "audio_info") and out[f"topics.{n}"]]
     if not inputs:
         raise ParamError("topics.*", "every sensor input is switched off")
     return out
@@ -424,7 +439,9 @@ def perception_yaml() -> str:
     lines = ["    perception:".ljust(36) + "# 3D objects from the LiDAR (core/perception.py PerceptionConfig)",
              "      enabled: true".ljust(36) + "# cluster the LiDAR cloud into labelled 3D objects",
              '      extrinsics_file: ""'.ljust(36) + '# LiDAR-to-camera extrinsics (config/extrinsics.yaml format); "" = that',
-             " " * 36 + "# file, the simulated robot's: give your robot's calibration here"]
+             " " * 36 + "# file, the simulated robot's: give your robot's calibration here",
+             "      extrinsics_from_tf: true".ljust(36) + "# /tf_static and /tf first (cloud frame -> camera frame),",
+             " " * 36 + "# the file above when TF has no such transform"]
     group = None
     for p in PARAMS:
         if not p.name.startswith("perception.") or p.name in NODE_ONLY_PERCEPTION:
