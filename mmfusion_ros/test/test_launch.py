@@ -105,7 +105,8 @@ def test_fusion_node_launch_defaults_match_the_parameters():
     assert args["model_dir"] == d["model.dir"]
     assert args["use_sim_time"] == "false"
     for arg, param in [("camera_topic", "topics.image"), ("camera_info_topic", "topics.camera_info"),
-                       ("lidar_topic", "topics.lidar"), ("audio_topic", "topics.audio"), ("imu_topic", "topics.imu")]:
+                       ("lidar_topic", "topics.lidar"), ("audio_topic", "topics.audio"), ("imu_topic", "topics.imu"),
+                       ("audio_type", "types.audio"), ("audio_info_topic", "topics.audio_info")]:
         assert args[arg] == d[param], arg
     (node,) = [n for n in root.iter("node") if n.get("exec") == "fusion_node"]
     assert node.get("name") == P.NODE_NAME  # the params file's /**/mmfusion key must match the node
