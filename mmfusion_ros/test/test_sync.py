@@ -88,6 +88,7 @@ def test_message_trigger_one_frame_per_trigger_message_after_the_delay():
     c.add_camera_info(T0, info)
     c.add_image(T0, rgb(1))
     c.add_lidar(T0 + 0.03, cloud())  # stamped just after the image: within the lookahead
+    c.add_imu(T0 - 0.01, np.zeros(3), np.zeros(3))  # the IMU is not past the frame time yet: the frame waits
     assert c.poll(T0 + 0.01) == []  # waiting for late messages
     c.add_image(T0 + 0.1, rgb(2))
     frames = c.poll(T0 + 0.2)

@@ -276,3 +276,73 @@ def test_in_order_messages_past_the_buffer_limit_are_not_counted_out_of_order():
     for k in range(10):
         assert c.add_lidar(T0 + 0.1 * k, np.ones((2, 4), np.float32), received=T0 + 0.1 * k)
     assert c.stats()["lidar"]["out_of_order"] == 0 and c.stats()["lidar"]["received"] == 10
+
+
+# ---- watermarks -------------------------------------------------------------------------------------------
+def test_a_frame_is_cut_once_every_live_input_is_past_its_time_with_delay_as_the_bound():
+    c = Collector(cfg(trigger="camera", delay_s=0.05, lookahead_s=0.05, audio_rate=1600))
+    c.poll(T0 - 1.0)
+    for k in range(101):  # IMU at 100 Hz up to T0 - 0.01, 2 ms latency; audio in 0.1 s chunks up to T0 - 0.1
+        c.add_imu(T0 - 1.01 + 0.01 * k, np.zeros(3), np.zeros(3), received=T0 - 1.01 + 0.01 * k + 0.002)
+        if k % 10 == 0 and k < 100:
+            c.add_audio(T0 - 1.1 + 0.01 * k, np.zeros(160, np.float32), 1600, received=T0 - 1.0 + 0.01 * k + 0.002)
+        c.poll(T0 - 1.01 + 0.01 * k + 0.002)
+    c.add_lidar(T0 - 0.05, np.ones((4, 4), np.float32), received=T0 - 0.048)
+    c.add_image(T0, np.zeros((4, 6, 3), np.uint8), received=T0 + 0.002)
+    assert c.poll(T0 + 0.002) == []  # the IMU and the audio have not reached T0 yet
+    c.add_imu(T0, np.zeros(3), np.zeros(3), received=T0 + 0.002)
+    c.add_audio(T0 - 0.1, np.zeros(160, np.float32), 1600, received=T0 + 0.002)
+    # every live input is past T0 (the LiDAR: nothing stamped before T0 can still be in flight given its
+    # 2 ms latency): cut 5 ms after T0, not 50
+    (f,) = c.poll(T0 + 0.005)
+    assert f.stamp == T0 and all(f.present.values())
+    assert len(f.audio) == 1600 and f.imu.shape[0] >= 100  # whole windows up to the frame time
+    # a chunked stream (audio) whose next chunk is late holds the next frame, for delay_s at most
+    c.add_imu(T0 + 0.1, np.zeros(3), np.zeros(3), received=T0 + 0.102)
+    c.add_image(T0 + 0.1, np.zeros((4, 6, 3), np.uint8), received=T0 + 0.102)
+    assert c.poll(T0 + 0.12) == []
+    (f,) = c.poll(T0 + 0.15)
+    assert f.stamp == T0 + 0.1 and f.present[Modality.AUDIO]  # the audio up to T0, within its timeout
+
+
+def test_no_early_cut_right_after_the_start():
+    """The first frames wait delay_s: sensors that have not delivered yet are not known to exist."""
+    c = Collector(cfg(trigger="camera"))
+    c.add_image(T0, np.zeros((4, 6, 3), np.uint8), received=T0)
+    assert c.poll(T0) == []
+    c.add_imu(T0 + 0.01, np.zeros(3), np.zeros(3), received=T0 + 0.01)
+    (f,) = c.poll(T0 + 0.05)
+    assert f.present[Modality.IMU]
+
+
+def test_watermarks_cut_rate_ticks_early_with_windows_as_complete():
+    """Camera 15 Hz, LiDAR 10 Hz, IMU 200 Hz, 20 ms audio chunks, 1-3 ms latency; the 10 Hz rate trigger."""
+    rng = np.random.default_rng(0)
+    c = Collector(cfg(audio_rate=16000, imu_rate=200.0))
+    ev = []
+    for m, p in (("camera", 1 / 15), ("lidar", 0.1), ("imu", 0.005), ("audio", 0.02)):
+        for k in range(int(4.0 / p)):
+            t = T0 + k * p
+            ev.append((t + (p if m == "audio" else 0.0) + rng.uniform(0.001, 0.003), m, t))
+    ev.sort()
+    lat, frames, i = [], [], 0
+    for now in np.arange(T0, T0 + 4.0, 0.005):  # the node's worker polls every 5 ms
+        while i < len(ev) and ev[i][0] <= now:
+            r, m, t = ev[i]
+            i += 1
+            if m == "camera":
+                c.add_image(t, np.zeros((4, 4, 3), np.uint8), received=r)
+            elif m == "lidar":
+                c.add_lidar(t, np.ones((4, 4), np.float32), received=r)
+            elif m == "imu":
+                c.add_imu(t, np.zeros(3), np.zeros(3), received=r)
+            else:
+                c.add_audio(t, np.zeros(320, np.float32), 16000, received=r)
+        for f in c.poll(now):
+            lat.append(now - f.stamp)
+            frames.append(f)
+    lat = np.array(lat[25:])  # once the 2 s IMU window has filled
+    assert np.percentile(lat, 50) <= 0.006 and lat.max() <= 0.05 + 1e-9
+    late = frames[25:]
+    assert all(all(f.present.values()) for f in late)
+    assert all(f.imu.shape[0] == 400 for f in late) and all(len(f.audio) >= 15800 for f in late)

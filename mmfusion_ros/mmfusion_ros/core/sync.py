@@ -36,6 +36,9 @@ CLOCK_WINDOW = 15
 #: stale ones from before the loop.
 CLOCK_CONFIRM_MESSAGES = 3
 CLOCK_CONFIRM_S = 0.05
+#: Slack added to an input's largest recent receive latency before its watermark promises that everything
+#: stamped earlier has arrived.
+WATERMARK_MARGIN_S = 0.002
 #: Largest stamp magnitude accepted (ROS time is int32 seconds): beyond it float seconds lose the precision
 #: clock offsets are measured with.
 MAX_STAMP_S = 2.0 ** 32
@@ -59,8 +62,8 @@ class SyncConfig:
     imu_rate: float = 200.0  # model IMU rate, Hz: windows are resampled to it
     buffer_s: float = 5.0  # history kept per modality, behind its newest message
     max_messages: int = 16  # most camera images / LiDAR sweeps kept (older ones only help reordering)
-    lookahead_s: float = 0.05  # data stamped up to this long after the frame time still belongs to it
-    delay_s: float = 0.05  # a frame is emitted once now >= frame time + delay_s (lets late messages arrive)
+    lookahead_s: float = 0.05  # data stamped this long after the frame time, there when it is cut, belongs to it
+    delay_s: float = 0.05  # a frame is cut once every live input is past its time, at the latest at time + delay_s
     reset_jump_s: float = 1.0  # time going back by more than this (a bag looping) resets every buffer
     clock_offset_threshold_s: float = 1.0  # stamps off the receive clock by more than this (or timeout/2) get aligned
     frame_id: str = "base_link"  # frame_id of frames without a LiDAR sweep (a sweep's own frame_id wins)
@@ -196,6 +199,10 @@ class Collector:
         self._camera_info: Optional[CameraIntrinsics] = None
         self._counters: Dict[Modality, _Counters] = {m: _Counters() for m in SENSOR_MODALITIES}
         self._clocks: Dict[Modality, _SensorClock] = {m: _SensorClock() for m in SENSOR_MODALITIES}
+        # receive latency (received - stamp on the frame timeline) of each input's recent messages
+        self._lags: Dict[Modality, deque] = {m: deque(maxlen=CLOCK_WINDOW) for m in SENSOR_MODALITIES}
+        self._started: Optional[float] = None  # poll clock at the first poll with data (None again after a reset)
+        self._warmup = max(c.timeout(m) for m in SENSOR_MODALITIES)  # no early cuts this long after the start
         self._trigger = None if c.trigger == RATE_TRIGGER else Modality(c.trigger)
         self._pending: List[float] = []  # frame times of trigger messages waiting for their delay
         self._last_trigger: Optional[float] = None
@@ -282,6 +289,8 @@ class Collector:
         if self._last_now is not None and now < self._last_now - jump:
             self._reset(f"clock jumped back {self._last_now - now:.3f} s", now, by_clock=True)
         self._last_now = now if self._last_now is None else max(now, self._last_now)
+        if self._started is None and any(len(b) for b in self._buf.values()):
+            self._started = now
         self._advance(now)
         due = now - self.cfg.delay_s
         times: List[float] = []
@@ -294,8 +303,13 @@ class Collector:
             self._next_tick = max(self._next_tick, last_k - int(self.cfg.buffer_s * rate))
             times = [k / rate for k in range(self._next_tick, last_k + 1)]
             self._next_tick = max(self._next_tick, last_k + 1)
+            while self._next_tick / rate <= now and self._complete(self._next_tick / rate, now):
+                times.append(self._next_tick / rate)  # every live input is past it: no need to wait delay_s
+                self._next_tick += 1
         else:
             n = bisect.bisect_right(self._pending, due)
+            while n < len(self._pending) and self._complete(self._pending[n], now):
+                n += 1
             times, self._pending = self._pending[:n], self._pending[n:]
         frames = []
         for t in times:
@@ -305,6 +319,43 @@ class Collector:
                 continue
             frames.append(f)
         return frames
+
+    def _watermark(self, modality: Modality, now: float) -> Optional[float]:
+        """Time up to which this input's data is complete: its newest stamp (an audio chunk: its end), or for a
+        per-message input with known receive latency, `now` minus the largest recent latency (what was
+        stamped before that has arrived, as messages of one input arrive in order). None = no data."""
+        buf = self._buf[modality]
+        if not len(buf):
+            return None
+        if modality == Modality.AUDIO:  # a chunk's samples all arrive with its end: no earlier promise
+            mono, rate = buf.items[-1]
+            return buf.stamps[-1] + len(mono) / rate
+        wm = buf.newest
+        lags = self._lags[modality]
+        if lags:
+            wm = max(wm, now - max(lags) - WATERMARK_MARGIN_S)
+        return wm
+
+    def _complete(self, t: float, now: float) -> bool:
+        """True when every live input (data within its timeout of `t`) has delivered everything up to `t`:
+        its watermark is past the frame time, so the frame is cut now instead of at t + delay_s (data stamped
+        within lookahead_s after `t` that has already arrived still belongs to it; none is waited for)."""
+        limit = t
+        if self._started is None or now < self._started + self._warmup:
+            return False  # just started (or reset): wait delay_s until every sensor that is there has been seen
+        live = False
+        for m in SENSOR_MODALITIES:
+            buf = self._buf[m]
+            newest = buf.newest
+            if newest is None:
+                continue
+            end = newest + (len(buf.items[-1][0]) / buf.items[-1][1] if m == Modality.AUDIO else 0.0)
+            if end < t - self.cfg.timeout(m):
+                continue  # stale or gone: it does not hold the frame (it is left out of it anyway)
+            live = True
+            if self._watermark(m, now) < limit:
+                return False
+        return live
 
     def frame_at(self, t: float) -> Optional[SensorFrame]:
         """The frame for reference time `t` from what is buffered now (no trigger bookkeeping), or None."""
@@ -439,6 +490,8 @@ class Collector:
             cnt.dropped_old += 1
             return False
         cnt.received += 1
+        if received is not None:  # how late this input's messages arrive (for its watermark)
+            self._lags[modality].append(max(float(received) - extent - stamp, 0.0))
         self._advance(stamp)
         if status == "out_of_order":
             cnt.out_of_order += 1
@@ -465,6 +518,7 @@ class Collector:
         self._last_trigger = None
         self._next_tick = None
         self._last_now = None
+        self._started = None
         if why is not None and self._jump is None:
             self._jump = (at, by_clock)
             self._progress = at
