@@ -142,8 +142,8 @@ SYNC_ROWS: Dict[str, Dict[str, Any]] = {
     "buffer_s": dict(min=0.0, min_exclusive=True),
     "max_messages": dict(min=1, max=1000),
     "lookahead_s": dict(min=0.0, max=1.0),
-    "delay_s": dict(description="seconds a frame waits past its time for late messages (audio chunks, IMU) before "
-                    "it is fused: lower cuts latency, too low leaves the newest audio/IMU out of the window",
+    "delay_s": dict(description="longest a frame waits past its time: it is cut as soon as every live input has "
+                    "delivered data past it (a watermark per input), at the latest after this",
                     min=0.0, max=1.0),
     "reset_jump_s": dict(min=0.0, min_exclusive=True),
     "clock_offset_threshold_s": dict(min=0.0, min_exclusive=True),
