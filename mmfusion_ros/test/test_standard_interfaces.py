@@ -334,3 +334,34 @@ def test_camera_info_with_binning_matches_binned_images_in_the_collector():
     """With binning 2 the image is half the CameraInfo size: the intrinsics now fit it."""
     intr = conv.camera_info_to_intrinsics(_info((2, 2)))
     assert (intr.width, intr.height) == (640, 360)
+
+
+def test_replay_plays_audio_common_and_tf_topics_with_their_classes(tmp_path):
+    """`mmfusion replay` publishes each bag topic with its recorded type: the audio_common types and TF too."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from tf2_msgs.msg import TFMessage
+
+    from mmfusion_ros.ros.bag_io import typestore
+    from mmfusion_ros.ros.replay import ReplayOptions, _open_reader, plan_topics
+
+    ts = typestore()
+    bag = tmp_path / "bag"
+    with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        for topic, typ, msg in [
+                ("/audio/audio", AUDIO_TYPES[1], conv.array_to_audio_stamped(tone(160), 16000, stamp=1.0)),
+                ("/mic2/audio", AUDIO_TYPES[2], conv.array_to_audio_data_stamped(tone(160), stamp=1.0)),
+                ("/mic2/audio_info", "audio_common_msgs/msg/AudioInfo", conv.audio_common_info(16000, 1)),
+                ("/tf_static", "tf2_msgs/msg/TFMessage", TFMessage())]:
+            c = w.add_connection(topic, typ, typestore=ts)
+            w.write(c, 1_000_000_000, _cdr(msg))
+    warnings = []
+    reader = _open_reader(bag)
+    reader.open()
+    try:
+        plans = plan_topics(reader, ReplayOptions(bag=bag), warnings.append)
+    finally:
+        reader.close()
+    assert warnings == []
+    assert {p.topic: p.msg_class.__name__ for p in plans} == {
+        "/audio/audio": "AudioStamped", "/mic2/audio": "AudioDataStamped", "/mic2/audio_info": "AudioInfo",
+        "/tf_static": "TFMessage"}

@@ -162,7 +162,7 @@ class FusionNode(Node):
             self._pubs[name] = self.create_lifecycle_publisher(msg_class(OUTPUTS[name].msgtype), topic, output_qos())
         for name, spec in OPTIONAL_OUTPUTS.items():  # published where the package is installed
             topic = values[f"topics.{name}"]
-            if not topic:
+            if not topic or not factory.objects_wanted(values):  # (only detections: objects are computed)
                 continue
             why = type_available(spec.msgtype)
             if why is not None:
@@ -182,7 +182,7 @@ class FusionNode(Node):
         self._diag_timer = self.create_timer(values["diagnostics.period_s"], self._publish_diagnostics,
                                              clock=self._steady)
         self._set_state("inactive")
-        used = [f"{n}={values['topics.' + n]}" for n in INPUTS if values["topics." + n]]
+        used = [f"{n}={t}" for n, t in input_topics(values).items()]
         self.get_logger().info(f"configured: inputs {', '.join(used)}")
         return TransitionCallbackReturn.SUCCESS
 
