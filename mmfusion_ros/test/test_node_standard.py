@@ -1,7 +1,7 @@
 """The fusion node as its own process in a graph of standard driver messages: audio_common_msgs audio
 (AudioStamped; AudioDataStamped with AudioInfo), extrinsics from a /tf_static publisher (and the YAML
 fallback when the tree lacks the transform, with a WARN), vision_msgs/Detection3DArray out (and nobody
-subscribing to it), and an unknown audio type string. The interface packages are the test stand-ins of
+subscribing to it; vision_msgs hidden from the node), and an unknown audio type string. The interface packages are the test stand-ins of
 test_interfaces/ (scripts/bootstrap.sh builds them into the venv).
 """
 
@@ -247,3 +247,29 @@ def test_unknown_audio_type_fails_configure_and_names_the_accepted_types(ros_con
     finally:
         node.destroy_node()
         stop_node(proc)
+
+
+def test_without_vision_msgs_the_node_says_so_and_publishes_the_rest(ros_context, random_model_dir, tmp_path,
+                                                                      monkeypatch):
+    hide = tmp_path / "hide"
+    (hide / "vision_msgs").mkdir(parents=True)
+    (hide / "vision_msgs" / "__init__.py").write_text("raise ImportError('vision_msgs hidden by the test')\n")
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", str(hide) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc, log, g = _run(ros_context, random_model_dir, tmp_path, "/std4", "AudioStamped", "lidar", "camera",
+                        [], detections=True)
+    try:
+        try:
+            g.spin_until(lambda: len(g.perception) >= 3 or proc.poll() is not None, 60, "perception")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; node log:\n{log.read_text()[-3000:]}") from None
+        assert proc.poll() is None, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "mmfusion/detections (vision_msgs/msg/Detection3DArray) is not published: vision_msgs is not " \
+               "installed" in text
+        assert not g.detections
+    finally:
+        g.close()
+        stop_node(proc)
+    assert proc.returncode == 0, log.read_text()[-2000:]

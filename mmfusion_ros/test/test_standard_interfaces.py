@@ -365,3 +365,31 @@ def test_replay_plays_audio_common_and_tf_topics_with_their_classes(tmp_path):
     assert {p.topic: p.msg_class.__name__ for p in plans} == {
         "/audio/audio": "AudioStamped", "/mic2/audio": "AudioDataStamped", "/mic2/audio_info": "AudioInfo",
         "/tf_static": "TFMessage"}
+
+
+def test_binned_camera_keeps_its_camera_labels():
+    """Binning 2: the image is half the sensor size; the intrinsics now fit it, so crops are labelled."""
+    from mmfusion_ros.bench.perception import SceneBox, make_sweep
+    from mmfusion_ros.core.perception import Perception, load_extrinsics
+    from mmfusion_ros.core.types import CameraIntrinsics
+    from mmfusion_ros.ros.params import extrinsics_file
+
+    car = SceneBox("car", np.array([8.0, 0.0, -1.7 + 0.75]), np.array([4.3, 1.8, 1.5]), 0.0)
+    pts, _ = make_sweep(beams=16, columns=512, seed=0, boxes=[car], max_range=30.0)
+    T = load_extrinsics(extrinsics_file(""))
+    image = np.full((360, 640, 3), 128, np.uint8)  # what a 1280x720 sensor publishes with binning 2
+    prompts, emb = ["a car", "a person"], np.eye(384)[:2]
+
+    def embed(crops):
+        return np.tile(emb[:1], (len(crops), 1))
+
+    stats = {}
+    for name, camera in (("binned", conv.camera_info_to_intrinsics(_info((2, 2)))),
+                         ("full", CameraIntrinsics(1280, 720, np.asarray(_info().k, float).reshape(3, 3)))):
+        per = Perception()
+        per.process(pts, 0.0, image=image, camera=camera, T_cam_lidar=T, embed_crops=embed,
+                    prompt_embeddings=emb, prompts=prompts)
+        stats[name] = dict(per.stats)
+    assert stats["full"].get("camera_skipped_size_mismatch", 0) == 1  # what ignoring binning gave
+    assert stats["binned"].get("camera_skipped_size_mismatch", 0) == 0
+    assert stats["binned"]["crops_labelled"] >= 1
