@@ -59,6 +59,7 @@ class Backend(abc.ABC):
         self.text_encoder = text_encoder
         self._memory: Optional[np.ndarray] = None  # (M, D) caption memory, loaded on first caption()
         self._memory_kinds: Optional[List[str]] = None  # (M,) clause kinds of each memory entry, when recorded
+        self._memory_cut: Optional[List[str]] = None  # (M,) the kinds each entry was cut for (grounded memory)
         self._memory_loaded = False
 
     # --- what an engine implements -------------------------------------------------------------
@@ -167,13 +168,20 @@ class Backend(abc.ABC):
         return detokenize(ids, self.manifest.vocab), (float(np.mean(probs)) if probs else 0.0)
 
     def _memory_allowed(self, kinds: Optional[Sequence[str]]) -> Optional[np.ndarray]:
-        """(M,) bool: memory entries whose clause kinds all lie within `kinds`; None = no restriction."""
+        """(M,) bool: the memory entries a frame observing clause `kinds` may be projected onto; None = all.
+
+        A grounded memory records per entry the kinds it was cut for ("cut"): the frame gets exactly the cut
+        for its kinds, as in training. Without "cut", entries whose own kinds lie within `kinds`."""
         if kinds is None or self._memory_kinds is None:
             return None
         key = frozenset(kinds)
         cache = self.__dict__.setdefault("_allowed_cache", {})
         if key not in cache:
-            cache[key] = np.array([set(k.split("+")) <= key if k else False for k in self._memory_kinds], bool)
+            if self._memory_cut is not None:
+                want = "+".join(sorted(key))
+                cache[key] = np.array([c == want for c in self._memory_cut], bool)
+            else:
+                cache[key] = np.array([set(k.split("+")) <= key if k else False for k in self._memory_kinds], bool)
         return cache[key]
 
     def caption_memory(self) -> Optional[np.ndarray]:
@@ -189,6 +197,7 @@ class Backend(abc.ABC):
                         mem = np.asarray(z["embeddings"], np.float32)  # (M, D)
                         # "kinds": per entry, its clause kinds joined by "+" (a grounded memory); absent in older bundles
                         self._memory_kinds = [str(k) for k in z["kinds"]] if "kinds" in z else None
+                        self._memory_cut = [str(k) for k in z["cut"]] if "cut" in z else None
                 except (OSError, KeyError, ValueError) as e:
                     raise ValueError(f"{path}: cannot read the caption memory named in manifest.json: {e}") from e
                 if mem.ndim != 2 or mem.shape[1] != self.manifest.embed_dim or len(mem) == 0:

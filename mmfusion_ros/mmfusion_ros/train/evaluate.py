@@ -25,6 +25,7 @@ import torch
 from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.model.checkpoint import load_checkpoint
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel
+from mmfusion_ros.core.observability import observable_kinds
 from mmfusion_ros.model.prompts import default_prompts
 from mmfusion_ros.model.text import TextEmbedder
 from mmfusion_ros.train import metrics as M
@@ -99,9 +100,12 @@ class Evaluator:
             self.prompt_emb = self.embedder.encode([p["text"] for p in self.prompts])  # (C, 384)
         mem = self.root / str(self.info.get("metadata", {}).get("caption_memory_file", "caption_memory.npz"))
         self.memory = None
+        self.memory_cut = self.memory_kinds = None
         if mem.is_file():
             z = np.load(mem)
             self.memory = z["embeddings"].astype(np.float32)  # (M, 384)
+            self.memory_cut = [str(c) for c in z["cut"]] if "cut" in z else None  # grounded memory (trainer)
+            self.memory_kinds = [str(c) for c in z["kinds"]] if "kinds" in z else None
         meta = self.info.get("metadata", {})
         thr = dict(meta.get("event_thresholds", {}))
         # a bundle: score with the thresholds the runtime uses (export may have overridden them)
@@ -133,12 +137,25 @@ class Evaluator:
         return _np(self.model.fusion(t * p.unsqueeze(-1), p)[0])  # (N, 384)
 
     @torch.no_grad()
-    def caption(self, emb: np.ndarray, project: bool) -> List[str]:
+    def memory_rows(self, modalities: Sequence[str]) -> np.ndarray:
+        """(M,) bool: the memory entries a frame fused from `modalities` is projected onto, as the runtime
+        backend chooses them (runtime/backend.py `_memory_allowed`)."""
+        kinds = set(observable_kinds(modalities))
+        if self.memory_cut is not None:
+            want = "+".join(sorted(kinds))
+            return np.array([c == want for c in self.memory_cut], bool)
+        if self.memory_kinds is not None:
+            return np.array([bool(k) and set(k.split("+")) <= kinds for k in self.memory_kinds], bool)
+        return np.ones(len(self.memory), bool)
+
+    def caption(self, emb: np.ndarray, project: bool, modalities: Sequence[str] = SENSOR_KEYS) -> List[str]:
         """Greedy captions; with project, each embedding is first replaced by its nearest caption
-        memory entry (the decoder was trained on text embeddings, which that memory holds)."""
+        memory entry among those the `modalities` may be projected onto (the decoder was trained on text
+        embeddings, which that memory holds)."""
         e = emb
         if project and self.memory is not None:
-            e = self.memory[np.argmax(emb @ self.memory.T, axis=1)]  # (N, 384)
+            sims = np.where(self.memory_rows(modalities)[None], emb @ self.memory.T, -np.inf)  # (N, M)
+            e = self.memory[np.argmax(sims, axis=1)]  # (N, 384)
         out = []
         for s in range(0, len(e), 256):
             ids = self.model.caption_decoder.greedy(torch.from_numpy(np.ascontiguousarray(e[s:s + 256])))
@@ -183,7 +200,8 @@ class Evaluator:
                 out[k] = self._greedy_with_confidence(f)
             return out
         mem = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
-        near = {k: np.argmax(f @ mem.T, axis=1) for k, f in fused_by.items()}
+        near = {k: np.argmax(np.where(self.memory_rows(k.split("+"))[None], f @ mem.T, -np.inf), axis=1)
+                for k, f in fused_by.items()}
         uniq = np.unique(np.concatenate(list(near.values())))
         texts, conf = self._greedy_with_confidence(mem[uniq])
         pos = {int(u): i for i, u in enumerate(uniq)}
@@ -332,7 +350,7 @@ class Evaluator:
         for name, e, proj in variants:
             if proj and self.memory is None:
                 continue
-            hyp = self.caption(e, proj)
+            hyp = self.caption(e, proj, ["camera"] if name.startswith("camera") else SENSOR_KEYS)
             objs = [M.mentions(h, OBJECT_WORDS) for h in hyp]
             snds = [M.mentions(h, SOUND_WORDS) for h in hyp]
             t4.append({"source": name, "BLEU-4": M.bleu4(hyp, refs), "CIDEr": M.cider(hyp, refs),

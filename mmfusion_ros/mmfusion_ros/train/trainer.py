@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -183,6 +183,28 @@ class CaptionTable:
         """(B, B) bool: text tid[j] is one of sample idx[i]'s phrasings (or facts), so not a negative for it."""
         allowed = [set(self.sample_ids[i]) | (set(self.fact_ids[facts][i]) if facts else set()) for i in idx]
         return np.array([[t in a for t in tid.tolist()] for a in allowed], bool)
+
+
+def grounded_memory(texts: Sequence[str], vocab: Vocab, embedder: TextEmbedder) -> Dict[str, np.ndarray]:
+    """The caption memory of a grounded model: every caption cut to each combination of clause kinds.
+
+    Per entry: its text, its embedding, `cut` (the kinds the cut asked for, "+"-joined: the runtime projects a
+    frame only onto entries cut for exactly the kinds its modalities observe, as training conditioned the
+    decoder) and `kinds` (the kinds the text has; a silent scene's full cut has no sound clause). Captions
+    with words outside the decoder's vocabulary are left out: projecting onto one would publish <unk>."""
+    rows: Dict[tuple, None] = {}
+    nk = len(CAPTION_KINDS)
+    for t in texts:
+        for bits in range(1, 1 << nk):
+            kinds = [k for i, k in enumerate(CAPTION_KINDS) if bits >> i & 1]
+            v = select_clauses(t, kinds, reword=False)
+            if v and all(w in vocab.index for w in tokenize(v)):
+                rows.setdefault((v, "+".join(sorted(kinds))), None)
+    keys = sorted(rows)
+    vt = [v for v, _ in keys]
+    return {"texts": np.array(vt), "cut": np.array([c for _, c in keys]),
+            "kinds": np.array(["+".join(sorted({k for k, _ in caption_clauses(v)})) for v in vt]),
+            "embeddings": embedder.encode(vt).astype(np.float16)}
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -609,19 +631,7 @@ class Trainer:
                 idx = [self.captions.texts.index(t) for t in texts]
                 np.savez(self.out / name, texts=np.array(texts), embeddings=self.captions.emb[idx].astype(np.float16))
                 return name
-            cut: Dict[str, str] = {}
-            nk = len(CAPTION_KINDS)
-            for t in texts:
-                for bits in range(1, 1 << nk):
-                    kinds = [k for i, k in enumerate(CAPTION_KINDS) if bits >> i & 1]
-                    v = select_clauses(t, kinds, reword=False)
-                    if any(w not in self.vocab.index for w in tokenize(v)):
-                        continue  # the decoder cannot spell it: projecting onto it would publish <unk>
-                    if v and v not in cut:
-                        cut[v] = "+".join(sorted({k for k, _ in caption_clauses(v)}))
-            vt = sorted(cut)
-            np.savez_compressed(self.out / name, texts=np.array(vt), kinds=np.array([cut[v] for v in vt]),
-                     embeddings=self.embedder.encode(vt).astype(np.float16))
+            np.savez_compressed(self.out / name, **grounded_memory(texts, self.vocab, self.embedder))
         return name
 
     def fit_familiarity(self) -> Optional[dict]:
