@@ -262,3 +262,29 @@ def test_sim_bag_without_a_sensor_says_nothing_that_sensor_observes(sim_bag, rep
         assert all({"person_approaching", "crossing_path", "collision_imminent"} <= set(m.unobservable)
                    for m in res["events"])
         assert all(not m.labels or set(m.modalities_used) & {"audio"} for m in res["perception"])
+
+
+def test_runtime_projects_only_onto_the_cut_for_the_observable_kinds(random_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from mmfusion_ros.runtime import create_backend
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(random_model_dir, bundle)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((3, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    np.savez(bundle / "mem.npz", texts=np.array(["a", "b", "c"]), embeddings=emb.astype(np.float16),
+             cut=np.array(["ego+objects+sounds", "ego", "sounds"]), kinds=np.array(["ego+objects", "ego", "sounds"]))
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["caption_memory"] = "mem.npz"
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    b = create_backend(bundle, "onnxruntime")
+    assert b._memory_allowed(["ego"]).tolist() == [False, True, False]
+    assert b._memory_allowed(["ego", "objects", "sounds"]).tolist() == [True, False, False]
+    assert b._memory_allowed(["objects"]).tolist() == [False, False, False]
+    assert b.caption(emb[0], kinds=["objects"]) == ("", 0.0)  # nothing cut for it: say nothing
+    text, _ = b.caption(emb[0], kinds=["ego"])  # decodes entry "b" whatever the query is closest to
+    assert isinstance(text, str)
+    b.close()

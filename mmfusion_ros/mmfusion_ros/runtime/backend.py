@@ -172,6 +172,7 @@ class Backend(abc.ABC):
 
         A grounded memory records per entry the kinds it was cut for ("cut"): the frame gets exactly the cut
         for its kinds, as in training. Without "cut", entries whose own kinds lie within `kinds`."""
+        self.caption_memory()  # loads the memory and its per-entry kinds on first use
         if kinds is None or self._memory_kinds is None:
             return None
         key = frozenset(kinds)
