@@ -55,3 +55,14 @@ def random_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("random_model")
     write_random_bundle(out, seed=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def ros_context():
+    """One rclpy context per test module that talks to node processes (its own, so modules don't share state)."""
+    import rclpy
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)

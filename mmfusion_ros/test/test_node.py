@@ -170,14 +170,6 @@ def stamp(header) -> float:
 
 
 @pytest.fixture(scope="module")
-def ros_context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
-@pytest.fixture(scope="module")
 def node_process(random_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "fusion_node.log"
     # camera-triggered frames: each output's stamp is exactly the stamp of one published image

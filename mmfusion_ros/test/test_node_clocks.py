@@ -59,14 +59,6 @@ class FaultyHarness(Harness):
 
 
 @pytest.fixture(scope="module")
-def ros_context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
-@pytest.fixture(scope="module")
 def h(ros_context, random_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "fusion_node.log"
     proc = start_node(random_model_dir, "-p", "diagnostics.period_s:=0.2", "-p", "perception.enabled:=false",

@@ -25,14 +25,6 @@ def _text_encoder_present() -> bool:
 
 
 @pytest.fixture(scope="module")
-def ros_context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
-@pytest.fixture(scope="module")
 def h(ros_context, random_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("prompts") / "fusion_node.log"
     proc = start_node(random_model_dir, "-p", "sync.trigger:=camera", "-p", "diagnostics.period_s:=0.2",

@@ -137,14 +137,6 @@ def _tf(parent: str, child: str, xyz, yaw: float = 0.0, pitch: float = 0.0) -> T
     return t
 
 
-@pytest.fixture(scope="module")
-def ros_context():
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-
-
 def _run(ctx, model_dir, tmp_path, ns, audio_type, lidar_frame, camera_frame, tf, detections):
     log = tmp_path / f"{ns.strip('/')}.log"
     proc = start_node(model_dir, "-p", f"types.audio:={audio_type}", "-p", "sync.trigger:=camera",
