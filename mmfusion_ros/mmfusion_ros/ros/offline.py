@@ -26,7 +26,7 @@ from mmfusion_ros.core.sync import Collector, SyncConfig
 from mmfusion_ros.core.types import SENSOR_MODALITIES, Modality
 from mmfusion_ros.ros import conversions as conv
 from mmfusion_ros.ros import params as P
-from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS, InputFeeder, norm_topic, route_connections
+from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS, InputFeeder, norm_topic, open_bag, route_connections
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +180,13 @@ class Summary:
 
 
 def _open_reader(bag: Path):
-    from rosbags.highlevel import AnyReader
-
-    from mmfusion_ros.ros.bag_io import typestore
-
-    if not bag.exists():
-        raise BagError(f"{bag}: no such file or folder")
+    """inputs.open_bag, with its errors as BagError (exit code "unreadable input")."""
     try:
-        reader = AnyReader([bag], default_typestore=typestore())
-        reader.open()
-    except Exception as e:  # noqa: BLE001 - rosbags raises several types for unreadable bags
-        raise BagError(f"{bag}: cannot be read as a rosbag2 or ROS 1 bag ({type(e).__name__}: {e})") from None
-    return reader
+        return open_bag(bag)
+    except FileNotFoundError:
+        raise BagError(f"{bag}: no such file or folder") from None
+    except ValueError as e:
+        raise BagError(str(e)) from None
 
 
 def _route(reader, values: Dict[str, Any], opts: OfflineOptions, summary: Summary) -> Dict[int, str]:
