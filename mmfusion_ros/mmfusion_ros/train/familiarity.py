@@ -18,7 +18,7 @@ from mmfusion_ros.core.familiarity import UNFAMILIAR_BELOW, Familiarity, Modalit
 
 FILE = "familiarity.npz"
 
-def fit_modality(modality: str, train_x: np.ndarray, holdout_x: np.ndarray, bank_size: int = 2048, k: int = 10,
+def fit_modality(modality: str, train_x: np.ndarray, holdout_x: np.ndarray, bank_size: int = 1024, k: int = 10,
                  quantile: float = 0.995, seed: int = 0) -> ModalityStats:
     """Training-scene inputs fill the bank; inputs of other scenes of the same world (`holdout_x`, e.g. the val
     split) set the threshold, so a new scene of the familiar world is not called unfamiliar."""
@@ -36,7 +36,7 @@ def fit_modality(modality: str, train_x: np.ndarray, holdout_x: np.ndarray, bank
 
 
 def fit(train_inputs: Mapping[str, np.ndarray], holdout_inputs: Mapping[str, np.ndarray], out_dir,
-        bank_size: int = 2048, k: int = 10, quantile: float = 0.995, seed: int = 0, source: str = "") -> dict:
+        bank_size: int = 1024, k: int = 10, quantile: float = 0.995, seed: int = 0, source: str = "") -> dict:
     """Fit every modality with data ({modality: (N, ...) model inputs}), write <out_dir>/familiarity.npz and
     return the manifest entry ("familiarity")."""
     arrays: Dict[str, np.ndarray] = {}
