@@ -309,6 +309,9 @@ def _rss_sampler(pid: int, stop: threading.Event, peak: list) -> None:
 #: node parameters of the extra "reliable inputs" run (the large messages: camera image and LiDAR sweep)
 RELIABLE_INPUTS = ["qos.lidar.reliability:=reliable", "qos.image.reliability:=reliable"]
 SHORT_DELAY = ["sync.delay_s:=0.02"]
+#: ... and of the "input depth 5" run: a sweep or image that arrives while the executor is still busy with the
+#: previous one waits in a queue of 5 instead of replacing it (tells executor starvation from transport loss)
+DEEP_QUEUES = ["qos.lidar.depth:=5", "qos.image.depth:=5"]
 
 
 def _start_node(model_dir: Path, env: dict, log_path: Path, sim_time: bool,
@@ -381,8 +384,10 @@ def run(quick: bool) -> List[dict]:
             # a fresh node per rate: it runs on the bag's /clock, which restarts with every replay
             # plus, in a full run, 1x again with reliable QoS on the two large inputs (what it changes)
             # and 1x with a shorter sync delay (the latency it buys)
-            runs = [(f, None, "") for f in factors] + ([] if quick else [(1.0, RELIABLE_INPUTS, "reliable inputs"),
-                                                                         (1.0, SHORT_DELAY, "sync.delay_s 0.02")])
+            variants = [(1.0, RELIABLE_INPUTS, "reliable inputs"), (1.0, DEEP_QUEUES, "input depth 5"),
+                        (1.0, SHORT_DELAY, "sync.delay_s 0.02")]
+            with_variants = not quick or os.environ.get("MMFUSION_BENCH_GRAPH_VARIANTS") == "1"
+            runs = [(f, None, "") for f in factors] + (variants if with_variants else [])
             for f, extra, label in runs:
                 node = _start_node(model_dir, env, log_path, sim_time=True, extra=extra)
                 stop = threading.Event()
@@ -444,7 +449,8 @@ def run(quick: bool) -> List[dict]:
              f"machine, not the node, was saturated). 'Sweeps the node received' is the node's own /diagnostics "
              f"count: a sweep sent but not received never reached its LiDAR callback, so it cannot be fused. "
              f"The '(reliable inputs)' row reruns 1x with node parameters {' '.join(RELIABLE_INPUTS)} "
-             f"(default: best_effort), which shows whether those losses happen in transport; the "
+             f"(default: best_effort), which shows whether those losses happen in transport; the '(input depth 5)' row reruns 1x "
+             f"with {' '.join(DEEP_QUEUES)}, which shows whether they happen because the executor was busy; the "
              f"'(sync.delay_s 0.02)' row reruns 1x with frames waiting 20 ms instead of 50 ms for late audio/IMU "
              f"messages, which is most of the latency left.")
     node_info = results[-1].get("node", {}) if results else {}
