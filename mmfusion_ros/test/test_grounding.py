@@ -288,3 +288,20 @@ def test_runtime_projects_only_onto_the_cut_for_the_observable_kinds(random_mode
     text, _ = b.caption(emb[0], kinds=["ego"])  # decodes entry "b" whatever the query is closest to
     assert isinstance(text, str)
     b.close()
+
+
+def test_labels_read_the_mean_of_the_label_sensors_not_the_imu():
+    from mmfusion_ros.core.observability import label_embedding
+
+    rng = np.random.default_rng(0)
+    tok = rng.standard_normal((4, 384)).astype(np.float32)  # camera, lidar, audio, imu
+    fused = rng.standard_normal(384).astype(np.float32)
+    e = label_embedding(tok, ["camera", "audio", "imu"], fused, "mean")
+    want = (tok[0] + tok[2]) / 2
+    np.testing.assert_allclose(e, want / np.linalg.norm(want), rtol=1e-5)  # the IMU is left out
+    assert label_embedding(tok, ["imu"], fused, "mean") is None  # nothing that can observe a class
+    assert label_embedding(tok, ["camera"], fused, "fused") is fused
+    with pytest.raises(ValueError, match="label fusion"):
+        label_embedding(tok, ["camera"], fused, "median")
+    with pytest.raises(ValueError, match="label_fusion"):
+        PipelineConfig(label_fusion="median").validate()

@@ -20,7 +20,8 @@ import numpy as np
 from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
 from mmfusion_ros.core.familiarity import Familiarity
-from mmfusion_ros.core.observability import event_mask, grounded_caption, label_modalities, observable_kinds
+from mmfusion_ros.core.observability import (LABEL_FUSIONS, event_mask, grounded_caption, label_embedding,
+                                             observable_kinds)
 from mmfusion_ros.core.preprocess import PreprocessConfig, model_inputs, preprocess_image
 from mmfusion_ros.core.types import EMBED_DIM, SENSOR_MODALITIES, DetectedObject, FusionResult, SensorFrame
 
@@ -38,6 +39,7 @@ class PipelineConfig:
     event_alpha: float = 0.5  # EMA weight of the newest event probabilities
     event_off_ratio: float = 0.7  # event off-threshold as a fraction of its on-threshold
     enable_perception: bool = True  # run the perception hook (3D objects) when one is given and LiDAR is present
+    label_fusion: str = "mean"  # scene labels from the "mean" of the used label sensors' embeddings, or the attention-"fused" one
 
     def validate(self) -> "PipelineConfig":
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -54,6 +56,8 @@ class PipelineConfig:
         if s is not None and (not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0):
             raise ValueError(f"pipeline.event_history_step: must be a finite number > 0, got {s!r}")
         EventTrackerConfig(alpha=self.event_alpha, off_ratio=self.event_off_ratio).validate()
+        if self.label_fusion not in LABEL_FUSIONS:
+            raise ValueError(f"pipeline.label_fusion: must be one of {LABEL_FUSIONS}, got {self.label_fusion!r}")
         return self
 
 
@@ -210,7 +214,7 @@ class Pipeline:
             weights = np.zeros(len(SENSOR_MODALITIES), np.float32)
         t = timer.add("fuse", t)
 
-        labels = self._labels(fused, used)
+        labels = self._labels(label_embedding(tokens[0], used, fused, self.cfg.label_fusion), used)
         t = timer.add("labels", t)
 
         caption, conf, cap_mods = self._grounded_caption(fused, used, timer)
@@ -308,11 +312,13 @@ class Pipeline:
         return np.asarray(self.backend.encode("camera", batch), np.float32)  # (B, D)
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _labels(self, fused: np.ndarray, used: Sequence[str]) -> List[tuple]:
-        """Top-k prompts for the fused embedding; none when no used modality can observe scene labels.
-        Scores are calibrated probabilities for the frame's presence subset when the bundle has them."""
-        if len(self.prompts) == 0 or self.cfg.top_k == 0 or not label_modalities(used):
+    def _labels(self, emb: Optional[np.ndarray], used: Sequence[str]) -> List[tuple]:
+        """Top-k prompts for the label embedding (core/observability.label_embedding); none when no used
+        modality can observe scene labels (emb None). Scores are calibrated probabilities for the frame's
+        presence subset when the bundle has them."""
+        if len(self.prompts) == 0 or self.cfg.top_k == 0 or emb is None:
             return []
+        fused = emb
         cos = self.prompt_embeddings @ fused  # (P,)
         z = self.logit_scale * cos / self.cfg.label_temperature
         p = np.exp(z - z.max())

@@ -41,8 +41,9 @@ import numpy as np
 
 from mmfusion_ros.core.calibration import FORMAT_VERSION, Calibration, apply_knots, knots_to_json
 from mmfusion_ros.core.events import STATE_START, EventTracker, EventTrackerConfig
-from mmfusion_ros.core.observability import (EVENT_OBSERVERS, caption_clauses, grounded_caption, observable,
-                                             subset_key)
+from mmfusion_ros.core.observability import (EVENT_OBSERVERS, caption_clauses, grounded_caption, label_embedding,
+                                             observable, subset_key)
+from mmfusion_ros.core.pipeline import PipelineConfig
 
 SENSORS = ["camera", "lidar", "audio", "imu"]
 STRICT = 2e-3  # slope mixed into every fitted map so it is strictly increasing
@@ -353,7 +354,10 @@ def collect(evaluator, split, subsets: Optional[Sequence[Tuple[str, ...]]] = Non
         mask = [1.0 if m in used else 0.0 for m in SENSORS]
         fused = evaluator.fuse(tokens, mask)  # (N, D)
         fused_by[key] = fused
-        probs = softmax_labels(fused, evaluator.prompt_emb, evaluator.logit_scale)
+        lab = label_embedding(tokens, used, fused, PipelineConfig().label_fusion)  # what the pipeline labels
+        if lab is None:  # no label sensor: the pipeline publishes no labels; kept for the ungated view
+            lab = fused
+        probs = softmax_labels(lab, evaluator.prompt_emb, evaluator.logit_scale)
         truth = observable_truth(seen, heard, used)  # (N, C)
         right = np.zeros(probs.shape, bool)
         ok = pc >= 0

@@ -230,7 +230,7 @@ class Evaluator:
         return EvalContext(sp, tokens, self.fuse(tokens, [1, 1, 1, 1]), gal, canon, first)
 
     def run(self, data, split: str = "test", upper_bound: Optional[str] = None, max_samples: int = 0,
-            figures_dir=None, real_data=None, tables: Sequence[str] = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"),
+            figures_dir=None, real_data=None, tables: Sequence[str] = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"),
             log: Callable[[str], None] = lambda m: None) -> dict:
         """Every table on one split. figures_dir: where T6 writes its reliability diagrams (PNG);
         real_data: the folder of real recordings for T8 (default ../shared/data when present)."""
@@ -245,7 +245,8 @@ class Evaluator:
                  ("T5", "T5_events", lambda: self.t5_events(ctx)),
                  ("T6", "T6_calibration", lambda: self.t6_calibration(ctx, figures_dir)),
                  ("T7", "T7_unsupported_claims", lambda: self.t7_unsupported(ctx)),
-                 ("T8", "T8_familiarity", lambda: self.t8_familiarity(ctx, real_data))]
+                 ("T8", "T8_familiarity", lambda: self.t8_familiarity(ctx, real_data)),
+                 ("T9", "T9_fusion_variants", lambda: self.t9_fusion_variants(ctx))]
         for tag, key, fn in steps:
             if tag in tables:
                 t0 = time.time()
@@ -254,6 +255,44 @@ class Evaluator:
                     res[key] = out
                 log(f"{tag} {time.time() - t0:.1f} s")
         return res
+
+    def t9_fusion_variants(self, ctx: EvalContext) -> dict:
+        """Zero-shot top-1 of ways to combine the same per-sensor embeddings, side by side on one split: the
+        shipped attention fusion, the mean of the present embeddings (ImageBind's embedding arithmetic), late
+        fusion as a product of experts (sum of each sensor's log-softmax over the prompts), and each of the
+        latter two over only the sensors that can observe the object class (core/observability.py "labels").
+        The pipeline's `label_fusion: mean` is the "mean of embeddings, label sensors only" row."""
+        from mmfusion_ros.core.observability import label_modalities
+
+        labels = ctx.arrays["class_id"].astype(np.int64)
+        scene = ctx.arrays["scene_id"]
+        tok = ctx.tokens  # (N, 4, D)
+        P = self.prompt_emb  # (C, D)
+
+        def row(name, scores):  # scores (N, C)
+            hit = np.argmax(scores, axis=1) == labels
+            lo, hi = M.scene_bootstrap_ci(hit, scene)
+            return {"variant": name, "top1": float(hit.mean()), "ci95": [lo, hi]}
+
+        def logsoft(x, k):  # (N, C) log-softmax of sensor k's own logits (its learned scale: a calibrated expert)
+            z = float(self.model.logit_scale(k).detach()) * x
+            z = z - z.max(axis=1, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+        out = {"rows": []}
+        every = list(SENSOR_KEYS)
+        seeing = label_modalities(every)
+        out["rows"].append(row("attention fusion (shipped), all four", ctx.fused_all @ P.T))
+        for name, mods in (("all four", every), ("label sensors only (" + "+".join(seeing) + ")", seeing)):
+            idx = [SENSOR_KEYS.index(m) for m in mods]
+            mean = tok[:, idx].mean(1)
+            mean /= np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+            out["rows"].append(row(f"mean of embeddings, {name}", mean @ P.T))
+            out["rows"].append(row(f"product of experts, {name}",
+                                   sum(logsoft(tok[:, j] @ P.T, SENSOR_KEYS[j]) for j in idx)))
+        for j, m in enumerate(SENSOR_KEYS):
+            out["rows"].append(row(f"{m} alone", tok[:, j] @ P.T))
+        return out
 
     def t1_retrieval(self, ctx: EvalContext) -> list:
         emb, gal, canon = ctx.emb, ctx.gal, ctx.canon
@@ -872,9 +911,17 @@ def _md_real_audio(res: dict) -> List[str]:
     return L
 
 
+def _md_t9(res: dict) -> List[str]:
+    L = ["### T9 fusion variants: zero-shot top-1 (%) of the same embeddings combined differently", "",
+         "| variant | top-1 | 95 % interval (scenes) |", "|---|---|---|"]
+    for r in res["T9_fusion_variants"]["rows"]:
+        L.append(f"| {r['variant']} | {_f(r['top1'], 1)} | {_f(r['ci95'][0], 1)} - {_f(r['ci95'][1], 1)} |")
+    return L
+
+
 _MARKDOWN = [("T1_retrieval", _md_t1), ("T2_zero_shot", _md_t2), ("T3_robustness", _md_t3), ("T4_captions", _md_t4),
              ("T5_events", _md_t5), ("T6_calibration", _md_t6), ("T7_unsupported_claims", _md_t7),
-             ("T8_familiarity", _md_t8), ("real_audio", _md_real_audio)]
+             ("T8_familiarity", _md_t8), ("T9_fusion_variants", _md_t9), ("real_audio", _md_real_audio)]
 
 
 def to_markdown(res: dict) -> str:
