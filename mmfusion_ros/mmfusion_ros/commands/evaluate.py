@@ -1,4 +1,4 @@
-"""`mmfusion eval --model CKPT_OR_BUNDLE --data DIR [--split test] [--json FILE]`: tables T1-T8.
+"""`mmfusion eval --model CKPT_OR_BUNDLE --data DIR [--split test] [--json FILE]`: tables T1-T9.
 
 Reliability diagrams (T6) are written next to the report (the folder of --json, else of --markdown, else
 --figures); T8 reads the real recordings in --real-data (default ../shared/data when present)."""
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--figures", help="folder for the reliability diagrams (default: next to --json / --markdown)")
     p.add_argument("--real-data", help="folder of real recordings for familiarity (T8; default ../shared/data)")
-    p.add_argument("--tables", nargs="+", default=["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"],
+    p.add_argument("--tables", nargs="+", default=["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"],
                    help="tables to compute (default all)")
 
 
