@@ -24,6 +24,19 @@ def test_bags_binding_improves_lidar_camera_retrieval(tmp_path, repo_root):
     assert rep["loss_last"] < rep["loss_first"]
     # the new checkpoint is a complete, exportable model
     assert (out / "checkpoint.pt").is_file()
+    # the bag recordings are now the familiar world: statistics refitted on them, and they survive export
+    from mmfusion_ros.core.familiarity import Familiarity
+    from mmfusion_ros.model.checkpoint import load_checkpoint
+    from mmfusion_ros.runtime.manifest import load_manifest
+
+    fam = load_checkpoint(out / "checkpoint.pt")[2]["metadata"]["familiarity"]
+    assert fam["fitted_on"].startswith("train --bags") and (out / fam["file"]).is_file()
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--model", str(out / "checkpoint.pt"), "--out", str(bundle)]) == 0
+    f = Familiarity.from_manifest(load_manifest(bundle), bundle)
+    assert all(f.assessed(m) for m in ("camera", "lidar", "audio", "imu"))
+    shipped = json.loads((init.parent / "manifest.json").read_text())["familiarity"]["modalities"]
+    assert json.loads((bundle / "manifest.json").read_text())["familiarity"]["modalities"] != shipped
 
 
 def test_bags_needs_init_and_out(tmp_path):
