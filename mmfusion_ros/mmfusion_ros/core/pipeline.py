@@ -318,8 +318,7 @@ class Pipeline:
         presence subset when the bundle has them."""
         if len(self.prompts) == 0 or self.cfg.top_k == 0 or emb is None:
             return []
-        fused = emb
-        cos = self.prompt_embeddings @ fused  # (P,)
+        cos = self.prompt_embeddings @ emb  # (P,)
         z = self.logit_scale * cos / self.cfg.label_temperature
         p = np.exp(z - z.max())
         p /= p.sum()  # (P,) softmax
