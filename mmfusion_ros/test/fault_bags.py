@@ -17,6 +17,17 @@ DAY = 86400.0
 SENSOR_TOPICS = ("camera/image_raw", "camera/camera_info", "lidar/points", "audio/audio", "imu/data")
 
 
+def bag_time(ts, t: float):
+    """Seconds -> a rosbags builtin_interfaces/Time of typestore `ts`."""
+    ns = int(round(t * 1e9))
+    return ts.types["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def bag_header(ts, t: float, frame_id: str):
+    """A rosbags std_msgs/Header stamped t (seconds) in frame_id, for messages a test writes into a bag."""
+    return ts.types["std_msgs/msg/Header"](stamp=bag_time(ts, t), frame_id=frame_id)
+
+
 def sim_bag(out: Path, seconds: float = 4.0, scenario: str = "idle", seed: int = 0) -> Path:
     """`mmfusion sim --scenario SCENARIO --seconds SECONDS` into `out` (a rosbag2 folder)."""
     from mmfusion_ros.cli import main

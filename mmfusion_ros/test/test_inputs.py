@@ -3,12 +3,14 @@ and one pipeline assembly, shared by the node, `mmfusion process` and `train --b
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 import pytest
 
+from fault_bags import bag_header
 from mmfusion_ros.ros import conversions as conv
 from mmfusion_ros.ros import inputs as I
 from mmfusion_ros.ros import params as P
@@ -132,10 +134,7 @@ def _write_bag(path: Path, empty_raw_topic: bool) -> None:
     ts = typestore()
     T = ts.types
 
-    def header(t, frame):
-        ns = int(round(t * 1e9))
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
-                                        frame_id=frame)
+    header = functools.partial(bag_header, ts)  # (t, frame_id) -> Header
 
     jpeg = np.frombuffer(cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes(), np.uint8)
     V3, Q = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from fault_bags import bag_header
 from mmfusion_ros.cli import main
 from mmfusion_ros.ros.bag_io import typestore
 
@@ -17,13 +18,6 @@ CAM_STAMPS = [T0 + 0.1 * k for k in range(20)]  # 2 s of 10 Hz camera
 LIDAR_UNTIL = T0 + 0.95  # the LiDAR stops after 1 s: later frames must say so once its timeout passes
 
 
-def _time(ts, t: float):
-    ns = int(round(t * 1e9))
-    return ts.types["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
-
-
-def _header(ts, t: float, frame_id: str):
-    return ts.types["std_msgs/msg/Header"](stamp=_time(ts, t), frame_id=frame_id)
 
 
 def write_sensor_bag(path: Path, topic_prefix: str = "/") -> dict:
@@ -38,11 +32,11 @@ def write_sensor_bag(path: Path, topic_prefix: str = "/") -> dict:
     for t in CAM_STAMPS:
         img = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
         msgs.append((t, p + "camera/image_raw", "sensor_msgs/msg/Image", T["sensor_msgs/msg/Image"](
-            header=_header(ts, t, "camera"), height=60, width=80, encoding="rgb8", is_bigendian=0, step=240,
+            header=bag_header(ts, t, "camera"), height=60, width=80, encoding="rgb8", is_bigendian=0, step=240,
             data=img.reshape(-1))))
         roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         msgs.append((t, p + "camera/camera_info", "sensor_msgs/msg/CameraInfo", T["sensor_msgs/msg/CameraInfo"](
-            header=_header(ts, t, "camera"), height=60, width=80, distortion_model="plumb_bob", d=np.zeros(5),
+            header=bag_header(ts, t, "camera"), height=60, width=80, distortion_model="plumb_bob", d=np.zeros(5),
             k=np.array([50.0, 0, 40, 0, 50, 30, 0, 0, 1]), r=np.eye(3).reshape(-1),
             p=np.array([50.0, 0, 40, 0, 0, 50, 30, 0, 0, 0, 1, 0]), binning_x=0, binning_y=0, roi=roi)))
         if t <= LIDAR_UNTIL:
@@ -50,7 +44,7 @@ def write_sensor_bag(path: Path, topic_prefix: str = "/") -> dict:
             fields = [T["sensor_msgs/msg/PointField"](name=n, offset=4 * i, datatype=7, count=1)
                       for i, n in enumerate(["x", "y", "z", "intensity"])]
             msgs.append((t + 0.01, p + "lidar/points", "sensor_msgs/msg/PointCloud2", T["sensor_msgs/msg/PointCloud2"](
-                header=_header(ts, t + 0.01, "velodyne"), height=1, width=len(pts), fields=fields,
+                header=bag_header(ts, t + 0.01, "velodyne"), height=1, width=len(pts), fields=fields,
                 is_bigendian=False, point_step=16, row_step=16 * len(pts), data=pts.view(np.uint8).reshape(-1),
                 is_dense=True)))
     rate, chunk = 44100, 4410
@@ -59,11 +53,11 @@ def write_sensor_bag(path: Path, topic_prefix: str = "/") -> dict:
         x = (0.2 * rng.standard_normal((chunk, 2))).clip(-1, 1)
         data = (x * 32767).astype("<i2").view(np.uint8).reshape(-1)
         msgs.append((t + 0.1, p + "audio/audio", "mmfusion_msgs/msg/AudioFrame", T["mmfusion_msgs/msg/AudioFrame"](
-            header=_header(ts, t, "microphone"), sample_rate=rate, channels=2, encoding="S16LE", data=data)))
+            header=bag_header(ts, t, "microphone"), sample_rate=rate, channels=2, encoding="S16LE", data=data)))
     V3, Q = T["geometry_msgs/msg/Vector3"], T["geometry_msgs/msg/Quaternion"]
     for t in np.arange(T0 - 0.5, T0 + 2.0, 0.01):
         msgs.append((t, p + "imu/data", "sensor_msgs/msg/Imu", T["sensor_msgs/msg/Imu"](
-            header=_header(ts, t, "imu"), orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0),
+            header=bag_header(ts, t, "imu"), orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0),
             orientation_covariance=np.zeros(9), angular_velocity=V3(x=0.0, y=0.0, z=0.1),
             angular_velocity_covariance=np.zeros(9), linear_acceleration=V3(x=0.1, y=0.0, z=9.81),
             linear_acceleration_covariance=np.zeros(9))))
@@ -251,12 +245,12 @@ def test_malformed_messages_are_counted_and_processing_goes_on(tmp_path, random_
         for k in range(100):
             t = T0 + 0.01 * k
             acc = V3(x=float("nan") if k % 10 == 0 else 0.0, y=0.0, z=9.81)
-            m = T["sensor_msgs/msg/Imu"](header=_header(ts, t, "imu"), orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0),
+            m = T["sensor_msgs/msg/Imu"](header=bag_header(ts, t, "imu"), orientation=Q(x=0.0, y=0.0, z=0.0, w=1.0),
                                          orientation_covariance=np.zeros(9), angular_velocity=V3(x=0.0, y=0.0, z=0.0),
                                          angular_velocity_covariance=np.zeros(9), linear_acceleration=acc,
                                          linear_acceleration_covariance=np.zeros(9))
             w.write(ci, int(t * 1e9), ts.serialize_cdr(m, "sensor_msgs/msg/Imu"))
-        a = T["mmfusion_msgs/msg/AudioFrame"](header=_header(ts, T0, "mic"), sample_rate=16000, channels=2,
+        a = T["mmfusion_msgs/msg/AudioFrame"](header=bag_header(ts, T0, "mic"), sample_rate=16000, channels=2,
                                               encoding="S16LE", data=np.zeros(7, np.uint8))  # odd byte count
         w.write(ca, int(T0 * 1e9), ts.serialize_cdr(a, "mmfusion_msgs/msg/AudioFrame"))
     values = offline.load_param_values(None, {"sync.trigger": "imu", "backend.intra_op_threads": 1})

@@ -3,6 +3,7 @@ tree lacks the transform, or when --extrinsics is given), as the node does from 
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from types import SimpleNamespace as NS
@@ -10,6 +11,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
+from fault_bags import bag_header
 from mmfusion_ros.cli import main
 from mmfusion_ros.ros import params as P
 from mmfusion_ros.ros.bag_io import typestore
@@ -36,10 +38,7 @@ def write_bag(path: Path, tf_pairs) -> None:
     ts = typestore()
     T = ts.types
 
-    def header(t, frame):
-        ns = int(round(t * 1e9))
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9),
-                                        frame_id=frame)
+    header = functools.partial(bag_header, ts)  # (t, frame_id) -> Header
 
     rng = np.random.default_rng(0)
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
