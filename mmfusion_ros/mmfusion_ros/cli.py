@@ -19,6 +19,7 @@ COMMANDS = {
     "calibrate": ("mmfusion_ros.commands.calibrate", "fit a bundle's calibrated confidences and event thresholds"),
     "eval-kitti": ("mmfusion_ros.commands.eval_kitti", "check 3D perception on KITTI-layout frames"),
     "export": ("mmfusion_ros.commands.export", "export a checkpoint to ONNX model parts + manifest"),
+    "towers": ("mmfusion_ros.commands.towers", "import pretrained OpenCLIP image and text towers as a bundle"),
     "build-engine": ("mmfusion_ros.commands.build_engine", "build TensorRT engines ahead of time"),
     "bench": ("mmfusion_ros.commands.bench", "benchmark backends, the pipeline and the ROS graph"),
     "replay": ("mmfusion_ros.commands.replay", "publish a bag onto live topics with its recorded timing"),

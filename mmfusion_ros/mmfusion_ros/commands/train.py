@@ -7,6 +7,9 @@
                                    # retrain the named stages from scratch on top of RUN's encoders
   mmfusion train --config ... --init RUN/last.pt --calibrate-only --out RUN2   # new event thresholds only
   mmfusion train --bags BAG_DIR [BAG_DIR ...] --init CKPT --out DIR
+  mmfusion train --config ... --towers TOWER_BUNDLE --data DIR --out RUN   # bind to a frozen OpenCLIP tower;
+                                   # writes RUN/checkpoint.pt and the bundle RUN/bundle
+  mmfusion train --bags BAG_DIR --init RUN/checkpoint.pt --out DIR   # a tower-bound checkpoint: camera = tower
   torchrun --nproc_per_node 2 -m mmfusion_ros.cli train --config ...   # DDP (gloo on CPU)
 """
 
@@ -36,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "event_threshold_floor) and write OUT/checkpoint.pt")
     p.add_argument("--epochs", type=int, default=3, help="with --bags: passes over the bag windows")
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
+    p.add_argument("--towers", help="tower bundle (`mmfusion towers import`): bind LiDAR/audio/IMU, fusion, captions "
+                                    "and events to its frozen image tower and text tower; exports OUT/bundle")
 
 
 def bag_frames(bag: Path, rate_hz: float = 10.0):
@@ -59,9 +64,10 @@ def run(args) -> int:
         from mmfusion_ros.train.bags import concat_windows, train_on_windows, windows_from_frames
 
         try:
+            tower = _tower_of(args.init, args.towers)
             parts = []
             for i, bag in enumerate(args.bags):
-                w = windows_from_frames(bag_frames(Path(bag)), source=i)
+                w = windows_from_frames(bag_frames(Path(bag)), source=i, tower=tower)
                 print(f"{bag}: {len(w['t'])} complete windows ({int(w['skipped'])} frames lacked a sensor)")
                 parts.append(w)
             report = train_on_windows(concat_windows(parts), args.init, args.out, epochs=args.epochs,
@@ -93,6 +99,8 @@ def run(args) -> int:
             setattr(cfg, k, v)
     if args.supervised_upper_bound:
         cfg.supervised_upper_bound = True
+    if args.towers:
+        cfg.towers = args.towers
     if args.stages:
         cfg.stages = list(args.stages)
     if args.calibrate_only:
@@ -133,7 +141,33 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        trainer.fit()
+        final = trainer.fit()
     finally:
         trainer.close()
+    if cfg.towers and final.is_file():
+        from mmfusion_ros.model.export import export_bundle
+
+        bundle = Path(cfg.out) / "bundle"
+        man = export_bundle(final, bundle)
+        print(f"wrote the bound bundle {bundle}: {', '.join(man['modalities'])} in the {man['embed_dim']}-d space of "
+              f"{man['text_encoder'].replace(' text tower', '')}")
     return 0
+
+
+def _tower_of(init, towers):
+    """The TowerSide a --bags run binds to: the checkpoint's own towers (metadata), or --towers; None for a
+    checkpoint with its own camera. A --towers that differs from the checkpoint's is an error."""
+    from mmfusion_ros.model.checkpoint import load_checkpoint
+    from mmfusion_ros.train.towers import TowerSide
+
+    meta = load_checkpoint(init)[2].get("metadata", {}).get("towers") if init else None
+    if towers and not meta:
+        raise ValueError(f"--towers {towers}: --init {init} was not bound to a tower; bind one first with "
+                         f"`mmfusion train --config ... --towers {towers} --data DIR`")
+    if meta:
+        side = TowerSide(towers or meta["bundle"])
+        if side.image_sha256 != meta.get("camera_encoder_sha256"):
+            raise ValueError(f"{side.image_file}: not the image tower --init {init} was bound to "
+                             f"(sha256 differs from its metadata)")
+        return side
+    return None

@@ -23,7 +23,8 @@ from mmfusion_ros.core.familiarity import Familiarity
 from mmfusion_ros.core.observability import (LABEL_FUSIONS, event_mask, grounded_caption, label_embedding,
                                              observable_kinds)
 from mmfusion_ros.core.preprocess import PreprocessConfig, model_inputs, preprocess_image
-from mmfusion_ros.core.types import EMBED_DIM, SENSOR_MODALITIES, DetectedObject, FusionResult, SensorFrame
+from mmfusion_ros.core.types import (EMBED_DIM, EVENT_TYPES, SENSOR_MODALITIES, DetectedObject, FusionResult,
+                                     SensorFrame)
 
 
 @dataclass
@@ -68,7 +69,10 @@ def preprocess_config_from_manifest(manifest: Dict[str, Any]) -> PreprocessConfi
     unknown = set(given) - known
     if unknown:
         raise ValueError(f"manifest.preprocess: unknown fields {sorted(unknown)}")
-    return PreprocessConfig(**given)
+    for k in ("image_mean", "image_std"):
+        if k in given:
+            given[k] = tuple(float(v) for v in given[k])
+    return PreprocessConfig(**given).validate()
 
 
 class _Timer:
@@ -100,9 +104,16 @@ class Pipeline:
         man = backend.manifest
         self.embed_dim = int(man.get("embed_dim", EMBED_DIM))
         self.modalities = [str(m) for m in man.get("modalities", [m.value for m in SENSOR_MODALITIES])]
-        if self.modalities != [m.value for m in SENSOR_MODALITIES]:
-            raise ValueError(f"manifest.modalities: expected {[m.value for m in SENSOR_MODALITIES]}, "
-                             f"got {self.modalities}")
+        every = [m.value for m in SENSOR_MODALITIES]
+        towers = man.get("towers")  # a frozen pretrained image-text model: it may bind only some sensors
+        if (self.modalities != every) if not towers else not set(self.modalities) <= set(every):
+            raise ValueError(f"manifest.modalities: expected {every}, got {self.modalities}")
+        # an unbound tower bundle has no heads: the fused embedding is then the mean, and no caption or event is made
+        # (every other bundle has all parts: runtime/manifest.py checks that)
+        parts = man.get("parts", {}) if towers else {"fusion": 1, "event_head": 1, "caption_decoder": 1}
+        self.has_fusion = "fusion" in parts
+        self.has_events = "event_head" in parts
+        self.has_caption = "caption_decoder" in parts
         self.preprocess = preprocess_config_from_manifest(man)
         self.logit_scale = float(man.get("logit_scale", 1.0))
         if not math.isfinite(self.logit_scale) or self.logit_scale <= 0:
@@ -112,7 +123,7 @@ class Pipeline:
         self.calibration = calibration if calibration is not None else Calibration.from_manifest(man)
         self.familiarity = familiarity if familiarity is not None else Familiarity.from_manifest(man)
         self.event_tracker: Optional[EventTracker] = None
-        if self.cfg.enable_events:
+        if self.cfg.enable_events and self.has_events:
             thresholds = dict(man.get("event_thresholds") or {})
             thresholds.update(getattr(self.calibration, "thresholds", None) or {})
             self.event_tracker = EventTracker(
@@ -169,8 +180,9 @@ class Pipeline:
             raise ValueError("pipeline: frame has no modality present")
         dropped: Dict[str, str] = {}
         inputs = {}
+        unbound = [m.value for m in SENSOR_MODALITIES if frame.present[m] and m.value not in self.modalities]
         for m in SENSOR_MODALITIES:  # one modality's bad data costs that modality, never the frame
-            if frame.present[m]:
+            if frame.present[m] and m.value in self.modalities:
                 try:
                     inputs.update(model_inputs(_only(frame, m), self.preprocess))
                 except Exception as e:  # noqa: BLE001 - any preprocessing fault is that sensor's
@@ -205,7 +217,11 @@ class Pipeline:
 
         # the published embedding fuses what the claims rest on; with nothing familiar, every encoded modality
         mask = used_mask if used_mask.any() else encoded
-        if mask.any():
+        if mask.any() and not self.has_fusion:  # embedding arithmetic over the encoded modalities (ImageBind)
+            weights = mask / mask.sum()  # (4,)
+            fused = (tokens[0] * weights[:, None]).sum(0)  # (D,)
+            fused = (fused / max(float(np.linalg.norm(fused)), 1e-12)).astype(np.float32)
+        elif mask.any():
             fused, weights = self.backend.fuse(tokens, mask[None])
             fused = np.asarray(fused, np.float32)[0]  # (D,)
             weights = np.asarray(weights, np.float32)[0] * mask  # (4,), 0 for absent (message contract)
@@ -222,7 +238,8 @@ class Pipeline:
 
         events: List = []
         probs = None
-        unobservable: List[str] = []
+        # a bundle without an event head observes no event (said, not silently empty)
+        unobservable: List[str] = [] if self.has_events or not self.cfg.enable_events else list(EVENT_TYPES)
         if self.event_tracker is not None:
             history = self._history(frame.stamp, fused)  # (1, T, D)
             raw = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
@@ -269,6 +286,7 @@ class Pipeline:
             caption_modalities=cap_mods,
             unobservable=unobservable,
             dropped=dropped,
+            unbound=unbound,
         )
 
     def _grounded_caption(self, fused: np.ndarray, used: List[str], timer: "_Timer") -> tuple:
@@ -276,7 +294,7 @@ class Pipeline:
         the clauses `used` can observe; nothing observable gives an empty caption at confidence 0."""
         timer.ms["caption_reused"] = 0.0
         n = self.cfg.caption_every_n
-        if n <= 0:
+        if n <= 0 or not self.has_caption:
             return None, 0.0, []
         key = tuple(used)
         if self._caption is None or self._frames % n == 0 or self._caption[0] != key:

@@ -21,6 +21,10 @@ class PreprocessConfig:
     """Input geometry of the model; changing any field needs a retrained model."""
 
     image_size: int = 128  # camera input is resized to image_size x image_size RGB
+    image_resize: str = "squash"  # "squash": the whole frame to S x S (the simulator-trained encoders);
+    #                               "shortest": shortest side to S, then a centre crop (OpenCLIP towers)
+    image_mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel mean of [0,1] RGB (ImageNet)
+    image_std: Tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel std of [0,1] RGB (ImageNet)
     bev_range: float = 25.6  # LiDAR bird's-eye grid covers [-r, r] metres in x and y around the sensor
     bev_cells: int = 128  # grid cells per side (0.4 m at the defaults)
     bev_z_min: float = -2.0  # heights clipped to [z_min, z_max] metres in the LiDAR frame
@@ -33,6 +37,14 @@ class PreprocessConfig:
     hop_length: int = 160  # 10 ms hop
     imu_rate: float = 200.0  # model IMU rate, Hz
     imu_seconds: float = 2.0  # IMU window length
+
+    def validate(self) -> "PreprocessConfig":
+        if self.image_resize not in IMAGE_RESIZE_MODES:
+            raise ValueError(f"preprocess.image_resize: must be one of {IMAGE_RESIZE_MODES}, got {self.image_resize!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            raise ValueError(f"preprocess.image_mean/std: three values each, std > 0; got {self.image_mean}, "
+                             f"{self.image_std}")
+        return self
 
     @property
     def audio_samples(self) -> int:
@@ -56,6 +68,7 @@ class PreprocessConfig:
         }
 
 
+IMAGE_RESIZE_MODES = ("squash", "shortest")
 DEFAULT = PreprocessConfig()
 BEV_CHANNELS = 4  # log point density, max height, mean height, mean intensity
 IMAGE_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -64,22 +77,40 @@ GRAVITY = 9.80665
 
 
 def image_resize(image: np.ndarray, cfg: PreprocessConfig = DEFAULT) -> np.ndarray:
-    """(H,W,3) uint8 RGB -> (S,S,3) uint8 RGB at model resolution (the dataset stores this)."""
-    if image.shape[0] == cfg.image_size and image.shape[1] == cfg.image_size:
+    """(H,W,3) uint8 RGB -> (S,S,3) uint8 RGB at model resolution (the dataset stores this).
+
+    "shortest" is OpenCLIP's Resize(S) + CenterCrop(S) done with OpenCV: area interpolation when shrinking
+    (close to PIL's antialiased bicubic), bicubic when enlarging."""
+    s = cfg.image_size
+    h, w = image.shape[:2]
+    if h == s and w == s:
         return image
-    return cv2.resize(image, (cfg.image_size, cfg.image_size), interpolation=cv2.INTER_AREA)
+    if cfg.image_resize == "squash":
+        return cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA)
+    scale = s / min(h, w)
+    nh, nw = max(s, int(round(h * scale))), max(s, int(round(w * scale)))
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+    big = cv2.resize(image, (nw, nh), interpolation=interp)  # (nh, nw, 3), shortest side S
+    top, left = (nh - s) // 2, (nw - s) // 2
+    return np.ascontiguousarray(big[top:top + s, left:left + s])
 
 
-def image_normalise(image_small: np.ndarray) -> np.ndarray:
-    """(S,S,3) uint8 RGB -> (3,S,S) float32, ImageNet-normalised."""
+def image_normalise(image_small: np.ndarray, cfg: PreprocessConfig = DEFAULT) -> np.ndarray:
+    """(S,S,3) uint8 RGB -> (3,S,S) float32, normalised with the model's mean/std (ImageNet by default)."""
+    mean, std = _mean_std(cfg.image_mean, cfg.image_std)
     x = image_small.astype(np.float32) * (1.0 / 255.0)  # (S, S, 3)
-    x = (x - IMAGE_MEAN) / IMAGE_STD
+    x = (x - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, S, S)
+
+
+@lru_cache(maxsize=8)
+def _mean_std(mean: tuple, std: tuple) -> tuple:
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
 def preprocess_image(image: np.ndarray, cfg: PreprocessConfig = DEFAULT) -> np.ndarray:
     """(H,W,3) uint8 RGB -> (3,S,S) float32 model input."""
-    return image_normalise(image_resize(image, cfg))
+    return image_normalise(image_resize(image, cfg), cfg)
 
 
 def lidar_bev(points: np.ndarray, cfg: PreprocessConfig = DEFAULT) -> np.ndarray:

@@ -153,3 +153,4 @@ class FusionResult:
     caption_modalities: List[str] = field(default_factory=list)  # modalities the caption's clauses rest on
     unobservable: List[str] = field(default_factory=list)  # event types no used modality can observe
     dropped: Dict[str, str] = field(default_factory=dict)  # modality -> why it was dropped from this frame (encoder failure)
+    unbound: List[str] = field(default_factory=list)  # present modalities the model has no encoder for (a tower bundle before binding)

@@ -12,7 +12,8 @@ from mmfusion_ros.core.types import EMBED_DIM, EVENT_HORIZONS, EVENT_TYPES
 class EncoderConfig:
     """One sensor encoder (trunk + head). ``kind`` picks the trunk family."""
 
-    kind: str = "cnn2d"  # "cnn2d" (images, BEV grids, spectrograms) or "cnn1d" (IMU sequences)
+    kind: str = "cnn2d"  # "cnn2d" (images, BEV grids, spectrograms), "cnn1d" (IMU sequences) or "tower" (a frozen
+    #                      pretrained image tower run outside torch: the input is its (B, embed_dim) embedding)
     in_channels: int = 3  # input channels of the model input (camera 3, lidar 4, audio 1, imu 6)
     stem_channels: int = 32  # channels after the patchify stem convolution
     stem_stride: int = 4  # stem kernel = stride (4: a 128x128 input becomes 32x32)

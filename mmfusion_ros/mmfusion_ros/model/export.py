@@ -57,6 +57,8 @@ def part_specs(model: MMFusionModel, pre: PreprocessConfig = DEFAULT) -> Dict[st
     v = model.cfg.caption.vocab_size
     specs = {}
     for k in SENSOR_KEYS:
+        if k in model.tower_modalities:  # a frozen pretrained tower: its ONNX comes from the tower bundle
+            continue
         specs[f"{k}_encoder"] = {
             "module": _Encoder(model, k),
             "inputs": {k: (["B", *shapes[k]], "float32")},
@@ -174,11 +176,41 @@ def write_prompts(out_dir, prompts, embeddings: np.ndarray, note: str = "") -> P
     doc = {
         "text_encoder": TEXT_ENCODER_NAME,
         "note": note,
-        "prompts": [{"label": p["label"], "text": p["text"], "embedding": [round(float(v), 7) for v in e]} for p, e in zip(prompts, embeddings)],
+        "prompts": [{"label": p["label"], "text": p["text"], **({"aliases": list(p["aliases"])} if p.get("aliases") else {}),
+                     "embedding": [round(float(v), 7) for v in e]} for p, e in zip(prompts, embeddings)],
     }
     path = Path(out_dir) / "prompts.json"
     path.write_text(json.dumps(doc, indent=1))
     return path
+
+
+def _tower_manifest(towers: Mapping) -> dict:
+    """The manifest of the tower bundle a checkpoint was bound to, checked against what training recorded."""
+    path = Path(towers["bundle"]) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the tower bundle this checkpoint was bound to is gone (metadata towers.bundle)")
+    man = json.loads(path.read_text())
+    if int(man.get("embed_dim", -1)) != int(towers["embed_dim"]):
+        raise ValueError(f"{path}: embed_dim {man.get('embed_dim')} differs from the {towers['embed_dim']} the "
+                         f"checkpoint's encoders were bound to")
+    return man
+
+
+def _copy_towers(tower_man: dict, src: Path, out: Path) -> Dict[str, dict]:
+    """Copy the frozen towers (image ONNX, text folder) from the tower bundle; return their manifest parts."""
+    import shutil
+
+    parts = {}
+    for part, spec in tower_man["parts"].items():
+        dst = out / spec["file"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / spec["file"], dst)
+        parts[part] = spec
+    text = tower_man["towers"]["text"]
+    if (out / text).resolve() != (src / text).resolve():
+        shutil.rmtree(out / text, ignore_errors=True)
+        shutil.copytree(src / text, out / text)
+    return parts
 
 
 def export_bundle(
@@ -211,10 +243,24 @@ def export_bundle(
         shutil.copyfile(checkpoint, dst)
     digest = sha256_file(dst)
     (out / "checkpoint.pt.sha256").write_text(digest + "\n")
-    parts = export_onnx(model, out)
+    towers = info.get("metadata", {}).get("towers")
+    tower_man = _tower_manifest(towers) if towers else None
+    pre = DEFAULT
+    if tower_man is not None:  # the bound sensors keep the simulator geometry; the image follows the tower
+        pre = PreprocessConfig(**{**asdict(DEFAULT), **{k: (tuple(v) if isinstance(v, list) else v)
+                                                        for k, v in tower_man["preprocess"].items()
+                                                        if k.startswith("image_")}})
+    parts = export_onnx(model, out, pre)
     thresholds = dict(info.get("metadata", {}).get("event_thresholds", {}))
     thresholds.update(event_thresholds or {})
     prompts = default_prompts()
+    if tower_man is not None:
+        parts.update(_copy_towers(tower_man, Path(towers["bundle"]), out))
+        prompt_embeddings = np.asarray([r["embedding"] for r in json.loads(
+            (Path(towers["bundle"]) / tower_man.get("prompts_file", "prompts.json")).read_text())["prompts"]], np.float32)
+        prompts = [{"label": r["label"], "text": r["text"], "aliases": r.get("aliases", [])} for r in json.loads(
+            (Path(towers["bundle"]) / tower_man.get("prompts_file", "prompts.json")).read_text())["prompts"]]
+        prompts_note = f"embeddings from the {tower_man['text_encoder']}"
     if prompt_embeddings is None:
         prompt_embeddings = encode_texts([p["text"] for p in prompts], text_cache_dir)
         prompts_note = prompts_note or f"embeddings from {TEXT_ENCODER_NAME}"
@@ -233,7 +279,15 @@ def export_bundle(
     cal = info.get("metadata", {}).get("calibration")  # maps fitted by `train --calibrate-only` (train/calibrate.py)
     if cal:
         extra["calibration"] = cal
-    man = build_manifest(model, vocab, parts, digest, event_thresholds=thresholds, extra=extra)
+    if tower_man is not None:
+        bound = [k for k in SENSOR_KEYS if k not in model.tower_modalities]
+        extra.update(text_encoder=tower_man["text_encoder"], logit_scale=float(tower_man["logit_scale"]),
+                     towers={**tower_man["towers"], "bound": bound})
+    man = build_manifest(model, vocab, parts, digest, pre=pre, event_thresholds=thresholds, extra=extra)
+    if tower_man is not None:
+        doc = json.loads((out / "prompts.json").read_text())
+        doc["text_encoder"] = tower_man["text_encoder"]
+        (out / "prompts.json").write_text(json.dumps(doc, indent=1))
     (out / "manifest.json").write_text(json.dumps(man, indent=1))
     (out / "vocab.txt").write_text("\n".join(vocab.tokens) + "\n")
     return man

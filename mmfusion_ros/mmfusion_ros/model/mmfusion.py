@@ -31,10 +31,16 @@ class MMFusionModel(nn.Module):
         missing = [k for k in SENSOR_KEYS if k not in cfg.encoders]
         if missing:
             raise ValueError(f"ModelConfig.encoders lacks {missing}")
-        self.modality_preprocessors = nn.ModuleDict({k: InputNorm() for k in SENSOR_KEYS})
-        self.modality_trunks = nn.ModuleDict({k: ConvTrunk(cfg.encoders[k]) for k in SENSOR_KEYS})
+        # kind "tower": the modality is a frozen pretrained tower (train/towers.py) whose embeddings are computed
+        # outside torch by its ONNX graph; here its "input" is that embedding, passed through unchanged
+        tower = {k for k in SENSOR_KEYS if cfg.encoders[k].kind == "tower"}
+        self.tower_modalities = sorted(tower)
+        self.modality_preprocessors = nn.ModuleDict({k: nn.Identity() if k in tower else InputNorm() for k in SENSOR_KEYS})
+        self.modality_trunks = nn.ModuleDict({k: nn.Identity() if k in tower else ConvTrunk(cfg.encoders[k])
+                                              for k in SENSOR_KEYS})
         self.modality_heads = nn.ModuleDict(
-            {k: nn.Linear(self.modality_trunks[k].out_dim, cfg.embed_dim) for k in SENSOR_KEYS}
+            {k: nn.Identity() if k in tower else nn.Linear(self.modality_trunks[k].out_dim, cfg.embed_dim)
+             for k in SENSOR_KEYS}
         )
         self.modality_postprocessors = nn.ModuleDict({k: Normalize() for k in SENSOR_KEYS})
         # one learned temperature per modality pair trained (modality -> its anchor), CLIP-style
@@ -109,6 +115,9 @@ def encoder_macs(model: MMFusionModel, shapes: Mapping[str, tuple]) -> Dict[str,
             elif isinstance(mod, nn.Linear):
                 total[0] += int(out.numel()) * mod.in_features
 
+        if k in model.tower_modalities:  # counted from its ONNX graph (bench), not here
+            counts[k] = 0
+            continue
         hs = [m.register_forward_hook(hook) for m in list(model.modality_trunks[k].modules()) + [model.modality_heads[k]]]
         was = model.training
         model.eval()

@@ -49,6 +49,9 @@ class TextEmbedder:
         if self._model is None:
             os.environ["HF_HUB_OFFLINE"] = "1"
             os.environ["TRANSFORMERS_OFFLINE"] = "1"
+            from mmfusion_ros.model.open_clip_import import ensure_torchvision
+
+            ensure_torchvision()  # transformers imports torchvision when installed (open_clip's)
             from sentence_transformers import SentenceTransformer
 
             self._model = SentenceTransformer(str(minilm_dir()), device=self.device)

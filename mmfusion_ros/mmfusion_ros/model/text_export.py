@@ -53,6 +53,9 @@ def export_text_encoder(out_dir: Optional[Union[str, Path]] = None, force: bool 
     Written into a sibling temp folder and renamed, so a half-finished export is never picked up.
     Skips the work when a complete export is already there, unless ``force``.
     """
+    from mmfusion_ros.model.open_clip_import import ensure_torchvision
+
+    ensure_torchvision()  # transformers imports torchvision when installed (open_clip's)
     from transformers import AutoModel  # installed with sentence-transformers; local files only
 
     out = Path(out_dir).expanduser() if out_dir else default_text_encoder_dir()

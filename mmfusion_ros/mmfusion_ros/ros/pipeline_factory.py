@@ -81,7 +81,10 @@ class PromptEmbedder:
 
     def bundle_defaults(self) -> Tuple[List[str], np.ndarray]:
         """Every prompt of prompts.json, in its order (what eval-kitti labels with)."""
-        texts = list(self.bundle)
+        import json
+
+        path = self.model_dir / "prompts.json"
+        texts = [str(e["text"]) for e in json.loads(path.read_text()).get("prompts", [])] if path.is_file() else []
         if not texts:
             raise FileNotFoundError(f"{self.model_dir / 'prompts.json'}: no prompts")
         return self.embed(texts)

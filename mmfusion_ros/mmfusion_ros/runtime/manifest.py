@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 #: The parts the robot runs, as named in docs/architecture.md.
 ENCODER_PARTS = {
@@ -18,7 +18,8 @@ ENCODER_PARTS = {
     "audio": "audio_encoder",
     "imu": "imu_encoder",
 }
-PARTS = list(ENCODER_PARTS.values()) + ["fusion", "event_head", "caption_decoder"]
+HEAD_PARTS = ["fusion", "event_head", "caption_decoder"]
+PARTS = list(ENCODER_PARTS.values()) + HEAD_PARTS
 
 #: Special token indices of the caption vocabulary.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -32,13 +33,12 @@ _REQUIRED = {
     "modalities": list,
     "parts": dict,
     "logit_scale": (int, float),
-    "event_types": list,
-    "horizons": list,
-    "event_history_len": int,
-    "event_history_step": (int, float),
-    "event_thresholds": dict,
-    "vocab": list,
-    "caption_max_len": int,
+}
+#: keys a head needs, required when the bundle has that head (every bundle but an unbound tower bundle)
+_REQUIRED_BY_PART = {
+    "event_head": {"event_types": list, "horizons": list, "event_history_len": int,
+                   "event_history_step": (int, float), "event_thresholds": dict},
+    "caption_decoder": {"vocab": list, "caption_max_len": int},
 }
 _DTYPES = {"float32", "int64", "int32", "float16", "bool"}
 
@@ -61,6 +61,20 @@ class Manifest(dict):
     @property
     def embed_dim(self) -> int:
         return int(self["embed_dim"])
+
+    @property
+    def towers(self) -> Dict[str, Any]:
+        """The `towers` entry of a bundle built on a frozen pretrained image-text model; {} otherwise."""
+        return dict(self.get("towers") or {})
+
+    def has_part(self, part: str) -> bool:
+        return part in self["parts"]
+
+    @property
+    def text_dir(self) -> Optional[Path]:
+        """The bundle's own text tower folder (tower bundles), else None (the MiniLM text encoder)."""
+        t = self.towers.get("text")
+        return self.model_dir / str(t) if t else None
 
     @property
     def modalities(self) -> List[str]:
@@ -117,7 +131,12 @@ def _check_io(path: Path, part: str, kind: str, spec: Any) -> None:
 
 def validate(data: Dict[str, Any], path: Path, check_files: bool = True) -> None:
     """Raise ManifestError naming the first problem found; return None when the manifest is usable."""
-    for key, typ in _REQUIRED.items():
+    required = dict(_REQUIRED)
+    parts = data.get("parts") if isinstance(data.get("parts"), dict) else {}
+    for part, keys in _REQUIRED_BY_PART.items():
+        if part in parts or "towers" not in data:
+            required.update(keys)
+    for key, typ in required.items():
         if key not in data:
             raise _fail(path, f"missing key {key!r}")
         if not isinstance(data[key], typ) or isinstance(data[key], bool):
@@ -131,10 +150,13 @@ def validate(data: Dict[str, Any], path: Path, check_files: bool = True) -> None
     if unknown:
         raise _fail(path, f"modalities {unknown} are not sensor modalities {list(ENCODER_PARTS)}")
     parts = data["parts"]
-    missing = [p for p in PARTS if p not in parts]
-    if missing:
-        raise _fail(path, f"parts {missing} are missing (a bundle has {PARTS})")
     model_dir = path.parent
+    if "towers" in data:
+        _check_towers(data, path, check_files)
+    else:
+        missing = [p for p in PARTS if p not in parts]
+        if missing:
+            raise _fail(path, f"parts {missing} are missing (a bundle has {PARTS})")
     for part, spec in parts.items():
         if not isinstance(spec, dict) or not isinstance(spec.get("file"), str):
             raise _fail(path, f"parts.{part} needs a 'file' (path relative to the bundle)")
@@ -142,6 +164,46 @@ def validate(data: Dict[str, Any], path: Path, check_files: bool = True) -> None
         _check_io(path, part, "outputs", spec.get("outputs"))
         if check_files and not (model_dir / spec["file"]).is_file():
             raise _fail(path, f"parts.{part}.file {spec['file']!r} does not exist in {model_dir}")
+        if part in ENCODER_PARTS.values():
+            width = (spec["outputs"].get("embedding") or {}).get("shape", [None, None])[-1]
+            if isinstance(width, int) and width != data["embed_dim"]:
+                raise _fail(path, f"parts.{part} ({spec['file']}) embeds into {width} dims but the bundle's space "
+                                  f"has embed_dim {data['embed_dim']} (an encoder bound to another tower?)")
+    if "event_head" in parts:
+        _check_events(data, path)
+    if "caption_decoder" in parts:
+        vocab = data["vocab"]
+        if len(vocab) < 5 or not all(isinstance(t, str) for t in vocab):
+            raise _fail(path, "vocab must be a list of at least 5 token strings (PAD, BOS, EOS, UNK, ...)")
+        if data["caption_max_len"] < 2:
+            raise _fail(path, f"caption_max_len must be at least 2, got {data['caption_max_len']}")
+
+
+def _check_towers(data: Dict[str, Any], path: Path, check_files: bool) -> None:
+    """A tower bundle: the camera is the frozen image tower; the other sensors' encoders exist once bound,
+    and the heads come all together (binding trains them) or not at all."""
+    towers, parts = data["towers"], data["parts"]
+    if not isinstance(towers, dict) or not isinstance(towers.get("text"), str):
+        raise _fail(path, "towers must be an object naming the text tower folder ('text')")
+    if "camera" not in data["modalities"]:
+        raise _fail(path, "a tower bundle's modalities must include camera (the image tower)")
+    missing = [ENCODER_PARTS[m] for m in data["modalities"] if m in ENCODER_PARTS and ENCODER_PARTS[m] not in parts]
+    if missing:
+        raise _fail(path, f"parts {missing} are missing for the bound modalities {data['modalities']}")
+    heads = [p for p in HEAD_PARTS if p in parts]
+    if heads and len(heads) != len(HEAD_PARTS):
+        raise _fail(path, f"a tower bundle has all of {HEAD_PARTS} (bound) or none (imported), not {heads}")
+    if check_files:
+        from .text_encoder import ONNX_FILE, TOKENIZER_FILE
+
+        for f in (ONNX_FILE, TOKENIZER_FILE):
+            p = path.parent / towers["text"] / f
+            if not p.is_file():
+                raise _fail(path, f"the text tower file {p} is missing (towers.text = {towers['text']!r}); "
+                                  f"re-run `mmfusion towers import`")
+
+
+def _check_events(data: Dict[str, Any], path: Path) -> None:
     if not data["event_types"] or not data["horizons"]:
         raise _fail(path, "event_types and horizons must be non-empty")
     if any(not isinstance(h, (int, float)) or h <= 0 for h in data["horizons"]):
@@ -154,11 +216,6 @@ def validate(data: Dict[str, Any], path: Path, check_files: bool = True) -> None
     for k, v in data["event_thresholds"].items():
         if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
             raise _fail(path, f"event_thresholds.{k} must be a probability in [0, 1], got {v!r}")
-    vocab = data["vocab"]
-    if len(vocab) < 5 or not all(isinstance(t, str) for t in vocab):
-        raise _fail(path, "vocab must be a list of at least 5 token strings (PAD, BOS, EOS, UNK, ...)")
-    if data["caption_max_len"] < 2:
-        raise _fail(path, f"caption_max_len must be at least 2, got {data['caption_max_len']}")
 
 
 def load_manifest(model_dir: Union[str, Path], check_files: bool = True) -> Manifest:

@@ -25,14 +25,38 @@ def load_bundle_prompts(model_dir: Path) -> Dict[str, Tuple[str, np.ndarray]]:
     doc = json.loads(path.read_text())
     out = {}
     for entry in doc.get("prompts", []):
-        out[str(entry["text"])] = (str(entry.get("label", entry["text"])), np.asarray(entry["embedding"], np.float32))
+        value = (str(entry.get("label", entry["text"])), np.asarray(entry["embedding"], np.float32))
+        out[str(entry["text"])] = value
+        # aliases: other phrasings of the same label embedded as `text` (a tower bundle phrases the package's
+        # default prompts the way its text tower was trained: "a person walking nearby" -> "a photo of a person.")
+        for alias in entry.get("aliases", []):
+            out.setdefault(str(alias), value)
     return out
 
 
 def open_text_encoder(model_dir: Optional[Path]):
-    """The TextEncoder beside the bundle, else the one in the user cache; PromptError naming both places."""
-    from mmfusion_ros.runtime import TextEncoder
+    """The TextEncoder beside the bundle, else the one in the user cache; PromptError naming both places.
 
+    A tower bundle's prompts must live in its own text tower's space: only its folder is tried, and a tower of
+    another width than the bundle's space is an error."""
+    from mmfusion_ros.runtime import TextEncoder
+    from mmfusion_ros.runtime.manifest import ManifestError, load_manifest
+
+    man = None
+    if model_dir and (Path(model_dir) / "manifest.json").is_file():
+        try:
+            man = load_manifest(model_dir, check_files=False)
+        except ManifestError as e:
+            raise PromptError(str(e)) from e
+    if man is not None and man.text_dir is not None:
+        try:
+            enc = TextEncoder(man.text_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise PromptError(f"model.prompts: the bundle's text tower cannot be opened: {e}") from e
+        if enc.dim != man.embed_dim:
+            raise PromptError(f"{man.text_dir}: text tower width {enc.dim} differs from the bundle's embed_dim "
+                              f"{man.embed_dim}")
+        return enc
     errors = []
     for where in ([model_dir] if model_dir else []) + [None]:
         try:

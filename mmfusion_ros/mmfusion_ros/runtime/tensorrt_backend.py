@@ -140,7 +140,10 @@ def profile_shapes(manifest: Manifest, part: str, max_batch: int) -> Dict[str, T
 def load_calibration_batches(manifest: Manifest, part: str, dataset_dir: str, n_samples: int,
                              batch: int) -> List[Dict[str, np.ndarray]]:
     """Preprocessed encoder inputs from a simulator dataset (docs/architecture.md format), batched."""
-    from ..core.preprocess import image_normalise  # numpy only
+    from ..core.pipeline import preprocess_config_from_manifest
+    from ..core.preprocess import preprocess_image  # numpy only
+
+    pre = preprocess_config_from_manifest(manifest)
 
     modality = next(m for m, p in ENCODER_PARTS.items() if p == part)
     ds = Path(dataset_dir).expanduser()
@@ -154,7 +157,7 @@ def load_calibration_batches(manifest: Manifest, part: str, dataset_dir: str, n_
         with np.load(ds / shard) as z:
             a = z[modality]
         if modality == "camera":
-            a = np.stack([image_normalise(im) for im in a[: n_samples - have]])  # (n, 3, S, S)
+            a = np.stack([preprocess_image(im, pre) for im in a[: n_samples - have]])  # (n, 3, S, S) the model's size
         xs.append(np.asarray(a[: n_samples - have], np.float32))
         have += len(xs[-1])
         if have >= n_samples:

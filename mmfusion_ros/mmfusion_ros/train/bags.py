@@ -26,8 +26,9 @@ from mmfusion_ros.train.losses import info_nce
 BIND_KEYS = ["lidar", "audio", "imu"]
 
 
-def windows_from_frames(frames: Iterable[SensorFrame], source: int = 0) -> Dict[str, np.ndarray]:
-    """SensorFrames -> model inputs of the frames where all four sensors are present.
+def windows_from_frames(frames: Iterable[SensorFrame], source: int = 0, tower=None) -> Dict[str, np.ndarray]:
+    """SensorFrames -> model inputs of the frames where all four sensors are present. With a tower
+    (train/towers.TowerSide) the camera "input" is its frozen image-tower embedding.
 
     Returns {"camera", "lidar", "audio", "imu": (N, ...) float32, "t": (N,), "source": (N,)} plus
     "skipped" (frames missing a sensor: they cannot pair every modality with the camera).
@@ -40,6 +41,8 @@ def windows_from_frames(frames: Iterable[SensorFrame], source: int = 0) -> Dict[
         if any(k not in x for k in SENSOR_KEYS):
             skipped += 1
             continue
+        if tower is not None:
+            x["camera"] = tower.image_embeddings(np.asarray(f.image)[None])[0]  # (D,)
         for k in SENSOR_KEYS:
             rows[k].append(x[k])
         ts.append(f.stamp)
@@ -139,7 +142,10 @@ def train_on_windows(data: Dict[str, np.ndarray], init, out_dir, epochs: int = 3
     from mmfusion_ros.train.familiarity import fit_from_windows
 
     # the robot's own recordings are now the familiar world: refit the statistics on them
-    meta["familiarity"] = fit_from_windows(data, out, source=f"train --bags: {int(n)} windows")
+    # (a frozen pretrained image tower is not judged by a few bags: its camera stays "not assessed")
+    tower = "camera" in getattr(model, "tower_modalities", [])
+    meta["familiarity"] = fit_from_windows({k: v for k, v in data.items() if not (tower and k == "camera")}, out,
+                                           source=f"train --bags: {int(n)} windows")
     save_checkpoint(out / "checkpoint.pt", model, vocab, meta)
     # keep the init's caption memory next to the new checkpoint so the bundle stays complete
     mem = meta.get("caption_memory_file")

@@ -42,6 +42,8 @@ class TrainConfig:
     encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)
     log_every: int = 20  # steps between log lines in log.jsonl
     text_cache: str = ""  # folder of the text-embedding cache (default: <out>/text_cache)
+    towers: str = ""  # a tower bundle (`mmfusion towers import`): bind LiDAR/audio/IMU to its frozen image tower,
+    #                   text targets from its text tower, no camera stage ("" = the package's own camera and MiniLM)
 
     @classmethod
     def from_yaml(cls, path) -> "TrainConfig":

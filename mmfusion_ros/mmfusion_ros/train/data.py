@@ -37,6 +37,8 @@ class Split:
     horizons: List[float]
     frame_step: float
     history_index: Optional[np.ndarray] = field(default=None, repr=False)  # (N, T) frame indices, oldest first
+    camera_embeddings: Optional[np.ndarray] = field(default=None, repr=False)  # (N, D) frozen image-tower embeddings:
+    #                                             when set, they are the camera "input" (tower bundles, train/towers.py)
 
     def __len__(self) -> int:
         return len(self.arrays["scene_id"])
@@ -46,6 +48,8 @@ class Split:
         idx = np.sort(np.asarray(idx))
         s = Split(self.name, {k: v[idx] for k, v in self.arrays.items()}, [self.captions[i] for i in idx],
                   [self.objects[i] for i in idx], self.classes, self.event_types, self.horizons, self.frame_step)
+        if self.camera_embeddings is not None:
+            s.camera_embeddings = self.camera_embeddings[idx]
         return s
 
     def build_histories(self, history_len: int, history_step: float) -> np.ndarray:
@@ -72,7 +76,10 @@ class Split:
         """{modality: (B, ...) float32 model input} for sample indices idx."""
         out = {}
         for k in keys:
-            out[k] = self.camera_float(idx) if k == "camera" else self.arrays[k][idx].astype(np.float32)
+            if k == "camera":
+                out[k] = self.camera_float(idx) if self.camera_embeddings is None else self.camera_embeddings[idx]
+            else:
+                out[k] = self.arrays[k][idx].astype(np.float32)
         return out
 
 

@@ -89,7 +89,15 @@ class Evaluator:
         self.model.eval()
         root = Path(model_path)
         self.root = root if root.is_dir() else root.parent
-        self.embedder = TextEmbedder(text_cache)
+        self.tower = None  # train/towers.TowerSide of a checkpoint bound to a frozen pretrained tower
+        towers = self.info.get("metadata", {}).get("towers")
+        if towers:
+            from mmfusion_ros.train.towers import TowerSide
+
+            self.tower = TowerSide(towers["bundle"], threads=max(1, threads))
+            self.embedder = self.tower.text_embedder()
+        else:
+            self.embedder = TextEmbedder(text_cache)
         self.prompts = default_prompts()
         self.manifest: dict = {}
         manifest = self.root / "manifest.json"
@@ -118,7 +126,11 @@ class Evaluator:
     def _bundle_prompt_embeddings(self) -> Optional[np.ndarray]:
         """The bundle's prompts.json embeddings (what the robot labels with) when they are the default prompts."""
         path = self.root / str(self.manifest.get("prompts_file", "prompts.json"))
-        if not self.manifest or not path.is_file():
+        if not self.manifest and self.tower is not None:  # a bound checkpoint: the tower bundle's prompts
+            path = self.tower.dir / str(self.tower.manifest.get("prompts_file", "prompts.json"))
+        elif not self.manifest:
+            return None
+        if not path.is_file():
             return None
         doc = json.loads(path.read_text())
         rows = doc.get("prompts", [])
@@ -128,7 +140,14 @@ class Evaluator:
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
     def embed(self, split: Split) -> np.ndarray:
-        return embed_split(self.model, split)  # (N, 4, 384)
+        self.attach_towers(split)
+        return embed_split(self.model, split)  # (N, 4, D)
+
+    def attach_towers(self, split: Split) -> Split:
+        """Give a split its image-tower embeddings (the camera "input" of a model bound to a frozen tower)."""
+        if self.tower is not None and split.camera_embeddings is None:
+            split.camera_embeddings = self.tower.split_embeddings(split, self.root / "tower_cache")
+        return split
 
     @torch.no_grad()
     def fuse(self, tokens: np.ndarray, present) -> np.ndarray:

@@ -55,10 +55,10 @@ def fit(train_inputs: Mapping[str, np.ndarray], holdout_inputs: Mapping[str, np.
             "sharpness": 8.0, "unfamiliar_below": UNFAMILIAR_BELOW, "modalities": mods, "fitted_on": source}
 
 
-def fit_from_splits(train, holdout, out_dir, max_frames: int = 8000, **kw) -> dict:
-    """Fit from two train.data.Split objects (simulator datasets)."""
+def fit_from_splits(train, holdout, out_dir, max_frames: int = 8000, modalities=None, **kw) -> dict:
+    """Fit from two train.data.Split objects (simulator datasets); `modalities` (default all four) names which."""
     idx = lambda s: np.linspace(0, len(s) - 1, min(len(s), max_frames)).astype(int)
-    mods = ["camera", "lidar", "audio", "imu"]
+    mods = list(modalities or ["camera", "lidar", "audio", "imu"])
     ti, hi = idx(train), idx(holdout)
     return fit({m: train.inputs(ti, [m])[m] for m in mods}, {m: holdout.inputs(hi, [m])[m] for m in mods}, out_dir,
                **kw)

@@ -32,6 +32,9 @@ class TorchBackend(Backend):
         from mmfusion_ros.model.checkpoint import load_checkpoint
         from mmfusion_ros.model.export import part_specs
 
+        if manifest.towers:
+            raise ValueError(f"{manifest.model_dir}: a tower bundle (frozen {manifest.towers.get('source', {}).get('arch')} "
+                             f"towers as ONNX) runs with backend.type onnxruntime or tensorrt, not torch")
         self.options = options or TorchOptions()
         self._torch = torch
         if self.options.threads > 0:

@@ -223,7 +223,18 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed + 7 * self.dist.rank)
         self.train = load_split(cfg.data, "train", cfg.max_samples)
-        self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
+        self.tower = None  # train/towers.TowerSide: the frozen pretrained image and text towers, when binding to them
+        if cfg.towers:
+            from mmfusion_ros.train.towers import TowerSide
+
+            self.tower = TowerSide(cfg.towers, threads=max(1, cfg.threads))
+            self.train.camera_embeddings = self.tower.split_embeddings(self.train, self.out / "tower_cache", self.log)
+            if cfg.epochs.get("camera", 0):
+                self.log("[towers] the camera is the frozen image tower: no camera stage")
+            cfg.epochs = dict(cfg.epochs, camera=0)
+            self.embedder = self.tower.text_embedder()
+        else:
+            self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
         self.progress: Dict[str, int] = {}  # stage -> epochs done
         self.stage_seconds: Dict[str, float] = {}
         self.metadata: Dict = {}
@@ -238,6 +249,11 @@ class Trainer:
             self.opt_state = extra.get("optimizer")
             self.metadata = dict(info.get("metadata", {}))
             self.log(f"resumed from {last}: epochs done {self.progress}")
+            if self.tower is not None and (self.model.cfg.embed_dim != self.tower.dim
+                                           or "camera" not in self.model.tower_modalities):
+                raise ValueError(f"{last}: its encoders embed into {self.model.cfg.embed_dim} dims "
+                                 f"{'with their own camera' if 'camera' not in self.model.tower_modalities else ''}; the "
+                                 f"tower bundle {cfg.towers} has {self.tower.dim}: start a new --out to bind to it")
         else:
             if resume:
                 self.log(f"--resume: no {last} yet, starting fresh")
@@ -249,7 +265,18 @@ class Trainer:
             mcfg.caption.max_len = cfg.caption_max_len
             if cfg.model_name:
                 mcfg.name = cfg.model_name
+            if self.tower is not None:
+                from mmfusion_ros.model.config import EncoderConfig
+
+                mcfg.embed_dim = self.tower.dim
+                mcfg.encoders["camera"] = EncoderConfig(kind="tower", in_channels=self.tower.dim)
+                if not cfg.model_name:
+                    mcfg.name = f"{self.tower.manifest['name']}_bound"
             self.model = build_model(mcfg)
+            if self.tower is not None:  # labels use the pretrained model's own temperature
+                with torch.no_grad():
+                    self.model.logit_scales["camera"].fill_(math.log(self.tower.logit_scale))
+                self.metadata["towers"] = self.tower.describe()
         for stage in restart_stages:
             # retrain these stages from scratch on top of the loaded checkpoint (e.g. a new fusion)
             if stage not in STAGES:
@@ -609,6 +636,8 @@ class Trainer:
             self.log(f"no val split for threshold calibration ({e}); thresholds stay 0.5")
             return {}
         val.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
+        if self.tower is not None:
+            val.camera_embeddings = self.tower.split_embeddings(val, self.out / "tower_cache", self.log)
         toks = self.embed_split(val).to(self.dist.device)
         fused = self.model.fusion(toks, torch.ones(toks.shape[:2], device=toks.device))[0]
         probs = torch.cat([self.model.event_head(fused[self._to(val.history_index[s:s + 512])])
@@ -642,7 +671,10 @@ class Trainer:
             return None
         try:
             val = load_split(self.cfg.data, "val")
-            return fit_from_splits(self.train, val, self.out, source=f"{self.cfg.data}: train (bank), val (threshold)")
+            # a pretrained image tower knows far more than this data: its camera is not judged by it
+            mods = ["lidar", "audio", "imu"] if self.tower is not None else None
+            return fit_from_splits(self.train, val, self.out, source=f"{self.cfg.data}: train (bank), val (threshold)",
+                                   modalities=mods)
         except Exception as e:  # noqa: BLE001 - a bundle without statistics still works (familiarity not assessed)
             self.log(f"familiarity statistics not fitted ({e}); the bundle will report familiarity as not assessed")
             return None
@@ -670,7 +702,8 @@ class Trainer:
         t0 = time.time()
         for stage in self.cfg.stages:
             getattr(self, f"stage_{stage}")()
-            if stage == "camera" and self.progress.get("camera", 0) >= self.cfg.epochs.get("camera", 0):
+            if stage == "camera" and self.progress.get("camera", 0) >= self.cfg.epochs.get("camera", 0) \
+                    and self.tower is None:
                 # the starting point of a --supervised-upper-bound run (same camera, text-bound encoders)
                 self.save("after_camera.pt", {"progress": {"camera": self.progress["camera"]},
                                               "stage_seconds": {"camera": self.stage_seconds.get("camera", 0.0)}})
