@@ -1,5 +1,8 @@
 """What the fusion node tells /diagnostics: per sensor its rate, age, rejects and frames fused without it.
 
+The pipeline status also names the subscribed sensors the model has no encoder for (`not_bound`: a tower
+bundle before `mmfusion train --towers`): an OK property of the model, not a fault; frames fuse without them.
+
 `NodeDiagnostics` only counts and formats (no rclpy node, no clock of its own): the node passes the time
 of its ROS clock, so ages and rates are in sim time when use_sim_time is on. Callbacks, the inference
 worker and the diagnostics timer run on different threads, so every method takes one lock.
@@ -30,6 +33,16 @@ RECENT_FRAMES = 50
 #: Remedy named when a modality is unfamiliar.
 FAMILIARITY_REMEDY = ("record this robot's sensors and run `mmfusion train --bags BAG... --init CKPT --out DIR`, "
                       "which re-binds the encoders and refits the familiarity statistics on your recordings")
+#: Remedy named when subscribed sensors are not bound (the bundle has no encoder for them).
+NOT_BOUND_REMEDY = ("bind them to its towers with `mmfusion train --towers BUNDLE --config CFG --data DS --out RUN` "
+                    "and run the bound bundle RUN/bundle")
+
+
+def not_bound_text(modalities: List[str]) -> str:
+    """One line for logs and summaries: the sensors the model has no encoder for, and the remedy."""
+    it = "it" if len(modalities) == 1 else "them"
+    return (f"the model has no encoder for {', '.join(modalities)}: frames fuse from the bound sensors without "
+            f"{it}; remedy: {NOT_BOUND_REMEDY}")
 
 
 @dataclass
@@ -65,6 +78,7 @@ class NodeDiagnostics:
         self.backend = ""
         self.state = "unconfigured"
         self.extra: Dict[str, str] = {}
+        self.not_bound: List[str] = []  # subscribed sensor modalities the loaded model has no encoder for
         self._recent: Deque[tuple] = deque(maxlen=RECENT_FRAMES)  # (unfamiliar set, dropped set) per frame
         self._familiarity: Dict[str, float] = {}  # newest familiarity per assessed modality
         self._familiarity_assessed = True  # False once a frame came from a bundle without statistics
@@ -248,8 +262,12 @@ class NodeDiagnostics:
             values["familiarity"] = "not assessed (the model bundle has no familiarity statistics)"
         for m, n in sorted(self._dropped.items()):
             values[f"dropped_{m}"] = f"{n} frames (last: {self._dropped_why[m]})"
+        if self.not_bound:  # a property of the model: OK, output continues from the bound sensors
+            values["not_bound"] = ", ".join(self.not_bound)
         values.update(self.extra)
         level, message = OK, "fusing"
+        if self.not_bound:
+            message = f"fusing without {', '.join(self.not_bound)} (not bound: the model has no encoder for them)"
         problems = []
         n = len(self._recent)
         unfam = sorted({m for u, _ in self._recent for m in u if sum(m in uu for uu, _ in self._recent) > n / 2})

@@ -10,6 +10,9 @@ Subscription callbacks only convert a message and hand it to the collector (ros/
 input path that offline processing and training on bags share); a worker thread polls the collector on the node's clock (sim time under use_sim_time) and runs the
 pipeline on the newest due frame only: frames that went due while it was busy are counted as skipped.
 A malformed message is counted in /diagnostics and logged at most once per 5 s per input.
+Subscribed sensors the bundle has no encoder for (a tower bundle before `mmfusion train --towers`) are
+logged once at activate and named under `not_bound` in the pipeline's /diagnostics status (OK: frames fuse
+from the bound sensors).
 ~/set_prompts checks the request against prompts.max_count / max_length, embeds it on its own thread and
 swaps it into the pipeline between two frames, so perception and /diagnostics go on meanwhile.
 `main()` configures and activates on start-up unless the parameter `autostart` is false.
@@ -42,7 +45,7 @@ from mmfusion_ros.ros import conversions as conv
 from mmfusion_ros.ros import messages
 from mmfusion_ros.ros import params as P
 from mmfusion_ros.ros import pipeline_factory as factory
-from mmfusion_ros.ros.diagnostics import NodeDiagnostics
+from mmfusion_ros.ros.diagnostics import NodeDiagnostics, not_bound_text
 from mmfusion_ros.ros.extrinsics import ExtrinsicsResolver
 from mmfusion_ros.ros.inputs import (INPUTS, OPTIONAL_OUTPUTS, OUTPUTS, TF_TOPICS, InputFeeder, input_msgtype,
                                      input_topics, msg_class, output_topics, type_available)
@@ -200,6 +203,9 @@ class FusionNode(Node):
             return TransitionCallbackReturn.FAILURE
         self._diag.backend = getattr(self._backend, "name", type(self._backend).__name__)
         self._diag.extra["model_dir"] = str(self._model_dir)
+        self._diag.not_bound = self._not_bound()
+        if self._diag.not_bound:  # once: a property of the model, shown in /diagnostics as long as it holds
+            self.get_logger().info(f"not bound: {not_bound_text(self._diag.not_bound)}")
         ret = super().on_activate(state)  # activates the lifecycle publishers before the worker uses them
         self._stop.clear()
         self._worker = threading.Thread(target=self._worker_loop, name="mmfusion-inference", daemon=True)
@@ -213,6 +219,7 @@ class FusionNode(Node):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
         self._release_model()
+        self._diag.not_bound = []  # the model that lacked them is gone; activate asks the next one
         if self._markers is not None and "markers" in self._pubs:  # take our boxes out of RViz
             self._pubs["markers"].publish(self._markers.clear(self._now(), self._values["frame_id"]))
         self._set_state("inactive")
@@ -253,6 +260,13 @@ class FusionNode(Node):
         """The one assembly (ros/pipeline_factory.py), on the backend and prompts this node already holds."""
         return factory.open_pipeline(self._model_dir, self._values, backend=self._backend, prompts=(labels, emb),
                                      T_cam_lidar=self._T_cam_lidar)
+
+    def _not_bound(self) -> List[str]:
+        """Subscribed sensor modalities the loaded model has no encoder for (a tower bundle before
+        `mmfusion train --towers`), in model order."""
+        subscribed = {INPUTS[name].group for name in input_topics(self._values)}
+        model = set(self._pipeline.modalities)
+        return [m.value for m in SENSOR_MODALITIES if m.value in subscribed and m.value not in model]
 
     def embed_prompts(self, prompts: List[str]) -> Tuple[List[str], np.ndarray]:
         """Prompts -> (labels, (P,D) embeddings), once: prompts.json where it has them, else the text encoder."""

@@ -10,7 +10,7 @@ Marker namespaces and ids (deterministic, so RViz replaces a marker in place ins
   ``velocity`` ARROW along the tracked velocity (1 s of motion) when the object moves
   ``events``   red ARROW pointing down at the object an event concerns, id = track id
   ``caption``  TEXT_VIEW_FACING id 0 above the robot: the caption and scene-level events
-  ``grounding`` TEXT_VIEW_FACING id 0 above the caption: familiarity per modality, unobservable event types
+  ``grounding`` TEXT_VIEW_FACING id 0 above the caption: familiarity per modality, unbound sensors, unobservable event types
 
 Deletion: ``MarkerArrayBuilder`` remembers what it published last and sends an explicit DELETE for
 every (ns, id) that is gone, instead of a DELETEALL first. Both are correct; explicit DELETEs keep
@@ -218,12 +218,14 @@ class MarkerArrayBuilder:
 
 
 def grounding_text(result: FusionResult) -> str:
-    """One or two lines for RViz: each present modality's familiarity, and the event types no used modality
-    can observe ('' when the result carries neither)."""
+    """A few lines for RViz: each present modality's familiarity, the present ones the model has no encoder
+    for, and the event types no used modality can observe ('' when the result carries none of them)."""
     lines = []
     if result.familiarity:
         parts = [f"{m} {v:.2f}" + ("" if m in result.used else " (unfamiliar)") for m, v in result.familiarity.items()]
         lines.append("familiarity: " + ", ".join(parts))
+    if getattr(result, "unbound", None):
+        lines.append("not bound (no encoder): " + ", ".join(result.unbound))
     if result.unobservable:
         lines.append("not observable: " + ", ".join(result.unobservable))
     return "\n".join(lines)

@@ -103,7 +103,11 @@ def perception_msg(result: FusionResult, frame_id: Optional[str] = None) -> Fuse
 
 
 def familiarity_row(result: FusionResult) -> list:
-    """Per MODALITY_NAMES entry: familiarity in [0,1], 0 for an absent modality, -1 where not assessed."""
+    """Per MODALITY_NAMES entry: familiarity in [0,1], 0 for an absent modality, -1 where not assessed.
+
+    A present modality the model has no encoder for (FusionResult.unbound: a tower bundle before binding) is
+    -1, not 0: it is present (present_modalities lists it), it is just not assessed, and modalities_used
+    leaves it out."""
     present = set(_names(result.present))
     fam = result.familiarity or {}
     return [float(fam[m]) if m in fam else (-1.0 if m in present else 0.0) for m in MODALITY_NAMES]

@@ -26,6 +26,7 @@ from mmfusion_ros.core.sync import Collector, SyncConfig
 from mmfusion_ros.core.types import SENSOR_MODALITIES, Modality
 from mmfusion_ros.ros import conversions as conv
 from mmfusion_ros.ros import params as P
+from mmfusion_ros.ros.diagnostics import not_bound_text
 from mmfusion_ros.ros.inputs import INPUTS, OUTPUTS, InputFeeder, norm_topic, open_bag, route_connections
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Summary:
     read_error: str = ""  # why reading stopped before the end (a damaged chunk); "" = read to the end
     interrupted: bool = False  # stopped by ctrl-C: the output holds the frames fused until then
     dropped: Dict[str, int] = field(default_factory=dict)  # modality -> frames it was dropped from (encoder failed)
+    not_bound: List[str] = field(default_factory=list)  # sensors in the bag the model has no encoder for
 
     @property
     def fps(self) -> float:
@@ -156,6 +158,8 @@ class Summary:
         lines.append("written: " + ", ".join(f"{t} {n}" for t, n in self.outputs.items()))
         if self.rendered:
             lines.append(f"rendered {self.rendered} frames")
+        if self.not_bound:
+            lines.append(f"not bound: {not_bound_text(self.not_bound)}")
         if self.dropped:
             lines.append("dropped from frames (its encoder failed): "
                          + ", ".join(f"{m} {n}" for m, n in sorted(self.dropped.items())))
@@ -314,6 +318,10 @@ def _process(opts: OfflineOptions, values: Dict[str, Any], reader, routes: Dict[
 
     out = Path(opts.out)
     pipe = build_pipeline(values, opts)
+    read = {INPUTS[name].group for name in routes.values()}
+    summary.not_bound = [m.value for m in SENSOR_MODALITIES if m.value in read and m.value not in pipe.modalities]
+    if summary.not_bound:  # as the node logs at activate: a property of the model, not a fault
+        log.info("not bound: %s", not_bound_text(summary.not_bound))
     from mmfusion_ros.ros.extrinsics import apply_bag_tf
 
     apply_bag_tf(reader, routes, values, pipe, explicit_yaml=bool(opts.extrinsics))  # the bag's /tf_static first
