@@ -14,9 +14,9 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="towers_command", required=True)
-    imp = sub.add_parser("import", help="export an OpenCLIP model's image and text towers into a new bundle",
-                         description="export an OpenCLIP model's image and text towers into a new bundle")
+    p.add_argument("action", choices=["import"],
+                   help="import: export an OpenCLIP model's image and text towers into a new bundle")
+    imp = p
     imp.add_argument("--open-clip", dest="arch", required=True, metavar="ARCH",
                      help="open_clip architecture name, e.g. ViT-B-32 (open_clip.list_models())")
     imp.add_argument("--pretrained", required=True,
