@@ -41,6 +41,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def kitti_dir(shared_data) -> Path:
+    """The real KITTI frame 000134 (camera, LiDAR, calibration, labels) in ../shared/data."""
+    d = shared_data / "kitti_000134"
+    if not d.is_dir():
+        pytest.skip(f"{d} not found")
+    return d
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
 

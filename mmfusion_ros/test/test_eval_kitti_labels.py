@@ -112,14 +112,6 @@ def test_frames_merge_into_overall_counts():
     assert m["unmatched"]["given"] == {"car": 1, "door": 1} and m["unmatched"]["clusters"] == 2
 
 
-@pytest.fixture(scope="module")
-def kitti_dir(shared_data):
-    d = shared_data / "kitti_000134"
-    if not d.is_dir():
-        pytest.skip(f"{d} not found")
-    return d
-
-
 def test_shipped_model_finds_the_kitti_camera_unfamiliar(kitti_dir):
     lab = eval_kitti.open_camera_labeller(str(SHIPPED), "onnxruntime")
     image, camera, _ = eval_kitti.through_messages(eval_kitti.load_frame(kitti_dir))

@@ -11,14 +11,6 @@ from mmfusion_ros.commands import eval_kitti
 from mmfusion_ros.core.perception import Perception
 
 
-@pytest.fixture(scope="module")
-def kitti_dir(shared_data):
-    d = shared_data / "kitti_000134"
-    if not d.is_dir():
-        pytest.skip(f"{d} not found")
-    return d
-
-
 def test_calibration_reproduces_p2(kitti_dir):
     frame = eval_kitti.load_frame(kitti_dir)
     calib = eval_kitti.parse_calib((kitti_dir / "000134_calib.txt").read_text())

@@ -31,26 +31,16 @@ class TowerImportError(ValueError):
     """The architecture, checkpoint or output folder cannot make a tower bundle (the message names which)."""
 
 
-class _ImageTower(nn.Module):
-    """camera (B,3,S,S) tower-normalised RGB -> embedding (B,D) L2-normalised."""
+class _Tower(nn.Module):
+    """One tower as an ONNX-exportable module: camera (B,3,S,S) or tokens (B,L) int64 -> embedding (B,D) L2-normalised."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, side: str):
         super().__init__()
         self.clip = clip
+        self.encode = clip.encode_image if side == "image" else clip.encode_text
 
-    def forward(self, camera: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(camera, normalize=True)  # (B, D)
-
-
-class _TextTower(nn.Module):
-    """tokens (B,L) int64 CLIP ids -> embedding (B,D) L2-normalised."""
-
-    def __init__(self, clip: nn.Module):
-        super().__init__()
-        self.clip = clip
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_text(tokens, normalize=True)  # (B, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x, normalize=True)  # (B, D)
 
 
 def load_open_clip(arch: str, pretrained: Optional[str], config: Optional[Path] = None) -> Tuple[nn.Module, dict]:
@@ -143,8 +133,8 @@ def export_towers(model: nn.Module, arch: str, image_path: Path, text_path: Path
     """Write the image tower (input `camera` (B,3,S,S)) and text tower (input `tokens` (B,ctx)) ONNX files;
     return (embedding width, context length)."""
     open_clip = import_open_clip()
-    image = _ImageTower(model).eval()
-    text = _TextTower(model).eval()
+    image = _Tower(model, "image").eval()
+    text = _Tower(model, "text").eval()
     x = torch.zeros(2, 3, image_size, image_size)  # (2, 3, S, S)
     ids = open_clip.get_tokenizer(arch)(["a photo of a dog.", "a car"])  # (2, ctx) int64
     with torch.no_grad():
