@@ -1,4 +1,5 @@
-"""Benchmarks behind `mmfusion bench`: each module here exposes ``run(quick: bool) -> list[dict]``.
+"""Benchmarks behind `mmfusion bench`: each module here exposes ``run(quick: bool) -> list[dict]`` (and raises
+``BenchSkipped`` with the reason when it cannot run here).
 
 A section dict is {"title": str, "columns": [...], "rows": [[...]], "notes": str}. commands/bench.py
 prints them and writes docs/benchmarks.md. Shared helpers below: which model bundle to measure
@@ -37,6 +38,11 @@ ENV_MODEL = "MMFUSION_BENCH_MODEL"
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "mmfusion_small"
 
 _random_bundle: Optional[Path] = None
+
+
+class BenchSkipped(Exception):
+    """Raised by a module's ``run`` that cannot measure on this machine (an optional dependency is missing):
+    `mmfusion bench` reports the one-line message as the module's status and goes on with the others."""
 
 
 def _installed_shipped_model() -> Optional[Path]:

@@ -1,7 +1,7 @@
 """`mmfusion bench`: run every bench/*.py module, print its tables, write docs/benchmarks.md (and JSON).
 
-Each bench module is optional (other engineers own some): a missing or failing one is reported in
-the output rather than stopping the others.
+Each bench module is optional (other engineers own some): a missing, skipped (bench.BenchSkipped) or
+failing one is reported in the output rather than stopping the others.
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         try:
             secs = mod.run(args.quick)
+        except bench.BenchSkipped as e:  # e.g. an optional dependency missing: say why, not a failure
+            status.append(f"{name}: skipped ({e})")
+            print(f"[bench] {name}: skipped ({e})", file=sys.stderr)
+            continue
         except Exception as e:  # one broken module must not hide the others' numbers
             failed = True
             status.append(f"{name}: FAILED ({type(e).__name__}: {e})")
