@@ -184,5 +184,6 @@ def run(quick: bool = False) -> List[dict]:
         import_open_clip()
     except ImportError as e:
         missing = getattr(e.__cause__, "name", None) or e.name or "open_clip"
-        raise BenchSkipped(f"open_clip is not installed (no module {missing}; pip install open_clip_torch==3.3.0)") from e
+        raise BenchSkipped(f"open_clip is not installed (no module {missing}; "
+                           f"pip install open_clip_torch==3.3.0)") from e
     return [tower_section(ARCH, QUICK_RUNS if quick else RUNS)]
