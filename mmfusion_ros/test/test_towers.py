@@ -232,3 +232,16 @@ def test_bags_binding_refuses_a_checkpoint_with_its_own_camera(bound, tmp_path):
         _tower_of(str(own), str(bound / "bundle"))
     side = _tower_of(str(bound / "checkpoint.pt"), None)  # a bound checkpoint finds its own towers
     assert side.dim == 32
+
+
+def test_bench_models_section_runs_a_tower_bundle(bound, monkeypatch):
+    """`mmfusion bench --model BUNDLE --only models` on a bound tower bundle: ONNX Runtime rows for every part
+    (torch eager cannot run ONNX-only towers), not a failure."""
+    from mmfusion_ros.bench import ENV_MODEL
+    from mmfusion_ros.bench import models as B
+
+    monkeypatch.setenv(ENV_MODEL, str(bound / "bundle"))
+    (sec,) = B.run(quick=True)
+    assert [r[0] for r in sec["rows"]] == ["camera_encoder", "lidar_encoder", "audio_encoder", "imu_encoder",
+                                           "fusion", "event_head"]
+    assert all(float(v) > 0 for r in sec["rows"] for v in r[1:])

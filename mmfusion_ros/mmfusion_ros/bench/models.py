@@ -137,6 +137,10 @@ def run(quick: bool) -> List[dict]:
     threads = 1 if quick else cores
     torch.set_num_threads(threads)
     model_dir = bench_model_dir()
+    from ..runtime.manifest import load_manifest
+
+    if load_manifest(model_dir).towers:
+        return _run_tower_bundle(model_dir, threads, quick)
     tb = create_backend(model_dir, "torch", threads=threads)
     ob = create_backend(model_dir, "onnxruntime", intra_op_threads=threads)
     engines = [("torch eager", tb), ("ONNX Runtime", ob)]
@@ -254,3 +258,30 @@ def run(quick: bool) -> List[dict]:
     for _, be in engines:
         be.close()
     return sections
+
+
+def _run_tower_bundle(model_dir, threads: int, quick: bool) -> List[dict]:
+    """A tower bundle's parts with ONNX Runtime (and TensorRT when present): torch eager cannot run its frozen
+    towers (they are ONNX only), so there is no torch column; the towers' own size and compute are the `towers`
+    section."""
+    from ..runtime import create_backend
+    from ..runtime.factory import tensorrt_usable
+
+    engines = [("ONNX Runtime", create_backend(model_dir, "onnxruntime", intra_op_threads=threads))]
+    trt_ok, trt_why = tensorrt_usable()
+    if trt_ok:
+        engines.append(("TensorRT fp16", create_backend(model_dir, "tensorrt", fallback=False, precision="fp16")))
+    man = engines[0][1].manifest
+    ins = _inputs(man)
+    iters = 20 if quick else 200
+    parts = [p for p in [f"{m}_encoder" for m in ENCODERS] + ["fusion", "event_head"] if p in man["parts"]]
+    results = {part: time_interleaved({lb: (lambda p=part, b=be: b.run(p, ins[p])) for lb, be in engines}, iters)
+               for part in parts}
+    cols = ["part (batch 1)"] + [f"{lb} {q} ms" for lb, _ in engines for q in ("p50", "p99")]
+    rows = [[part] + [fmt(pct(per[lb], q)) for lb, _ in engines for q in (50, 99)] for part, per in results.items()]
+    for _, be in engines:
+        be.close()
+    note = (f"Model: {model_label(model_dir)} (a tower bundle: {man.towers.get('source', {}).get('arch')} towers, bound "
+            f"{man.towers.get('bound') or 'nothing yet'}). {threads} intra-op threads, {iters} calls per row. "
+            + ("" if trt_ok else f"TensorRT not measured: {trt_why}."))
+    return [section("Model latency of a tower bundle: ONNX Runtime" + (" vs TensorRT" if trt_ok else ""), cols, rows, note)]
