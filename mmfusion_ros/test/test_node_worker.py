@@ -34,6 +34,8 @@ class FakeBackend:
 class SlowPipeline:
     """Takes INFERENCE_S per frame, like a model on a busy CPU."""
 
+    modalities = ["camera", "lidar", "audio", "imu"]  # the bundle's bound sensors (all of them)
+
     def __init__(self):
         self.stamps = []
 

@@ -8,7 +8,7 @@ an STFT, and the robot's runtime path must not need torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Tuple
 
@@ -45,6 +45,11 @@ class PreprocessConfig:
             raise ValueError(f"preprocess.image_mean/std: three values each, std > 0; got {self.image_mean}, "
                              f"{self.image_std}")
         return self
+
+    def to_dict(self) -> dict:
+        """The fields as JSON writes and reads them (tuples as lists): dataset and bundle manifests."""
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in fields(self) for v in [getattr(self, f.name)]}
 
     @property
     def audio_samples(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -159,7 +159,7 @@ def build_manifest(
         "event_thresholds": thr,
         "vocab": list(vocab.tokens),
         "caption_max_len": model.cfg.caption.max_len,
-        "preprocess": asdict(pre),
+        "preprocess": pre.to_dict(),
         "checkpoint_sha256": checkpoint_sha256,
         "onnx_opset": ONNX_OPSET,
         "text_encoder": TEXT_ENCODER_NAME,
@@ -247,9 +247,8 @@ def export_bundle(
     tower_man = _tower_manifest(towers) if towers else None
     pre = DEFAULT
     if tower_man is not None:  # the bound sensors keep the simulator geometry; the image follows the tower
-        pre = PreprocessConfig(**{**asdict(DEFAULT), **{k: (tuple(v) if isinstance(v, list) else v)
-                                                        for k, v in tower_man["preprocess"].items()
-                                                        if k.startswith("image_")}})
+        pre = replace(DEFAULT, **{k: (tuple(v) if isinstance(v, list) else v)
+                                  for k, v in tower_man["preprocess"].items() if k.startswith("image_")})
     parts = export_onnx(model, out, pre)
     thresholds = dict(info.get("metadata", {}).get("event_thresholds", {}))
     thresholds.update(event_thresholds or {})

@@ -15,7 +15,7 @@ import os
 import resource
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -266,7 +266,7 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
         "n_samples": cfg.n,
         "frame_step": cfg.frame_step,
         "frames_per_scene": cfg.frames_per_scene,
-        "preprocess": asdict(pp.DEFAULT),
+        "preprocess": pp.DEFAULT.to_dict(),
         "classes": list(OBJECT_CLASSES),
         "event_types": list(EVENT_TYPES),
         "horizons": list(EVENT_HORIZONS),

@@ -12,7 +12,6 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -81,7 +80,7 @@ def import_towers(arch: str, pretrained: Optional[str], out_dir, name: Optional[
                 "inputs": {"camera": {"shape": ["B", 3, s, s], "dtype": "float32"}},
                 "outputs": {"embedding": {"shape": ["B", dim], "dtype": "float32"}}}},
             "logit_scale": float(model.logit_scale.detach().exp()),
-            "preprocess": asdict(pre),
+            "preprocess": pre.to_dict(),
             "onnx_opset": ONNX_OPSET,
             "text_encoder": text_name,
             "prompts_file": "prompts.json",
