@@ -245,3 +245,12 @@ def test_bench_models_section_runs_a_tower_bundle(bound, monkeypatch):
     assert [r[0] for r in sec["rows"]] == ["camera_encoder", "lidar_encoder", "audio_encoder", "imu_encoder",
                                            "fusion", "event_head"]
     assert all(float(v) > 0 for r in sec["rows"] for v in r[1:])
+
+
+def test_eval_runs_a_bound_bundle_from_its_own_towers(bound, synth, tmp_path, capsys):
+    """`mmfusion eval --model BOUND_BUNDLE`: the bundle's own towers embed the frames and prompts, even when the
+    tower bundle it was bound to has moved."""
+    moved = tmp_path / "bundle"
+    shutil.copytree(bound / "bundle", moved)
+    assert main(["eval", "--model", str(moved), "--data", str(synth), "--split", "test", "--tables", "T2"]) == 0
+    assert "camera" in capsys.readouterr().out

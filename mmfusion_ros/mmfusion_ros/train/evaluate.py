@@ -94,7 +94,10 @@ class Evaluator:
         if towers:
             from mmfusion_ros.train.towers import TowerSide
 
-            self.tower = TowerSide(towers["bundle"], threads=max(1, threads))
+            # a bound bundle carries its towers; a bare checkpoint finds the tower bundle it was bound to
+            here = self.root / "manifest.json"
+            own = here.is_file() and "towers" in json.loads(here.read_text())
+            self.tower = TowerSide(self.root if own else towers["bundle"], threads=max(1, threads))
             self.embedder = self.tower.text_embedder()
         else:
             self.embedder = TextEmbedder(text_cache)
