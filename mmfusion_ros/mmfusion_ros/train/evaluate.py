@@ -149,7 +149,9 @@ class Evaluator:
     def attach_towers(self, split: Split) -> Split:
         """Give a split its image-tower embeddings (the camera "input" of a model bound to a frozen tower)."""
         if self.tower is not None and split.camera_embeddings is None:
-            split.camera_embeddings = self.tower.split_embeddings(split, self.root / "tower_cache")
+            from mmfusion_ros.train.towers import default_cache_dir
+
+            split.camera_embeddings = self.tower.split_embeddings(split, default_cache_dir())
         return split
 
     @torch.no_grad()

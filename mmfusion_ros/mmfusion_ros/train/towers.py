@@ -27,6 +27,15 @@ from mmfusion_ros.runtime.text_encoder import META_FILE, ONNX_FILE, TOKENIZER_FI
 TEXT_DIR = "text_encoder"  # the bundle's text tower folder: text_encoder.onnx, tokenizer.json, text_encoder.json
 
 
+def default_cache_dir() -> Path:
+    """~/.cache/mmfusion_ros/tower_embeddings: image-tower embeddings of dataset splits (eval, calibrate), kept
+    out of the bundle and the dataset so neither needs to be writable."""
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "mmfusion_ros" / "tower_embeddings"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
