@@ -268,3 +268,35 @@ def test_scene_bootstrap_interval_is_over_scenes():
     lo2, hi2 = M.scene_bootstrap_ci(v, np.arange(100), n_boot=2000)
     assert hi2 - lo2 < 0.6 * (hi - lo)
     assert all(np.isnan(M.scene_bootstrap_ci(v, np.zeros(100))))  # one scene: no interval
+
+
+def test_ogm_scales_down_only_the_dominant_modality():
+    """OGM (JointStep, GE off): a modality whose own embedding matches the text far better than the others' gets its
+    encoder gradient scaled by 1 - tanh(alpha (rho - 1)); the others' gradients are untouched."""
+    from mmfusion_ros.model.config import tiny_config
+    from mmfusion_ros.model.mmfusion import SENSOR_KEYS, build_model
+    from mmfusion_ros.train.trainer import JointStep
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(vocab_size=8)).eval()
+    b = 8
+    shapes = {"camera": (3, 128, 128), "lidar": (4, 128, 128), "audio": (1, 64, 101), "imu": (6, 400)}
+    x = {k: torch.randn(b, *s) for k, s in shapes.items()}
+    with torch.no_grad():
+        text = model.encode("camera", x["camera"])  # the camera embedding IS the text: camera dominates
+    present, pos = torch.ones(b, 4), torch.zeros(b, b, dtype=torch.bool)
+
+    def grads(alpha):
+        model.zero_grad()
+        step = JointStep(model, SENSOR_KEYS, alpha, ge=False)
+        step.train()
+        step(x, present, text, pos).backward()
+        return step, {k: model.modality_heads[k].weight.grad.clone() for k in SENSOR_KEYS}
+
+    _, plain = grads(0.0)
+    step, mod = grads(10.0)
+    coef = step.coef_sum / step.steps
+    assert coef[0] < 0.9 and torch.all(coef[1:] == 1.0)
+    assert torch.allclose(mod["camera"], plain["camera"] * coef[0], atol=1e-6)
+    for k in ("lidar", "audio", "imu"):
+        assert torch.allclose(mod[k], plain[k], atol=1e-7)

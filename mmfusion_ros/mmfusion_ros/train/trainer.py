@@ -109,6 +109,51 @@ class FusionStep(nn.Module):
         return info_nce(fused, text, self.model.logit_scale("fused"), pos)
 
 
+class JointStep(nn.Module):
+    """Joint fine-tuning of the encoders and the fusion on the fused embedding's InfoNCE against the caption text,
+    with on-the-fly gradient modulation (OGM-GE; Peng et al., CVPR 2022) against modality imbalance.
+
+    Per step each modality's own score is the mean softmax probability its embedding gives the matching texts; a
+    modality scoring above the mean of the others (ratio rho > 1) has its gradient scaled by 1 - tanh(alpha (rho-1)),
+    plus (GE) Gaussian noise of that gradient's own spread, so the sensors the fusion leans on stop drowning the
+    others' learning. Hand-written (no library implements it for this model): the scaling is applied to the gradient
+    at the modality's embedding, which scales every parameter gradient of its encoder alike (exact for OGM); GE's
+    noise is drawn there too (the paper draws it per parameter)."""
+
+    def __init__(self, model: MMFusionModel, keys: List[str], alpha: float, ge: bool):
+        super().__init__()
+        self.model, self.keys, self.alpha, self.ge = model, keys, float(alpha), bool(ge)
+        self.coef_sum = torch.zeros(len(SENSOR_KEYS))  # running sums of the coefficients, for the log
+        self.steps = 0
+
+    def forward(self, inputs: Dict[str, torch.Tensor], present, text, pos):
+        toks, scores = [], []
+        posf = pos.float() + torch.eye(len(text), device=text.device)
+        posf = (posf > 0).float()
+        for k in SENSOR_KEYS:
+            e = self.model.encode(k, inputs[k])  # (B, D)
+            with torch.no_grad():
+                p = F.softmax(self.model.logit_scale(k) * e @ text.t(), 1)  # (B, B)
+                scores.append(((p * posf).sum(1)).mean())
+            toks.append(e)
+        coef = torch.ones(len(SENSOR_KEYS))
+        if self.training and self.alpha > 0:
+            s = torch.stack(scores).cpu()  # (4,)
+            for i, k in enumerate(SENSOR_KEYS):
+                if k not in self.keys:
+                    continue
+                others = torch.cat([s[:i], s[i + 1:]]).mean().clamp(min=1e-6)
+                coef[i] = 1.0 - torch.tanh(self.alpha * torch.relu(s[i] / others - 1.0))
+                if coef[i] < 1.0 and toks[i].requires_grad:
+                    c, ge = float(coef[i]), self.ge
+                    toks[i].register_hook(lambda g, c=c, ge=ge: g * c + (torch.randn_like(g) * g.std() if ge else 0.0))
+        self.coef_sum += coef
+        self.steps += 1
+        tokens = torch.stack(toks, 1)  # (B, 4, D)
+        fused, _ = self.model.fusion(tokens * present.unsqueeze(-1), present)  # (B, D)
+        return info_nce(fused, text, self.model.logit_scale("fused"), pos)
+
+
 class CaptionStep(nn.Module):
     """Caption decoder: teacher-forced next-token cross-entropy from a conditioning embedding."""
 
@@ -356,7 +401,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- the generic loop
     def _run_stage(self, stage: str, step_module: nn.Module, params: List[nn.Parameter], n: int,
-                   make_batch: Callable[[np.ndarray], tuple]) -> None:
+                   make_batch: Callable[[np.ndarray], tuple], lr: Optional[float] = None) -> None:
         epochs = int(self.cfg.epochs.get(stage, 0))
         done = int(self.progress.get(stage, 0))
         if done >= epochs:
@@ -368,7 +413,7 @@ class Trainer:
             raise ValueError(f"[{stage}] {n} samples are too few for batch {batch} x {self.dist.world} processes")
         total = steps_per_epoch * epochs
         warm = max(1, int(self.cfg.warmup_frac * total))
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr or self.cfg.lr, weight_decay=self.cfg.weight_decay)
         if self.opt_state is not None and self.opt_state.get("stage") == stage:
             opt.load_state_dict(self.opt_state["state"])
         self.opt_state = None
@@ -623,6 +668,31 @@ class Trainer:
             return x, target[i], observed
 
         self._run_stage("events", step, params, len(tr), make)
+
+    def stage_joint(self) -> None:
+        """Encoders (not a frozen tower) and fusion fine-tuned together with OGM-GE (JointStep), modality dropout as
+        in the fusion stage. Off unless epochs.joint > 0. Captions and events read the fused embedding: retrain
+        them after this stage (`--stages joint caption events`)."""
+        keys = [k for k in SENSOR_KEYS if k not in self.model.tower_modalities]
+        mods = [m for k in keys for m in (self.model.modality_trunks[k], self.model.modality_heads[k])]
+        params = self._set_trainable(mods + [self.model.fusion], [self.model.logit_scales["fused"]])
+        step = JointStep(self.model, keys, self.cfg.joint_ogm_alpha, self.cfg.joint_ge)
+        if self.progress.get("joint", 0) >= self.cfg.epochs.get("joint", 0):
+            return self._run_stage("joint", step, params, len(self.train), None)
+        tr = self.train
+
+        def make(idx):
+            x = {k: self._to(v) for k, v in tr.inputs(idx).items()}
+            tid = self.captions.pick(idx, self.rng, "fused", self.cfg.fact_phrasings)
+            return x, self._dropout_mask(len(idx)), self.text[self._to(tid)], self._text_positives(idx, tid, "fused")
+
+        self._run_stage("joint", step, params, len(tr), make, lr=self.cfg.lr * self.cfg.joint_lr_scale)
+        self._tokens_cache = None  # the encoders changed
+        if step.steps:
+            coef = {k: round(float(c) / step.steps, 4) for k, c in zip(SENSOR_KEYS, step.coef_sum)}
+            self.metadata["joint_ogm_mean_coefficients"] = coef
+            self.log(f"[joint] mean OGM coefficients {coef}")
+            self._log_json({"stage": "joint", "ogm_mean_coefficients": coef})
 
     # ---------------------------------------------------------------- after training
     @torch.no_grad()
