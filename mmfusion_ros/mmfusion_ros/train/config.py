@@ -42,6 +42,9 @@ class TrainConfig:
     encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)
     log_every: int = 20  # steps between log lines in log.jsonl
     text_cache: str = ""  # folder of the text-embedding cache (default: <out>/text_cache)
+    joint_modalities: List[str] = field(default_factory=lambda: ["camera", "lidar", "audio"])  # joint stage: encoders
+    #                   it fine-tunes (default: the ones that can observe labels, core/observability.py; a tuned IMU
+    #                   learns the class from the robot's motion, a shortcut it cannot observe)
     joint_ogm_alpha: float = 0.5  # joint stage: OGM-GE modulation strength (0 = plain joint fine-tuning, no modulation)
     joint_ge: bool = True  # joint stage: OGM-GE's Gaussian noise on the modulated modality's gradient
     joint_lr_scale: float = 0.1  # joint stage: learning rate = lr x this (it fine-tunes trained encoders)
@@ -84,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"event_threshold_floor must be in [0, 1), got {self.event_threshold_floor}")
         if not 0.0 <= self.fact_phrasings <= 1.0:
             raise ValueError(f"fact_phrasings must be in [0, 1], got {self.fact_phrasings}")
+        if not set(self.joint_modalities) <= {"camera", "lidar", "audio", "imu"}:
+            raise ValueError(f"joint_modalities {self.joint_modalities}: not sensor modalities")
         if self.joint_ogm_alpha < 0 or self.joint_lr_scale <= 0:
             raise ValueError(f"joint_ogm_alpha must be >= 0 and joint_lr_scale > 0, got {self.joint_ogm_alpha}, "
                              f"{self.joint_lr_scale}")

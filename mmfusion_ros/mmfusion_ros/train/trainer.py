@@ -673,7 +673,7 @@ class Trainer:
         """Encoders (not a frozen tower) and fusion fine-tuned together with OGM-GE (JointStep), modality dropout as
         in the fusion stage. Off unless epochs.joint > 0. Captions and events read the fused embedding: retrain
         them after this stage (`--stages joint caption events`)."""
-        keys = [k for k in SENSOR_KEYS if k not in self.model.tower_modalities]
+        keys = [k for k in SENSOR_KEYS if k in self.cfg.joint_modalities and k not in self.model.tower_modalities]
         mods = [m for k in keys for m in (self.model.modality_trunks[k], self.model.modality_heads[k])]
         params = self._set_trainable(mods + [self.model.fusion], [self.model.logit_scales["fused"]])
         step = JointStep(self.model, keys, self.cfg.joint_ogm_alpha, self.cfg.joint_ge)
