@@ -90,7 +90,7 @@ def test_config_rejects_bad_values(tmp_path):
 
 
 def test_shipped_configs_parse(repo_root):
-    for name in ("train_tiny.yaml", "train_small.yaml"):
+    for name in ("train_tiny.yaml", "train_small.yaml", "train_joint.yaml"):
         TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / name)
 
 
