@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -144,11 +143,3 @@ def export_towers(model: nn.Module, arch: str, image_path: Path, text_path: Path
     _export(image, x, image_path, "camera")
     _export(text, ids, text_path, "tokens")
     return dim, int(ids.shape[1])
-
-
-def torch_tower_embeddings(model: nn.Module, images: np.ndarray = None, tokens: np.ndarray = None) -> np.ndarray:
-    """Reference embeddings from open_clip itself (for parity checks): images (B,3,S,S) or tokens (B,L)."""
-    with torch.no_grad():
-        if images is not None:
-            return model.encode_image(torch.from_numpy(np.asarray(images, np.float32)), normalize=True).numpy()
-        return model.encode_text(torch.from_numpy(np.asarray(tokens, np.int64)), normalize=True).numpy()
