@@ -135,7 +135,6 @@ class TowerSide:
 
     def __init__(self, bundle, threads: int = 2):
         from mmfusion_ros.core.pipeline import preprocess_config_from_manifest
-        from mmfusion_ros.runtime.factory import create_backend
         from mmfusion_ros.runtime.manifest import load_manifest
 
         self.manifest = load_manifest(bundle)
@@ -150,9 +149,8 @@ class TowerSide:
         if self.text.dim != self.dim:
             raise TowerImportError(f"{self.manifest.text_dir / META_FILE}: text tower width {self.text.dim} differs "
                                    f"from the bundle's embed_dim {self.dim}")
-        self._backend = None
+        self._backend = None  # ONNX Runtime on the bundle, opened on the first image
         self._threads = threads
-        self._create = create_backend
         self.image_file = self.manifest.part_path("camera_encoder")
         self.image_sha256 = _sha256(self.image_file)
 
@@ -164,9 +162,10 @@ class TowerSide:
     def image_embeddings(self, images: np.ndarray, batch: int = 32) -> np.ndarray:
         """(N,H,W,3) uint8 RGB -> (N,D) image-tower embeddings (the bundle's own preprocessing, ONNX Runtime)."""
         from mmfusion_ros.core.preprocess import preprocess_image
+        from mmfusion_ros.runtime.factory import create_backend
 
         if self._backend is None:
-            self._backend = self._create(self.dir, "onnxruntime", intra_op_threads=self._threads)
+            self._backend = create_backend(self.dir, "onnxruntime", intra_op_threads=self._threads)
         out = []
         for s in range(0, len(images), batch):
             x = np.stack([preprocess_image(np.asarray(im, np.uint8), self.pre) for im in images[s:s + batch]])
