@@ -65,7 +65,21 @@ def stop_node(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-class Harness:
+class Spinning:
+    """For a test-side driver with `executor` and `pump()` (publish what is due): spin until a condition holds."""
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float, what) -> None:
+        """Spin (and publish) until predicate() holds; `what` (a string or a callable giving one) says what failed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            self.executor.spin_once(timeout_sec=0.005)
+            if predicate():
+                return
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
+
+
+class Harness(Spinning):
     """Test-side node: publishes sensors at their rates while spinning, records the node's outputs."""
 
     def __init__(self, context):
@@ -120,16 +134,6 @@ class Harness:
                 msg = conv.imu_to_msg(now, [0.0, 0.0, 9.81], [0.0, 0.0, 0.1])
             self.pub[k].publish(msg)
             self.sent[k].append(now)
-
-    def spin_until(self, predicate: Callable[[], bool], timeout: float, what) -> None:
-        """Spin (and publish) until predicate() holds; `what` (a string or a callable giving one) says what failed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.pump()
-            self.executor.spin_once(timeout_sec=0.005)
-            if predicate():
-                return
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
 
     def call(self, client, request, timeout: float = 10.0, resend_every: Optional[float] = None):
         """Call a service; with `resend_every`, re-send an idempotent request that got no reply.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -31,7 +31,7 @@ from vision_msgs.msg import Detection3DArray  # noqa: E402
 from mmfusion_msgs.msg import FusedPerception  # noqa: E402
 from mmfusion_ros.core.types import CameraIntrinsics  # noqa: E402
 from mmfusion_ros.ros import conversions as conv  # noqa: E402
-from test_node import kv, start_node, stop_node  # noqa: E402 - the node tests' process helpers
+from test_node import Spinning, kv, start_node, stop_node  # noqa: E402 - the node tests' process helpers
 
 pytestmark = pytest.mark.ros
 RATES = {"camera": 10.0, "camera_info": 10.0, "lidar": 10.0, "audio": 10.0, "imu": 100.0, "audio_info": 1.0}
@@ -47,7 +47,7 @@ def _cloud() -> np.ndarray:
     return pts.astype(np.float32)
 
 
-class Graph:
+class Graph(Spinning):
     """Test-side drivers: camera, LiDAR, IMU, audio of one audio_common type, /tf_static; records outputs."""
 
     def __init__(self, context, ns: str, audio_type: str, lidar_frame: str, camera_frame: str,
@@ -105,15 +105,6 @@ class Graph:
             else:
                 msg = conv.imu_to_msg(now, [0.0, 0.0, 9.81], [0.0, 0.0, 0.1])
             self.pub[k].publish(msg)
-
-    def spin_until(self, predicate: Callable[[], bool], timeout: float, what) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.pump()
-            self.executor.spin_once(timeout_sec=0.005)
-            if predicate():
-                return
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
 
     def pipeline_status(self) -> Optional[Dict[str, str]]:
         for arr in reversed(self.diagnostics):

@@ -110,10 +110,9 @@ class Pipeline:
             raise ValueError(f"manifest.modalities: expected {every}, got {self.modalities}")
         # an unbound tower bundle has no heads: the fused embedding is then the mean, and no caption or event is made
         # (every other bundle has all parts: runtime/manifest.py checks that)
-        parts = man.get("parts", {}) if towers else {"fusion": 1, "event_head": 1, "caption_decoder": 1}
-        self.has_fusion = "fusion" in parts
-        self.has_events = "event_head" in parts
-        self.has_caption = "caption_decoder" in parts
+        heads = set(man.get("parts", {})) if towers else {"fusion", "event_head", "caption_decoder"}
+        self.has_fusion, self.has_events, self.has_caption = ("fusion" in heads, "event_head" in heads,
+                                                              "caption_decoder" in heads)
         self.preprocess = preprocess_config_from_manifest(man)
         self.logit_scale = float(man.get("logit_scale", 1.0))
         if not math.isfinite(self.logit_scale) or self.logit_scale <= 0:
