@@ -84,6 +84,10 @@ def test_config_rejects_bad_values(tmp_path):
         TrainConfig.from_dict({"stages": ["camera", "magic"]})
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig.from_dict({"batch_size": 1})
+    with pytest.raises(ValueError, match="bind_targets.imu"):
+        TrainConfig.from_dict({"bind_targets": {"imu": "video"}})
+    with pytest.raises(ValueError, match="bind_targets.camera"):
+        TrainConfig.from_dict({"bind_targets": {"camera": "ego"}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: huge\n")
     assert main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
@@ -132,7 +136,7 @@ def _camera_text_accuracy(ckpt, synth):
 
 
 def test_train_resume_and_export(tmp_path, synth):
-    cfg = _cfg(tmp_path, synth, stages=["camera", "bind"])
+    cfg = _cfg(tmp_path, synth, stages=["camera", "bind"], bind_targets={"imu": "ego"})
     assert main(["train", "--config", str(cfg)]) == 0
     run = tmp_path / "run"
     assert (run / "last.pt").is_file() and not (run / "checkpoint.pt").exists()  # not all stages done yet
@@ -256,6 +260,10 @@ def test_caption_table_fact_positives():
     assert set(picks) <= set(table.sample_ids[0]) | set(table.fact_ids["camera"][0])
     assert any(p >= table.n_full for p in picks) and any(p < table.n_full for p in picks)
     assert set(table.pick(np.zeros(50, np.int64), rng)) <= set(table.sample_ids[0])  # facts off: whole phrasings
+    # the IMU's bind target: each caption's robot-motion fact, one text shared by every caption with that motion
+    ego = [table.texts[i[0]] for i in table.fact_ids["ego"]]
+    assert ego == ["the robot stands still", "the robot drives", "the robot drives"]
+    assert table.fact_ids["ego"][1] == table.fact_ids["ego"][2] and all(i[0] >= table.n_full for i in table.fact_ids["ego"])
 
 
 def test_scene_bootstrap_interval_is_over_scenes():

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "2-core machine one process with a 2-thread ray caster is faster)")
     parser.add_argument("--frames-per-scene", type=int, default=40, help="dataset: frames per scene (default 40 = 8 s)")
     parser.add_argument("--no-progress", action="store_true", help="dataset: no progress bar")
+    parser.add_argument("--ego-follows-class", action="store_true",
+                        help="dataset: each object class gets its own robot reaction, as earlier datasets did (it "
+                             "ties the IMU to the class: a shortcut; default: one reaction menu for all classes)")
     parser.add_argument("--no-tf", action="store_true", help="bag: leave out /tf_static")
 
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if args.n < 1 or args.workers < 1 or args.frames_per_scene < 1:
             return _error("--n, --workers and --frames-per-scene must be >= 1")
         dc = DatasetConfig(n=args.n, seed=args.seed, workers=args.workers, frames_per_scene=args.frames_per_scene,
-                           sim=cfg)
+                           ego_follows_class=args.ego_follows_class, sim=cfg)
         try:
             m = write_dataset(args.out, dc, progress=not args.no_progress)
         except (OSError, ValueError, RuntimeError) as e:

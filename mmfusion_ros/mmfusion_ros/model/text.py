@@ -75,7 +75,7 @@ class TextEmbedder:
             return
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self._cache)
-        tmp = self.cache_path.with_name("text_cache.tmp.npz")
+        tmp = self.cache_path.with_name(f"text_cache.tmp{os.getpid()}.npz")  # two runs may share one cache
         np.savez(tmp, keys=np.array(keys), emb=np.stack([self._cache[k] for k in keys]))
         os.replace(tmp, self.cache_path)
 

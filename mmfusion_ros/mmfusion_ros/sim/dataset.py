@@ -54,6 +54,8 @@ class DatasetConfig:
     heldout_fraction: float = 0.08  # of all scenes
     workers: int = 1  # processes generating scenes
     captions_per_sample: int = 3  # phrasings per sample
+    ego_follows_class: bool = False  # True: each class its own robot reaction (datasets before the fusion issue;
+    #                                  it lets the IMU learn the class, a shortcut). False: one menu for all classes
     sim: SimConfig = field(default_factory=SimConfig)
 
 
@@ -115,7 +117,7 @@ def generate_scene(plan: ScenePlan, cfg: DatasetConfig) -> Dict:
     small = pp.DEFAULT.image_size
     for attempt in range(MAX_ATTEMPTS):
         rng = np.random.default_rng([cfg.seed, 2, plan.scene_id, attempt])
-        scene = focus_scene(rng, plan.focus, seconds, sim)
+        scene = focus_scene(rng, plan.focus, seconds, sim, cfg.ego_follows_class)
         scene.seed = cfg.seed
         if _scene_ok(events_mod.compute(scene), plan, seconds):  # cheap: no audio or rendering yet
             break
@@ -279,6 +281,7 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
         "workers": cfg.workers,
         "machine": f"{os.cpu_count()} CPU cores",
         "sim_config": cfg.sim.to_dict(),
+        "ego_follows_class": cfg.ego_follows_class,
         "scene_index": "scenes.json",
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

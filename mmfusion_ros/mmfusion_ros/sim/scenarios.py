@@ -279,11 +279,15 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, max(lo, hi)))
 
 
-def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: SimConfig) -> Scene:
+def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: SimConfig,
+                ego_follows_class: bool = False) -> Scene:
     """A scene built around one focus object in front of the robot (3-12 m, within +-20 deg).
 
-    Ego behaviour correlates with the focus class (stops for people and alarms, slows for dogs,
-    rough ground near cones, bumps near crates) so the IMU carries some of the scene's meaning.
+    The robot's behaviour (stopping, stop-and-go, waiting, swerving, weaving over rough ground, bumps, turning
+    on the spot) is drawn from the same menu for every class: the IMU cannot observe what is ahead, so data
+    that tied motion to the class would teach it a shortcut that breaks on a real robot (the heldout split of
+    earlier datasets measured that). `ego_follows_class` restores the old tie (each class its own reaction),
+    for reproducing datasets written before.
     """
     if focus_cls not in OBJECT_CLASSES:
         raise ValueError(f"unknown class {focus_cls!r}")
@@ -295,9 +299,11 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
     rough: List[Tuple[float, float]] = []
     impacts: List[Tuple[float, float]] = []
     mode = "static"
-    if focus_cls in MOVING:
+    if not ego_follows_class and rng.random() < 0.35:
+        mode = "in_path"  # anything may stand in the robot's path: the stop or bump that follows is not the class's
+    elif focus_cls in MOVING:
         mode = str(rng.choice(["static", "crossing", "approach", "leading"], p=[0.2, 0.35, 0.3, 0.15]))
-    elif focus_cls in ("box", "traffic_cone", "chair", "door") and rng.random() < 0.35:
+    elif ego_follows_class and focus_cls in ("box", "traffic_cone", "chair", "door") and rng.random() < 0.35:
         mode = "in_path"
     lo, hi = SPEED.get(focus_cls, (0.0, 0.0))
     sp = rng.uniform(lo, hi)
@@ -338,37 +344,39 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
     else:  # leading: moves ahead of the robot in the same direction
         d = rng.uniform(4.0, 8.0) + HALF_LENGTH.get(focus_cls, 0.5)
         b.line(focus_cls, (d, rng.uniform(-1.0, 1.0)), (max(min(sp, 1.5), v + 0.2), 0.0), sound=sound)
-    # class-correlated ego behaviour (most scenes of a class, not all): the IMU then says something
-    # about the scene, as on a real robot that reacts to what it meets
+    # the robot's reaction: one menu for every class (see the docstring); with ego_follows_class each class
+    # picks its own entry, as datasets before this change did
+    react = focus_cls if ego_follows_class else str(rng.choice(OBJECT_CLASSES))
     p = rng.random()
-    if focus_cls == "person" and p < 0.75:  # stops for the person
+    if react == "person" and p < 0.75:  # stops (for the person)
         ts = _u(rng, 1.0, T * 0.6)
         speed = [(-9.0, max(v, 0.4)), (ts, max(v, 0.4)), (ts + 1.0, 0.0)]
-    elif focus_cls == "alarm" and isinstance(sound, list):  # halts when the alarm starts
-        speed = [(-9.0, max(v, 0.3)), (sound[0][0] + 0.3, max(v, 0.3)), (sound[0][0] + 1.0, 0.0)]
-    elif focus_cls == "dog" and p < 0.7:  # cautious stop-and-go
+    elif react == "alarm" and (isinstance(sound, list) or not ego_follows_class):  # halts (when the alarm starts)
+        th = sound[0][0] if isinstance(sound, list) else rng.uniform(0.0, T * 0.5)
+        speed = [(-9.0, max(v, 0.3)), (th + 0.3, max(v, 0.3)), (th + 1.0, 0.0)]
+    elif react == "dog" and p < 0.7:  # cautious stop-and-go
         ph = rng.uniform(0.0, 1.2)
         speed = [(k * 1.2 - ph, 0.6 if k % 2 else 0.1) for k in range(-2, int(T / 1.2) + 4)]
-    elif focus_cls == "car" and p < 0.7 and mode != "in_path":  # waits for the car
+    elif react == "car" and p < 0.7 and mode != "in_path":  # waits for the car
         speed = [(-9.0, 0.0)]
-    elif focus_cls == "bicycle" and p < 0.7:  # swerves out of the cyclist's way and back
+    elif react == "bicycle" and p < 0.7:  # swerves out of the cyclist's way and back
         ts = _u(rng, 0.5, T * 0.6)
         w = rng.choice([-0.35, 0.35])
         speed = [(-9.0, max(v, 0.5))]
         yaw_rate = [(0.0, 0.0), (ts, w), (ts + 1.0, -w), (ts + 2.0, 0.0)]
-    elif focus_cls == "traffic_cone" and p < 0.75:  # weaves over rough ground at a work site
+    elif react == "traffic_cone" and p < 0.75:  # weaves over rough ground at a work site
         a = rng.uniform(-1.0, T * 0.5)
         rough.append((a, a + rng.uniform(3.0, 6.0)))
         speed = [(-9.0, max(v, 0.4))]
         w = rng.uniform(0.15, 0.3)
         yaw_rate = [(a + 1.5 * k, w if k % 2 else -w) for k in range(0, 5)] + [(a + 7.5, 0.0)]
-    elif focus_cls == "box" and p < 0.5 and not impacts:  # bumps into crates and clutter
+    elif react == "box" and p < 0.5 and not impacts:  # bumps into crates and clutter
         impacts.append((_u(rng, 0.5, T - 0.5), rng.uniform(0.3, 0.7)))
-    elif focus_cls == "chair" and p < 0.6:  # turns slowly on the spot indoors
+    elif react == "chair" and p < 0.6:  # turns slowly on the spot indoors
         ts = _u(rng, 0.5, T * 0.5)
         speed = [(-9.0, 0.1)]
         yaw_rate = [(0.0, 0.0), (ts, rng.choice([-0.2, 0.2])), (ts + 2.0, 0.0)]
-    elif focus_cls == "door" and p < 0.6 and mode != "in_path":  # stops at the door, then goes on
+    elif react == "door" and p < 0.6 and mode != "in_path":  # stops at the door, then goes on
         ts = _u(rng, 1.0, T * 0.5)
         speed = [(-9.0, 0.5), (ts, 0.5), (ts + 0.6, 0.0), (ts + 2.0, 0.0), (ts + 2.6, 0.3)]
     if mode == "static":

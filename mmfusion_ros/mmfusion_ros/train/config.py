@@ -35,6 +35,9 @@ class TrainConfig:
     caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
     caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
     supervised_upper_bound: bool = False  # bind LiDAR/audio/IMU to caption TEXT (the upper-bound baseline), not the camera
+    bind_targets: Dict[str, str] = field(default_factory=dict)  # bind stage, per sensor: "camera" (default: the frozen
+    #                   camera embedding of the frame, emergent binding) or "ego" (the text of the caption's robot-motion
+    #                   fact: for the IMU, whose one observable, the robot's motion, no single camera frame shows)
     fact_phrasings: float = 0.0  # camera/fusion stages: share of steps whose text is one fact of the caption ("a dog", "a dog sits ahead"; sim/captions.caption_facts) instead of a whole phrasing (0 = whole captions only)
     grounded_captions: bool = True  # caption/events stages: learn only what each dropout subset can observe (core/observability.py): captions cut to those clauses, event losses masked to observable types
     camera_jitter: float = 0.1  # camera stage: brightness/contrast jitter amplitude
@@ -92,6 +95,9 @@ class TrainConfig:
         if self.joint_ogm_alpha < 0 or self.joint_lr_scale <= 0:
             raise ValueError(f"joint_ogm_alpha must be >= 0 and joint_lr_scale > 0, got {self.joint_ogm_alpha}, "
                              f"{self.joint_lr_scale}")
+        for k, v in self.bind_targets.items():
+            if k not in ("lidar", "audio", "imu") or v not in ("camera", "ego"):
+                raise ValueError(f"bind_targets.{k}={v!r}: keys are lidar, audio, imu; values camera or ego")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 

@@ -358,6 +358,13 @@ class Evaluator:
         t2["imu_predicts_class"] = {"accuracy": t2["accuracy"]["imu"], "ci95_low": lo,
                                     "chance_majority": t2["chance_majority"],
                                     "above_chance": bool(lo > t2["chance_majority"])}
+        # the IMU on what it can observe: which of the split's robot-motion phrases ("the robot drives slowly
+        # turning left") is the frame's, zero-shot against their text embeddings
+        ego_txt, ego_emb, ego_lab = self._ego_prompts(ctx)
+        hit = np.argmax(emb["imu"] @ ego_emb.T, axis=1) == ego_lab
+        t2["imu_ego_motion"] = {"accuracy": float(hit.mean()), "ci95": list(M.scene_bootstrap_ci(hit, scene)),
+                                "phrases": len(ego_txt),
+                                "chance_majority": float(np.bincount(ego_lab).max() / n)}
         if upper_bound:
             ubt = embed_split(load_checkpoint(upper_bound)[0], ctx.split)  # (N, 4, 384)
             t2["supervised_upper_bound"] = {}
@@ -368,6 +375,9 @@ class Evaluator:
                 acc_ub = M.zero_shot_accuracy(ubt[:, j], self.prompt_emb, labels)
                 t2["supervised_upper_bound"][k] = acc_ub
                 t2["emergent_ratio"][k] = t2["accuracy"][k] / acc_ub if acc_ub > 0 else float("nan")
+            ub = float((np.argmax(ubt[:, SENSOR_KEYS.index("imu")] @ ego_emb.T, axis=1) == ego_lab).mean())
+            t2["imu_ego_motion"]["supervised_upper_bound"] = ub
+            t2["imu_ego_motion"]["ratio"] = t2["imu_ego_motion"]["accuracy"] / ub if ub > 0 else float("nan")
         # per focus class: where the camera and the fused embedding go wrong (which class they say instead)
         t2["per_class"] = []
         pred = {k: np.argmax(emb[k] @ self.prompt_emb.T, axis=1) for k in ("camera", "fused")}  # (N,)
@@ -381,6 +391,16 @@ class Evaluator:
                                     "camera_top_confusion": names[int(wrong.argmax())] if wrong.any() else "",
                                     "camera_top_confusion_frames": int(wrong.max())})
         return t2
+
+    def _ego_prompts(self, ctx: EvalContext) -> Tuple[List[str], np.ndarray, np.ndarray]:
+        """The split's distinct robot-motion phrases (sim/captions.caption_facts "ego"), their text embeddings
+        (P, D) and each frame's phrase index (N,)."""
+        from mmfusion_ros.sim.captions import caption_facts
+
+        ego = [(caption_facts(c)["ego"] or [""])[0] for c in ctx.canon]
+        txt = sorted(set(ego))
+        ix = {t: i for i, t in enumerate(txt)}
+        return txt, self.embedder.encode(txt), np.array([ix[t] for t in ego], np.int64)
 
     def t3_robustness(self, ctx: EvalContext) -> dict:
         labels = ctx.arrays["class_id"].astype(np.int64)
@@ -803,6 +823,13 @@ def _md_t2(res: dict) -> List[str]:
     if imu:
         L += ["", f"IMU alone predicts the object class above chance (lower 95 % bound {_f(imu['ci95_low'], 1)} vs "
                   f"majority {_f(imu['chance_majority'], 1)}): {'YES: the data ties motion to classes' if imu['above_chance'] else 'no'}"]
+    ego = t2.get("imu_ego_motion")
+    if ego:
+        ub = ego.get("supervised_upper_bound")
+        L += ["", f"IMU on what it observes (which of {ego['phrases']} robot-motion phrases is the frame's): "
+                  f"{_f(ego['accuracy'], 1)} ({_f(ego['ci95'][0], 1)} - {_f(ego['ci95'][1], 1)}), majority "
+                  f"{_f(ego['chance_majority'], 1)}" + (f"; supervised upper bound {_f(ub, 1)}, ratio "
+                                                         f"{_f(ego['ratio'])}" if ub is not None else "")]
     if t2.get("per_class"):
         L += ["", "| focus class | frames | camera top-1 | fused top-1 | camera's most frequent wrong label (frames) |",
               "|---|---|---|---|---|"]

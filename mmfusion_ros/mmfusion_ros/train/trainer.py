@@ -92,8 +92,9 @@ class BindStep(nn.Module):
         super().__init__()
         self.model, self.keys = model, keys
 
-    def forward(self, inputs: Dict[str, torch.Tensor], target, pos):
-        losses = [info_nce(self.model.encode(k, inputs[k]), target, self.model.logit_scale(k), pos) for k in self.keys]
+    def forward(self, inputs: Dict[str, torch.Tensor], targets: Dict[str, torch.Tensor], pos: Dict[str, torch.Tensor]):
+        losses = [info_nce(self.model.encode(k, inputs[k]), targets[k], self.model.logit_scale(k), pos[k])
+                  for k in self.keys]
         return torch.stack(losses).sum()
 
 
@@ -189,7 +190,7 @@ class CaptionTable:
     """All phrasings of a split's captions embedded once; per sample: its phrasing ids and a
     caption-group id (samples whose first phrasing is identical are the same caption). With facts,
     also each caption's single facts (sim/captions.caption_facts): "camera" ones (objects in view)
-    and "fused" ones (those plus the sound and the robot's motion)."""
+    and "fused" ones (those plus the sound and the robot's motion); always "ego": the robot-motion fact."""
 
     def __init__(self, split: Split, embedder: TextEmbedder, facts: bool = False):
         texts: Dict[str, int] = {}
@@ -200,7 +201,10 @@ class CaptionTable:
                 ids.append(texts.setdefault(c, len(texts)))
             self.sample_ids.append(ids)
         self.n_full = len(texts)  # ids below this are whole phrasings (what the caption decoder learns)
-        self.fact_ids: Dict[str, List[List[int]]] = {"camera": [], "fused": []}
+        self.fact_ids: Dict[str, List[List[int]]] = {"camera": [], "fused": [], "ego": []}
+        for caps in split.captions:  # the robot-motion fact (IMU binding target); "" when a caption has none
+            ego = caption_facts(caps[0] if caps else "")["ego"]
+            self.fact_ids["ego"].append([texts.setdefault(ego[0] if ego else "", len(texts))])
         if facts:
             memo: Dict[str, tuple] = {}
             for caps in split.captions:
@@ -516,23 +520,30 @@ class Trainer:
         if self.progress.get("bind", 0) >= self.cfg.epochs.get("bind", 0):
             return self._run_stage("bind", BindStep(self.model, keys), params, len(self.enc_idx), None)
         upper = self.cfg.supervised_upper_bound
-        if not upper:
+        if not upper and any(self.cfg.bind_targets.get(k, "camera") == "camera" for k in keys):
             cam = self.embed_split(tr, ["camera"])[:, 0].to(self.dist.device)  # (N, 384) frozen anchors
         scene = tr.arrays["scene_id"].astype(np.int64)
 
         sel = self.enc_idx
 
+        by = {k: "text" if upper else self.cfg.bind_targets.get(k, "camera") for k in keys}
+
         def make(idx):
             idx = sel[idx]
             x = {k: self._to(v) for k, v in tr.inputs(idx, keys).items()}
-            if upper:
+            made = {}  # target kind -> ((B, D) targets, (B, B) matches), built once per batch
+            if "text" in by.values():
                 tid = self.captions.pick(idx, self.rng, "fused", self.cfg.fact_phrasings)
-                target = self.text[self._to(tid)]
-                pos = self._text_positives(idx, tid, "fused")
-            else:
-                target = cam[self._to(idx)]
-                pos = same(self._to(scene[idx]))  # co-located frames of one scene are all matches
-            return x, target, pos
+                made["text"] = (self.text[self._to(tid)], self._text_positives(idx, tid, "fused"))
+            if "camera" in by.values():
+                # co-located frames of one scene are all matches
+                made["camera"] = (cam[self._to(idx)], same(self._to(scene[idx])))
+            if "ego" in by.values():
+                eid = np.array([self.captions.fact_ids["ego"][i][0] for i in idx], np.int64)
+                made["ego"] = (self.text[self._to(eid)], same(self._to(eid)))  # the same motion text: a match
+            targets = {k: made[by[k]][0] for k in keys}
+            pos = {k: made[by[k]][1] for k in keys}
+            return x, targets, pos
 
         self._run_stage("bind", BindStep(self.model, keys), params, len(sel), make)
 
