@@ -99,13 +99,15 @@ def plan_scenes(cfg: DatasetConfig) -> List[ScenePlan]:
     return plans
 
 
-def _scene_ok(ev: EventTimeline, plan: ScenePlan, seconds: float) -> bool:
+def _scene_ok(ev: EventTimeline, plan: ScenePlan, seconds: float, frame_step: float) -> bool:
     span = (ev.t >= -PREROLL) & (ev.t < seconds + TAIL)
     active = ev.active[span].any(0)
     for c, e in HELDOUT_COMBINATIONS:
         if c == plan.focus and active[EVENT_TYPES.index(e)] and plan.require != e:
             return False
-    if plan.require is not None and not active[EVENT_TYPES.index(plan.require)]:
+    # the held-out event must be on at one of the frames, not only in the pre-roll, the tail or between frames
+    if plan.require is not None and not any(ev.now(k * frame_step)[EVENT_TYPES.index(plan.require)]
+                                            for k in range(plan.frames)):
         return False
     return True
 
@@ -119,7 +121,7 @@ def generate_scene(plan: ScenePlan, cfg: DatasetConfig) -> Dict:
         rng = np.random.default_rng([cfg.seed, 2, plan.scene_id, attempt])
         scene = focus_scene(rng, plan.focus, seconds, sim, cfg.ego_follows_class)
         scene.seed = cfg.seed
-        if _scene_ok(events_mod.compute(scene), plan, seconds):  # cheap: no audio or rendering yet
+        if _scene_ok(events_mod.compute(scene), plan, seconds, cfg.frame_step):  # cheap: no audio or rendering yet
             break
     else:
         raise RuntimeError(f"scene {plan.scene_id}: no draw of class {plan.focus} met its event constraints "
