@@ -50,6 +50,9 @@ def test_calibrate_writes_a_loadable_entry(calibrated):
     assert set(cal.thresholds) == set(man["event_types"])
     assert man["calibration"]["fitted_on"]["frames"] > 0
     assert set(man["calibration"]["method_comparison_cv_ece"]) >= {"identity", "isotonic", "temperature"}
+    # the labels' skill weights were fitted with it, one per label sensor (not the IMU), and load
+    assert set(man["calibration"]["label_weights"]) == {"camera", "lidar", "audio"} == set(cal.label_weights)
+    assert all(0.0 <= w <= 1.0 for w in cal.label_weights.values())
 
 
 def test_calibrate_refuses_a_non_bundle(tmp_path, synth):

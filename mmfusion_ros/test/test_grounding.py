@@ -305,3 +305,31 @@ def test_labels_read_the_mean_of_the_label_sensors_not_the_imu():
         label_embedding(tok, ["camera"], fused, "median")
     with pytest.raises(ValueError, match="label_fusion"):
         PipelineConfig(label_fusion="median").validate()
+
+
+def test_label_skill_weights_drop_a_sensor_at_chance_from_the_labels_mean():
+    from mmfusion_ros.core.calibration import Calibration
+    from mmfusion_ros.core.observability import label_embedding
+    from mmfusion_ros.train.calibrate import label_skill_weights
+
+    rng = np.random.default_rng(1)
+    P = np.eye(3, 8, dtype=np.float32)  # three prompts = three classes
+    y = np.repeat(np.arange(3), 40)  # (120,) balanced: chance 1/3
+    tok = np.zeros((120, 4, 8), np.float32)
+    tok[:, 0] = P[y]  # camera: always right
+    tok[:, 1] = P[rng.integers(0, 3, 120)]  # LiDAR: a random class, at chance
+    tok[:, 2] = P[np.where(rng.random(120) < 0.5, y, (y + 1) % 3)]  # audio: right half the time
+    lw = label_skill_weights([tok[:60], tok[60:]], [y[:60], y[60:]], P, np.arange(3))
+    assert lw["chance"] == pytest.approx(1 / 3, abs=1e-3) and lw["weights"]["camera"] == pytest.approx(1.0)
+    assert lw["weights"]["lidar"] < 0.15 and 0.1 < lw["weights"]["audio"] < 0.5  # (0.5 - 1/3) / (2/3) = 0.25
+    assert "imu" not in lw["weights"]  # the IMU never votes on labels
+    # the weighted mean leans on the skilled sensors; all-zero weights fall back to the plain mean
+    e = label_embedding(tok[0], ["camera", "lidar", "audio"], tok[0, 0], "mean", weights={"camera": 1.0, "lidar": 0.0, "audio": 0.0})
+    np.testing.assert_allclose(e, P[y[0]], atol=1e-6)
+    plain = label_embedding(tok[0], ["lidar", "audio"], tok[0, 0], "mean")
+    np.testing.assert_allclose(label_embedding(tok[0], ["lidar", "audio"], tok[0, 0], "mean", weights={"lidar": 0.0}), plain)
+    # a bundle's weights are read from its calibration entry, and a malformed one is refused
+    assert Calibration({"label_weights": {"camera": 0.8, "audio": 0.7}}).label_weights == {"camera": 0.8, "audio": 0.7}
+    for bad in ({"radar": 1.0}, {"camera": -1.0}, {"camera": float("nan")}, [0.5]):
+        with pytest.raises(ValueError, match="label_weights"):
+            Calibration({"label_weights": bad})

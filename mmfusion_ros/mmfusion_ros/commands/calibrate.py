@@ -1,8 +1,9 @@
 """`mmfusion calibrate --model BUNDLE --data DS [DS ...] [--split val]`: fit the bundle's calibration.
 
 Runs the bundle's checkpoint over the split(s), fits the maps of core/calibration.py (labels and caption
-per presence subset, events per type and horizon) and the event on-thresholds against a false-alarm
-budget, and rewrites BUNDLE/manifest.json in place ("calibration"; nothing else changes). The fitting is
+per presence subset, events per type and horizon), the event on-thresholds against a false-alarm
+budget and the label sensors' skill weights (first: the labels' mean is calibrated as it will be computed),
+and rewrites BUNDLE/manifest.json in place ("calibration"; nothing else changes). The fitting is
 train/calibrate.py; `--dry-run` prints without writing.
 """
 
@@ -26,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="fit and print, leave manifest.json as it is")
     p.add_argument("--json", help="also write the fitted entry and the method comparison here")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--equal-label-weights", action="store_true",
+                   help="labels average the label sensors equally (default: weighted by each one's zero-shot skill "
+                        "above chance on the fitting data; train/calibrate.py label_skill_weights)")
 
 
 def run(args) -> int:
@@ -44,17 +48,28 @@ def run(args) -> int:
         return 2
     try:
         ev = Evaluator(bundle, threads=args.threads)
-        parts, used = [], []
+        sets, used = [], []
         for d, spec_ in enumerate(args.data):
             data, _, splits = spec_.rpartition(":") if ":" in spec_ and not Path(spec_).exists() else (spec_, "", "")
             seed = read_manifest(data).get("seed")
             for split in [s.strip() for s in (splits or args.split).split(",") if s.strip()]:
                 sp = load_split(data, split, args.max_samples)
                 print(f"{data} {split}: {len(sp)} frames")
-                o = C.collect(ev, sp)
-                o.scene = o.scene.astype(np.int64) + 1_000_000 * d  # scene ids are unique within one dataset
-                parts.append(o)
+                sets.append((d, sp, ev.embed(sp)))  # (N, 4, D) per-sensor embeddings
                 used.append({"data": str(data), "seed": seed, "split": split, "frames": len(sp)})
+        lw = None
+        if not args.equal_label_weights:
+            pc = C.prompt_classes(ev, sets[0][1].classes)
+            lw = C.label_skill_weights([t for _, _, t in sets], [C.split_classes(sp, pc) for _, sp, _ in sets],
+                                       ev.prompt_emb, pc)
+            print("label sensors' zero-shot top-1 / skill weight: " + ", ".join(
+                f"{m} {lw['top1'][m]:.3f} / {w:.3f}" for m, w in lw["weights"].items()) + f" (chance {lw['chance']:.3f})")
+        ev.calibration.label_weights = lw["weights"] if lw else None
+        parts = []
+        for d, sp, tok in sets:
+            o = C.collect(ev, sp, tokens=tok)
+            o.scene = o.scene.astype(np.int64) + 1_000_000 * d  # scene ids are unique within one dataset
+            parts.append(o)
     except (FileNotFoundError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,6 +77,9 @@ def run(args) -> int:
     comparison = C.compare_methods(o)
     margin = C.FIT_MARGIN if args.margin is None else args.margin
     spec = C.fit(o, budget_per_min=args.budget, margin=margin)
+    if lw:
+        spec["label_weights"] = lw["weights"]
+        spec["label_weights_fit"] = {k: lw[k] for k in ("top1", "chance", "frames")}
     minutes = len(o.scene) * o.frame_step / 60.0
     spec["fitted_on"] = {"sets": used, "frames": int(len(o.scene)), "minutes": round(minutes, 2),
                          "checkpoint_sha256": ev.info["sha256"]}

@@ -100,6 +100,9 @@ class Calibration:
         self._caption_fallback = _IDENTITY
         self._events: Optional[List[List[Tuple[np.ndarray, np.ndarray]]]] = None  # [E][H]
         self.thresholds: Dict[str, float] = {k: float(v) for k, v in (raw_thresholds or {}).items()}
+        # per label sensor: how much its embedding counts in the labels' mean (core/observability.label_embedding);
+        # None: equal weights
+        self.label_weights: Optional[Dict[str, float]] = None
         if self.available:
             self._read(self.spec)
 
@@ -156,6 +159,14 @@ class Calibration:
                     raise ValueError(f"manifest.calibration.event_thresholds.{k}: must be in (0, 1], got {v!r}")
                 self.thresholds[str(k)] = v
         self.budget_per_min = float(spec.get("event_budget_per_min", float("nan")))
+        lw = spec.get("label_weights")
+        if lw is not None:
+            if not isinstance(lw, Mapping) or not set(lw) <= {"camera", "lidar", "audio", "imu"}:
+                raise ValueError(f"manifest.calibration.label_weights: a mapping of sensor names, got {lw!r}")
+            for k, v in lw.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise ValueError(f"manifest.calibration.label_weights.{k}: must be a finite number >= 0, got {v!r}")
+            self.label_weights = {str(k): float(v) for k, v in lw.items()}
 
     # ---- applying ----------------------------------------------------------------------------------
     def labels(self, probs: np.ndarray, used: Sequence[str]) -> np.ndarray:

@@ -10,7 +10,7 @@ not gated by it.
 from __future__ import annotations
 
 import re
-from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -221,11 +221,14 @@ LABEL_FUSIONS = ("mean", "fused")
 
 
 def label_embedding(tokens: np.ndarray, used: Sequence[str], fused: np.ndarray, method: str = "mean",
-                    order: Sequence[str] = ("camera", "lidar", "audio", "imu")) -> Optional[np.ndarray]:
+                    order: Sequence[str] = ("camera", "lidar", "audio", "imu"),
+                    weights: Optional[Mapping[str, float]] = None) -> Optional[np.ndarray]:
     """(..., 4, D) per-sensor embeddings -> (..., D) the embedding scene labels are read from, or None when no
     used modality can observe labels. "mean" averages the used label sensors' embeddings (measured in
-    `mmfusion eval` T9: it beats the attention fusion, which leans on the camera and on the IMU's motion cues);
-    "fused" returns `fused` (..., D)."""
+    `mmfusion eval` T9: it beats the attention fusion, which leans on the camera and on the IMU's motion cues),
+    weighted by `weights` (the bundle's skill weights, fitted by `mmfusion calibrate`: a sensor whose
+    embedding names the class no better than chance gets 0) when given; equal weights when none is given or
+    every used label sensor's weight is 0. "fused" returns `fused` (..., D)."""
     if method not in LABEL_FUSIONS:
         raise ValueError(f"label fusion must be one of {LABEL_FUSIONS}, got {method!r}")
     mods = label_modalities(used)
@@ -234,5 +237,8 @@ def label_embedding(tokens: np.ndarray, used: Sequence[str], fused: np.ndarray, 
     if method == "fused":
         return fused
     idx = [list(order).index(m) for m in mods]
-    e = np.asarray(tokens, np.float32)[..., idx, :].mean(axis=-2)  # (..., D)
+    w = np.array([float((weights or {}).get(m, 0.0)) for m in mods], np.float32) if weights else None
+    if w is None or not w.sum() > 0:
+        w = np.ones(len(mods), np.float32)
+    e = (np.asarray(tokens, np.float32)[..., idx, :] * (w / w.sum())[:, None]).sum(axis=-2)  # (..., D)
     return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)

@@ -229,7 +229,8 @@ class Pipeline:
             weights = np.zeros(len(SENSOR_MODALITIES), np.float32)
         t = timer.add("fuse", t)
 
-        labels = self._labels(label_embedding(tokens[0], used, fused, self.cfg.label_fusion), used)
+        labels = self._labels(label_embedding(tokens[0], used, fused, self.cfg.label_fusion,
+                                              weights=self.calibration.label_weights), used)
         t = timer.add("labels", t)
 
         caption, conf, cap_mods = self._grounded_caption(fused, used, timer)

@@ -337,9 +337,47 @@ def softmax_labels(fused: np.ndarray, prompt_emb: np.ndarray, logit_scale: float
     return e / e.sum(axis=1, keepdims=True)
 
 
+def label_skill_weights(tokens: Sequence[np.ndarray], classes: Sequence[np.ndarray], prompt_emb: np.ndarray,
+                        prompt_class: np.ndarray) -> Dict[str, Any]:
+    """Per label sensor, how far its own embedding names the frame's class above chance on the fitting data:
+    (top-1 - majority share) / (1 - majority share), clipped at 0. The labels' mean weights the sensors by it
+    (core/observability.label_embedding), so a sensor whose zero-shot labels are at chance (the emergent LiDAR
+    of the shipped model) stops pulling the camera's and the microphone's agreement towards noise.
+
+    tokens: per fitting set (N,4,D); classes: per set (N,) class index in the prompts' class order
+    (prompt_class maps prompt -> class, -1 for none). Returns {"weights": {sensor: w}, "top1": {...}, "chance": c}."""
+    from mmfusion_ros.core.observability import label_modalities
+
+    tok = np.concatenate([np.asarray(t, np.float32) for t in tokens])  # (N, 4, D)
+    y = np.concatenate([np.asarray(c, np.int64) for c in classes])  # (N,)
+    chance = float(np.bincount(y[y >= 0]).max() / max(1, int((y >= 0).sum())))
+    pc = np.asarray(prompt_class)
+    top1, weights = {}, {}
+    for m in label_modalities(SENSORS):
+        pred = pc[np.argmax(tok[:, SENSORS.index(m)] @ prompt_emb.T, axis=1)]  # (N,) class of the top prompt
+        acc = float((pred == y)[y >= 0].mean())
+        top1[m] = round(acc, 4)
+        weights[m] = round(max(0.0, (acc - chance) / max(1e-6, 1.0 - chance)), 4)
+    return {"weights": weights, "top1": top1, "chance": round(chance, 4), "frames": int((y >= 0).sum())}
+
+
+def prompt_classes(evaluator, classes: Sequence[str]) -> np.ndarray:
+    """(P,) index into `classes` of each of the evaluator's prompts, -1 for a prompt naming no class."""
+    names = [p["label"] for p in evaluator.prompts]
+    return np.array([list(classes).index(n) if n in classes else -1 for n in names])
+
+
+def split_classes(split, prompt_class: np.ndarray) -> np.ndarray:
+    """(N,) each frame's focus class as an index into the split's classes (-1 when no prompt names it)."""
+    c = np.asarray(split.arrays["class_id"], np.int64)
+    named = set(int(x) for x in np.asarray(prompt_class) if x >= 0)
+    return np.where(np.isin(c, list(named)), c, -1)
+
+
 def collect(evaluator, split, subsets: Optional[Sequence[Tuple[str, ...]]] = None, captions: bool = True,
             tokens: Optional[np.ndarray] = None, log: Callable[[str], None] = print) -> SplitOutputs:
-    """Run `evaluator` (train.evaluate.Evaluator) over `split` for every presence subset."""
+    """Run `evaluator` (train.evaluate.Evaluator) over `split` for every presence subset; labels read the
+    evaluator's label weights (`evaluator.calibration.label_weights`) as the pipeline does."""
     subsets = list(subsets or all_subsets())
     a = split.arrays
     seen, heard, ego = frame_truth(split.classes, split.captions, a["classes_present"], a["sound_class"])
@@ -354,7 +392,8 @@ def collect(evaluator, split, subsets: Optional[Sequence[Tuple[str, ...]]] = Non
         mask = [1.0 if m in used else 0.0 for m in SENSORS]
         fused = evaluator.fuse(tokens, mask)  # (N, D)
         fused_by[key] = fused
-        lab = label_embedding(tokens, used, fused, PipelineConfig().label_fusion)  # what the pipeline labels
+        lab = label_embedding(tokens, used, fused, PipelineConfig().label_fusion,  # what the pipeline labels
+                              weights=getattr(getattr(evaluator, "calibration", None), "label_weights", None))
         if lab is None:  # no label sensor: the pipeline publishes no labels; kept for the ungated view
             lab = fused
         probs = softmax_labels(lab, evaluator.prompt_emb, evaluator.logit_scale)

@@ -285,7 +285,8 @@ class Evaluator:
         shipped attention fusion, the mean of the present embeddings (ImageBind's embedding arithmetic), late
         fusion as a product of experts (sum of each sensor's log-softmax over the prompts), and each of the
         latter two over only the sensors that can observe the object class (core/observability.py "labels").
-        The pipeline's `label_fusion: mean` is the "mean of embeddings, label sensors only" row."""
+        The pipeline's `label_fusion: mean` is the "mean of embeddings, label sensors only" row, or with the
+        bundle's skill weights (`mmfusion calibrate`) the "skill-weighted mean" row."""
         from mmfusion_ros.core.observability import label_modalities
 
         labels = ctx.arrays["class_id"].astype(np.int64)
@@ -314,6 +315,13 @@ class Evaluator:
             out["rows"].append(row(f"mean of embeddings, {name}", mean @ P.T))
             out["rows"].append(row(f"product of experts, {name}",
                                    sum(logsoft(tok[:, j] @ P.T, SENSOR_KEYS[j]) for j in idx)))
+        lw = self.calibration.label_weights
+        if lw:  # what the pipeline publishes labels from (core/observability.label_embedding)
+            from mmfusion_ros.core.observability import label_embedding
+
+            w = ", ".join(f"{m} {lw.get(m, 0.0):.2f}" for m in seeing)
+            out["rows"].append(row(f"skill-weighted mean, label sensors (the bundle's label_weights: {w})",
+                                   label_embedding(tok, every, ctx.fused_all, "mean", weights=lw) @ P.T))
         for j, m in enumerate(SENSOR_KEYS):
             out["rows"].append(row(f"{m} alone", tok[:, j] @ P.T))
         return out
