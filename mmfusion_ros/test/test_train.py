@@ -88,13 +88,17 @@ def test_config_rejects_bad_values(tmp_path):
         TrainConfig.from_dict({"bind_targets": {"imu": "video"}})
     with pytest.raises(ValueError, match="bind_targets.camera"):
         TrainConfig.from_dict({"bind_targets": {"camera": "ego"}})
+    with pytest.raises(ValueError, match="bind_modalities"):
+        TrainConfig.from_dict({"bind_modalities": ["camera"]})
+    with pytest.raises(ValueError, match="bind_modalities"):
+        TrainConfig.from_dict({"bind_modalities": []})
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: huge\n")
     assert main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
 
 
 def test_shipped_configs_parse(repo_root):
-    for name in ("train_tiny.yaml", "train_small.yaml", "train_joint.yaml"):
+    for name in ("train_tiny.yaml", "train_small.yaml", "train_joint.yaml", "train_small_refine.yaml"):
         TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / name)
 
 
@@ -214,6 +218,17 @@ def test_train_resume_and_export(tmp_path, synth):
     assert info3["metadata"]["event_thresholds"] == info2["metadata"]["event_thresholds"]
     for a, b in zip(m2.parameters(), m3.parameters()):
         torch.testing.assert_close(a, b)
+
+    # re-binding one sensor (bind_modalities) trains its encoder and leaves the others as they were
+    cfg4 = _cfg(tmp_path, synth, bind_modalities=["imu"], bind_targets={"imu": "ego"})
+    assert main(["train", "--config", str(cfg4), "--init", str(run2 / "last.pt"), "--stages", "bind",
+                 "--out", str(tmp_path / "run4")]) == 0
+    m4, _, _ = load_checkpoint(tmp_path / "run4" / "last.pt")
+    for k in ("camera", "lidar", "audio"):
+        for a, b in zip(m2.modality_trunks[k].parameters(), m4.modality_trunks[k].parameters()):
+            torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(m2.modality_heads["imu"].parameters(),
+                                                    m4.modality_heads["imu"].parameters()))
 
 
 def test_train_missing_dataset_is_a_clear_error(tmp_path):

@@ -35,6 +35,8 @@ class TrainConfig:
     caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
     caption_max_len: int = 24  # caption decoder: max tokens incl. BOS/EOS
     supervised_upper_bound: bool = False  # bind LiDAR/audio/IMU to caption TEXT (the upper-bound baseline), not the camera
+    bind_modalities: List[str] = field(default_factory=lambda: ["lidar", "audio", "imu"])  # bind stage: the encoders
+    #                   it trains (the others keep their weights: re-bind one sensor of a trained model)
     bind_targets: Dict[str, str] = field(default_factory=dict)  # bind stage, per sensor: "camera" (default: the frozen
     #                   camera embedding of the frame, emergent binding) or "ego" (the text of the caption's robot-motion
     #                   fact: for the IMU, whose one observable, the robot's motion, no single camera frame shows)
@@ -95,6 +97,8 @@ class TrainConfig:
         if self.joint_ogm_alpha < 0 or self.joint_lr_scale <= 0:
             raise ValueError(f"joint_ogm_alpha must be >= 0 and joint_lr_scale > 0, got {self.joint_ogm_alpha}, "
                              f"{self.joint_lr_scale}")
+        if not self.bind_modalities or not set(self.bind_modalities) <= {"lidar", "audio", "imu"}:
+            raise ValueError(f"bind_modalities {self.bind_modalities}: one or more of lidar, audio, imu")
         for k, v in self.bind_targets.items():
             if k not in ("lidar", "audio", "imu") or v not in ("camera", "ego"):
                 raise ValueError(f"bind_targets.{k}={v!r}: keys are lidar, audio, imu; values camera or ego")

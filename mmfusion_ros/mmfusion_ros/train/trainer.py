@@ -514,7 +514,7 @@ class Trainer:
 
     def stage_bind(self) -> None:
         tr = self.train
-        keys = ["lidar", "audio", "imu"]
+        keys = [k for k in ("lidar", "audio", "imu") if k in self.cfg.bind_modalities]
         params = self._set_trainable([m for k in keys for m in (self.model.modality_trunks[k], self.model.modality_heads[k])],
                                      [self.model.logit_scales[k] for k in keys])
         if self.progress.get("bind", 0) >= self.cfg.epochs.get("bind", 0):
