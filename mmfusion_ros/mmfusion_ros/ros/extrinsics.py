@@ -134,7 +134,7 @@ class ExtrinsicsResolver:
         self._info = log_info or log.info
         self._warn = log_warn or log.warning
         self.source = "none"  # what the last resolve() used
-        self._said: Optional[Tuple[str, str, str]] = None  # (source, lidar frame, camera frame) last logged
+        self._said: Optional[Tuple[str, ...]] = None  # (source, lidar frame, camera frame, frames known) last logged
 
     def add_tf(self, msg: Any, static: bool) -> int:
         return self.tree.add(msg, static)
@@ -149,7 +149,8 @@ class ExtrinsicsResolver:
             source = "tf_static" if static else "tf"
         else:
             T, source = self.yaml_T, ("yaml" if self.yaml_T is not None else "none")
-        key = (source, str(lidar_frame), str(camera_frame))
+        # said again when the reason changes: a TF tree that grows (late /tf_static) updates "frames known"
+        key = (source, str(lidar_frame), str(camera_frame), "" if source.startswith("tf") else ",".join(self.tree.frames))
         if key != self._said:
             self._said = key
             self._say(source, lidar_frame, camera_frame)
