@@ -33,8 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from mmfusion_ros.train import calibrate as C
     from mmfusion_ros.train.data import DatasetError, load_split, read_manifest
     from mmfusion_ros.train.evaluate import Evaluator
@@ -55,31 +53,19 @@ def run(args) -> int:
             for split in [s.strip() for s in (splits or args.split).split(",") if s.strip()]:
                 sp = load_split(data, split, args.max_samples)
                 print(f"{data} {split}: {len(sp)} frames")
-                sets.append((d, sp, ev.embed(sp)))  # (N, 4, D) per-sensor embeddings
+                # scene ids are unique within one dataset only
+                sets.append((sp, ev.embed(sp), 1_000_000 * d))  # (N, 4, D) per-sensor embeddings
                 used.append({"data": str(data), "seed": seed, "split": split, "frames": len(sp)})
-        lw = None
-        if not args.equal_label_weights:
-            pc = C.prompt_classes(ev, sets[0][1].classes)
-            lw = C.label_skill_weights([t for _, _, t in sets], [C.split_classes(sp, pc) for _, sp, _ in sets],
-                                       ev.prompt_emb, pc)
+        o, lw = C.collect_weighted(ev, sets, args.equal_label_weights)
+        if lw:
             print("label sensors' zero-shot top-1 / skill weight: " + ", ".join(
                 f"{m} {lw['top1'][m]:.3f} / {w:.3f}" for m, w in lw["weights"].items()) + f" (chance {lw['chance']:.3f})")
-        ev.calibration.label_weights = lw["weights"] if lw else None
-        parts = []
-        for d, sp, tok in sets:
-            o = C.collect(ev, sp, tokens=tok)
-            o.scene = o.scene.astype(np.int64) + 1_000_000 * d  # scene ids are unique within one dataset
-            parts.append(o)
     except (FileNotFoundError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    o = C.concat_outputs(parts)
     comparison = C.compare_methods(o)
     margin = C.FIT_MARGIN if args.margin is None else args.margin
-    spec = C.fit(o, budget_per_min=args.budget, margin=margin)
-    if lw:
-        spec["label_weights"] = lw["weights"]
-        spec["label_weights_fit"] = {k: lw[k] for k in ("top1", "chance", "frames")}
+    spec = C.add_label_weights(C.fit(o, budget_per_min=args.budget, margin=margin), lw)
     minutes = len(o.scene) * o.frame_step / 60.0
     spec["fitted_on"] = {"sets": used, "frames": int(len(o.scene)), "minutes": round(minutes, 2),
                          "checkpoint_sha256": ev.info["sha256"]}

@@ -237,8 +237,8 @@ def label_embedding(tokens: np.ndarray, used: Sequence[str], fused: np.ndarray, 
     if method == "fused":
         return fused
     idx = [list(order).index(m) for m in mods]
-    w = np.array([float((weights or {}).get(m, 0.0)) for m in mods], np.float32) if weights else None
-    if w is None or not w.sum() > 0:
+    w = np.array([float(weights.get(m, 0.0)) for m in mods] if weights else [], np.float32)
+    if not w.sum() > 0:  # no weights, or none for the sensors present: equal
         w = np.ones(len(mods), np.float32)
     e = (np.asarray(tokens, np.float32)[..., idx, :] * (w / w.sum())[:, None]).sum(axis=-2)  # (..., D)
     return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)

@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -359,6 +359,33 @@ def label_skill_weights(tokens: Sequence[np.ndarray], classes: Sequence[np.ndarr
         top1[m] = round(acc, 4)
         weights[m] = round(max(0.0, (acc - chance) / max(1e-6, 1.0 - chance)), 4)
     return {"weights": weights, "top1": top1, "chance": round(chance, 4), "frames": int((y >= 0).sum())}
+
+
+def collect_weighted(evaluator, sets: Sequence[Tuple[Any, np.ndarray, int]], equal_weights: bool = False
+                     ) -> Tuple["SplitOutputs", Optional[Dict[str, Any]]]:
+    """The fitting data's outputs with the labels' skill weights fitted first (label_skill_weights; skipped with
+    equal_weights) and set on the evaluator, so the label maps are fitted on the mean the pipeline will compute.
+    sets: (split, its (N,4,D) embeddings, scene-id offset keeping scenes of different datasets apart)."""
+    lw = None
+    if not equal_weights:
+        pc = prompt_classes(evaluator, sets[0][0].classes)
+        lw = label_skill_weights([t for _, t, _ in sets], [split_classes(sp, pc) for sp, _, _ in sets],
+                                 evaluator.prompt_emb, pc)
+    evaluator.calibration.label_weights = lw["weights"] if lw else None
+    parts = []
+    for sp, tok, offset in sets:
+        o = collect(evaluator, sp, tokens=tok)
+        o.scene = o.scene.astype(np.int64) + offset
+        parts.append(o)
+    return concat_outputs(parts), lw
+
+
+def add_label_weights(spec: dict, lw: Optional[Dict[str, Any]]) -> dict:
+    """Write collect_weighted's skill weights (and what they were fitted from) into a fitted calibration entry."""
+    if lw:
+        spec["label_weights"] = lw["weights"]
+        spec["label_weights_fit"] = {k: lw[k] for k in ("top1", "chance", "frames")}
+    return spec
 
 
 def prompt_classes(evaluator, classes: Sequence[str]) -> np.ndarray:

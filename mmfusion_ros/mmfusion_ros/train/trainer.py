@@ -771,14 +771,8 @@ class Trainer:
         try:
             val = load_split(self.cfg.data, "val")
             ev = Evaluator(checkpoint, text_cache=self.cfg.text_cache or self.out / "text_cache", threads=self.cfg.threads)
-            tok = ev.embed(val)  # (N, 4, D)
-            pc = C.prompt_classes(ev, val.classes)
-            lw = C.label_skill_weights([tok], [C.split_classes(val, pc)], ev.prompt_emb, pc)
-            ev.calibration.label_weights = lw["weights"]  # the labels are calibrated as the pipeline will mean them
-            spec = C.fit(C.collect(ev, val, tokens=tok),
-                         budget_per_min=float(getattr(self.cfg, "event_false_alarm_budget", 1.0)))
-            spec["label_weights"] = lw["weights"]
-            spec["label_weights_fit"] = {k: lw[k] for k in ("top1", "chance", "frames")}
+            o, lw = C.collect_weighted(ev, [(val, ev.embed(val), 0)])
+            spec = C.add_label_weights(C.fit(o, budget_per_min=float(getattr(self.cfg, "event_false_alarm_budget", 1.0))), lw)
             spec["fitted_on"] = {"sets": [{"data": str(self.cfg.data), "split": "val", "frames": len(val)}],
                                  "frames": len(val), "minutes": round(len(val) * val.frame_step / 60.0, 2)}
             return spec
