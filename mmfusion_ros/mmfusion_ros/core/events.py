@@ -63,6 +63,13 @@ class EventTracker:
         self.off = self.on * self.cfg.off_ratio  # (E,)
         self.reset()
 
+    def raise_thresholds(self, event_types: Sequence[str], floor: float) -> None:
+        """On-thresholds of `event_types` become at least `floor` (their off-thresholds follow)."""
+        for e, name in enumerate(self.event_types):
+            if name in event_types:
+                self.on[e] = max(float(self.on[e]), float(floor))
+        self.off = self.on * self.cfg.off_ratio
+
     def reset(self) -> None:
         """Forget the smoothed state (e.g. when time jumps backwards)."""
         self.smoothed: Optional[np.ndarray] = None  # (E, H)
@@ -70,11 +77,13 @@ class EventTracker:
         self._fresh = np.ones(len(self.event_types), bool)  # (E,) rows whose EMA restarts at the next update
 
 
-    def update(self, probs: np.ndarray, observed: Optional[np.ndarray] = None) -> List[Event]:
+    def update(self, probs: np.ndarray, observed: Optional[np.ndarray] = None,
+               track_ids: Optional[np.ndarray] = None) -> List[Event]:
         """(E,H) probabilities for one frame -> events that start, continue or end at this frame.
 
         observed: (E,) bool, the types the frame's modalities can observe (default all). An unobserved type
-        has no state: nothing of it is active or reported, and its smoothing restarts when evidence returns."""
+        has no state: nothing of it is active or reported, and its smoothing restarts when evidence returns.
+        track_ids: (E,) int, the tracked object each type's evidence comes from (0: none), put on its events."""
         p = np.asarray(probs, np.float32)
         shape = (len(self.event_types), len(self.horizons))
         if p.shape != shape:
@@ -87,21 +96,22 @@ class EventTracker:
         self._fresh = ~seen
         self.active &= seen
         peak = self.smoothed.max(axis=1)  # (E,)
+        ids = np.zeros(len(self.event_types), np.int64) if track_ids is None else np.asarray(track_ids, np.int64)
         events: List[Event] = []
         for e, name in enumerate(self.event_types):
             if not seen[e]:
                 continue
             if not self.active[e] and peak[e] >= self.on[e]:
                 self.active[e] = True
-                events.append(self._event(e, STATE_START))
+                events.append(self._event(e, STATE_START, int(ids[e])))
             elif self.active[e] and peak[e] < self.off[e]:
                 self.active[e] = False
-                events.append(self._event(e, STATE_END))
+                events.append(self._event(e, STATE_END, int(ids[e])))
             elif self.active[e]:
-                events.append(self._event(e, STATE_ONGOING))
+                events.append(self._event(e, STATE_ONGOING, int(ids[e])))
         return events
 
-    def _event(self, e: int, state: int) -> Event:
+    def _event(self, e: int, state: int, track_id: int = 0) -> Event:
         row = self.smoothed[e]  # (H,)
         hit = np.flatnonzero(row >= self.off[e])
         h = int(hit[0]) if len(hit) else int(np.argmax(row))
@@ -112,4 +122,4 @@ class EventTracker:
         if not math.isfinite(prob):
             prob = 0.0
         return Event(type=self.event_types[e], probability=prob, horizon=float(self.horizons[h]), state=state,
-                     time_to_event=tte)
+                     time_to_event=tte, track_id=max(track_id, 0))

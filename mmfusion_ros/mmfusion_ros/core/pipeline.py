@@ -19,6 +19,7 @@ import numpy as np
 
 from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
+from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster
 from mmfusion_ros.core.familiarity import Familiarity
 from mmfusion_ros.core.observability import (LABEL_FUSIONS, event_mask, grounded_caption, label_embedding,
                                              observable_kinds)
@@ -41,6 +42,9 @@ class PipelineConfig:
     event_off_ratio: float = 0.7  # event off-threshold as a fraction of its on-threshold
     enable_perception: bool = True  # run the perception hook (3D objects) when one is given and LiDAR is present
     label_fusion: str = "mean"  # scene labels from the "mean" of the used label sensors' embeddings, or the attention-"fused" one
+    kinematic_events: bool = True  # also forecast approach, crossing, collision and impact from LiDAR tracks (core/kinematic_events.py)
+    robot_length: float = 0.8  # robot footprint along x, m (kinematic events: the front is half of it ahead of base_link)
+    robot_width: float = 0.6  # robot footprint across, m (kinematic events: the swept corridor)
 
     def validate(self) -> "PipelineConfig":
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -59,7 +63,12 @@ class PipelineConfig:
         EventTrackerConfig(alpha=self.event_alpha, off_ratio=self.event_off_ratio).validate()
         if self.label_fusion not in LABEL_FUSIONS:
             raise ValueError(f"pipeline.label_fusion: must be one of {LABEL_FUSIONS}, got {self.label_fusion!r}")
+        self.kinematic_config().validate()
         return self
+
+    def kinematic_config(self) -> KinematicEventConfig:
+        return KinematicEventConfig(enabled=bool(self.kinematic_events), robot_length=self.robot_length,
+                                    robot_width=self.robot_width)
 
 
 def preprocess_config_from_manifest(manifest: Dict[str, Any]) -> PreprocessConfig:
@@ -128,6 +137,12 @@ class Pipeline:
             self.event_tracker = EventTracker(
                 man["event_types"], man["horizons"], thresholds,
                 EventTrackerConfig(alpha=self.cfg.event_alpha, off_ratio=self.cfg.event_off_ratio))
+        # geometric events forecast from LiDAR tracks, merged with the head's (needs the perception hook)
+        self.kinematics: Optional[KinematicEventForecaster] = None
+        if self.event_tracker is not None and self.cfg.kinematic_events:
+            self.kinematics = KinematicEventForecaster(man["event_types"], man["horizons"],
+                                                       self.cfg.kinematic_config())
+            self.event_tracker.raise_thresholds(self.kinematics.forecast_types, self.kinematics.cfg.min_on_threshold)
         self.perception = perception
         self.T_cam_lidar = T_cam_lidar
         self.set_prompts(list(prompts), prompt_embeddings)
@@ -142,6 +157,8 @@ class Pipeline:
         self._hist_e: List[np.ndarray] = []
         if self.event_tracker is not None:
             self.event_tracker.reset()
+        if self.kinematics is not None:
+            self.kinematics.reset()
 
     def set_prompts(self, prompts: Sequence[str], embeddings: Optional[np.ndarray]) -> None:
         """Replace the label vocabulary; embeddings (P,D) are row-normalised here (a copy)."""
@@ -236,21 +253,6 @@ class Pipeline:
         caption, conf, cap_mods = self._grounded_caption(fused, used, timer)
         t = time.perf_counter()
 
-        events: List = []
-        probs = None
-        # a bundle without an event head observes no event (said, not silently empty)
-        unobservable: List[str] = [] if self.has_events or not self.cfg.enable_events else list(EVENT_TYPES)
-        if self.event_tracker is not None:
-            history = self._history(frame.stamp, fused)  # (1, T, D)
-            raw = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
-            probs = self.calibration.events(raw) if self.calibration.available else raw  # (E, H)
-            ok = np.array(event_mask(self.event_tracker.event_types, used), bool)  # (E,)
-            unobservable = [e for e, o in zip(self.event_tracker.event_types, ok) if not o]
-            probs = probs.copy()
-            probs[~ok] = np.nan  # not a probability: no present, familiar modality can observe it
-            events = self.event_tracker.update(np.where(ok[:, None], probs, 0.0), observed=ok)
-            t = timer.add("events", t)
-
         objects: List[DetectedObject] = []
         if self.perception is not None and self.cfg.enable_perception and frame.lidar is not None \
                 and "lidar" not in dropped:
@@ -263,6 +265,32 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - geometry on a bad cloud costs the objects, not the frame
                 dropped["perception"] = f"perception: {e}"
             t = timer.add("perception", t)
+
+        events: List = []
+        probs = None
+        # a bundle without an event head observes no event (said, not silently empty)
+        unobservable: List[str] = [] if self.has_events or not self.cfg.enable_events else list(EVENT_TYPES)
+        if self.event_tracker is not None:
+            history = self._history(frame.stamp, fused)  # (1, T, D)
+            raw = np.asarray(self.backend.events(history), np.float32)[0]  # (E, H)
+            probs = self.calibration.events(raw) if self.calibration.available else raw  # (E, H)
+            ok = np.array(event_mask(self.event_tracker.event_types, used), bool)  # (E,)
+            probs = np.where(ok[:, None], probs, 0.0)  # (E, H)
+            track_ids = None
+            if self.kinematics is not None and frame.lidar is not None and self.perception is not None \
+                    and self.cfg.enable_perception and "lidar" not in dropped and "perception" not in dropped:
+                # tracks are geometry, not learned claims: a LiDAR sweep observes what they forecast
+                kin = self.kinematics.update(objects, person_prob=max(
+                    [p for name, p in labels if "person" in name.lower()], default=0.0))
+                have = np.isfinite(kin.probs[:, 0])  # (E,) types forecast from the tracks
+                probs[have] = 1.0 - (1.0 - probs[have]) * (1.0 - kin.probs[have])  # noisy-OR of the two
+                ok = ok | have
+                track_ids = kin.track_ids
+            unobservable = [e for e, o in zip(self.event_tracker.event_types, ok) if not o]
+            events = self.event_tracker.update(probs, observed=ok, track_ids=track_ids)
+            probs = probs.copy()
+            probs[~ok] = np.nan  # not a probability: no present, familiar modality can observe it
+            t = timer.add("events", t)
 
         ms = timer.ms
         ms["inference"] = sum(ms.get(k, 0.0) for k in ("encode", "fuse", "caption", "events"))
@@ -353,6 +381,8 @@ class Pipeline:
             self._hist_e.clear()
             if self.event_tracker is not None:
                 self.event_tracker.reset()
+            if self.kinematics is not None:
+                self.kinematics.reset()
         self._hist_t.append(float(stamp))
         self._hist_e.append(fused)
         span = (self.history_len - 1) * self.history_step

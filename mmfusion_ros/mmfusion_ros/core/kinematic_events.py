@@ -1,0 +1,202 @@
+"""Geometric events forecast from LiDAR tracks: constant-velocity extrapolation of each track.
+
+The event head reads a few seconds of fused embeddings, a space trained to say *what* is there; how
+far an object is and how fast it closes in are barely in it, so the head's collision, crossing and
+approach warnings come late or not at all (model card: collision AP 0.09). The tracker
+(core/tracking.py) measures exactly those quantities, so for the event types defined by geometry this
+module extrapolates every confirmed track at its tracked velocity over the event horizons and tests
+the same predicates the simulator's ground truth uses (sim/events.py):
+
+- person_approaching: a track within ``approach_range`` m ahead whose own ground velocity points at the
+  robot faster than ``approach_speed`` m/s, weighted by how sure we are it is a person: 1 when the camera
+  named its crop a person, else the frame's published probability that a person is in the scene (for a
+  track no larger than ``person_max_footprint``; crop labels of distant, sparse clusters are unreliable);
+- crossing_path: a track inside the corridor ahead moving sideways faster than ``cross_speed`` m/s;
+- collision_imminent: a track in the robot's swept corridor, closing, with time to collision below
+  ``ttc_threshold`` s;
+- robot_impact: a track in the swept corridor whose gap to the robot's front reaches zero.
+
+Tracks are in the robot frame, so their velocities are relative to the moving robot. The robot's own
+velocity (needed for "the person walks towards us", not "we drive towards the person") is estimated as
+minus the median velocity of the other confirmed tracks: most of what a LiDAR tracks stands still. With
+fewer than ``min_reference_tracks`` of them the robot is taken to stand still.
+
+A forecast onset at tau seconds gives horizon h the probability ``max_probability`` when tau <= h - time_sigma/2,
+0 when tau >= h + time_sigma/2 and a linear ramp in between: a forecast near the horizon's edge is uncertain. Written by hand: no library forecasts
+these predicates, and each is a few lines of vector algebra over all tracks at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .types import DetectedObject
+
+#: event types this module forecasts (the others stay the event head's alone)
+KINEMATIC_EVENTS: Tuple[str, ...] = ("person_approaching", "crossing_path", "collision_imminent", "robot_impact")
+
+
+@dataclass
+class KinematicEventConfig:
+    """Footprint, predicate thresholds and forecast confidence (SI units, robot frame x forward, y left)."""
+
+    enabled: bool = True  # forecast geometric events from LiDAR tracks (false: the event head alone)
+    robot_length: float = 0.8  # footprint along x, m; the front bumper is robot_length / 2 ahead of the origin
+    robot_width: float = 0.6  # footprint across, m
+    corridor_length: float = 8.0  # crossing_path: the corridor ahead reaches this far, m
+    corridor_margin: float = 0.5  # crossing_path: the corridor is this much wider than the robot on each side, m
+    cross_speed: float = 0.3  # crossing_path: sideways speed of the object itself, m/s
+    approach_range: float = 10.0  # person_approaching: a person within this range, m
+    approach_speed: float = 0.4  # person_approaching: the person's own speed towards the robot, m/s
+    ttc_threshold: float = 1.5  # collision_imminent: time to collision below this, s
+    min_closing: float = 0.05  # a track closes in only faster than this, m/s (below: parked relative to us)
+    person_max_footprint: float = 1.5  # person_approaching: a track longer or wider than this is no person, m
+    min_hits: int = 3  # sweeps a track must be seen in a row before its velocity is trusted
+    min_reference_tracks: int = 2  # other confirmed tracks needed to estimate the robot's own velocity
+    time_sigma: float = 0.3  # s, width of the probability ramp at a horizon's edge (the forecast onset's spread)
+    max_probability: float = 0.9  # a certain forecast of a constant-velocity model, still a forecast
+    step: float = 0.05  # s, time grid the predicates are tested on
+    min_on_threshold: float = 0.5  # on-threshold floor for the types forecast here: the calibrated ones were fitted to the head alone
+
+    def validate(self) -> "KinematicEventConfig":
+        for name in ("robot_length", "robot_width", "corridor_length", "approach_range", "ttc_threshold",
+                     "person_max_footprint", "time_sigma", "step"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"kinematic_events.{name}: must be a finite number > 0, got {v!r}")
+        for name in ("corridor_margin", "cross_speed", "approach_speed", "min_closing"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"kinematic_events.{name}: must be a finite number >= 0, got {v!r}")
+        if not (0.0 < self.min_on_threshold <= 1.0):
+            raise ValueError(f"kinematic_events.min_on_threshold: must be in (0, 1], got {self.min_on_threshold!r}")
+        if not (0.0 < self.max_probability <= 1.0):
+            raise ValueError(f"kinematic_events.max_probability: must be in (0, 1], got {self.max_probability!r}")
+        for name in ("min_hits", "min_reference_tracks"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"kinematic_events.{name}: must be an integer >= 1, got {v!r}")
+        return self
+
+
+@dataclass
+class KinematicForecast:
+    """One frame's forecast, in the caller's event-type order."""
+
+    probs: np.ndarray  # (E, H) probability the event is active within each horizon; NaN: not forecast here
+    track_ids: np.ndarray  # (E,) int, the track responsible for the most probable forecast (0: none)
+    ego_velocity: np.ndarray  # (2,) the robot's own velocity estimate, m/s, robot frame
+
+
+def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) -> float:
+    """How sure we are the track is a person: 1 when the camera named its crop one, else the scene's person
+    probability for a track that could be one by its size."""
+    if o.label_from_camera and "person" in str(o.label).lower():
+        return 1.0
+    return person_prob if float(max(o.size[0], o.size[1])) <= max_footprint else 0.0
+
+
+class KinematicEventForecaster:
+    """Keeps how long each track has been seen; ``update`` forecasts the geometric events of one sweep."""
+
+    def __init__(self, event_types: Sequence[str], horizons: Sequence[float],
+                 cfg: Optional[KinematicEventConfig] = None):
+        self.cfg = (cfg or KinematicEventConfig()).validate()
+        self.event_types = list(event_types)
+        self.horizons = np.asarray(horizons, np.float64)  # (H,)
+        if self.horizons.ndim != 1 or len(self.horizons) == 0 or np.any(self.horizons <= 0):
+            raise ValueError(f"kinematic events: horizons must be positive, got {list(horizons)}")
+        self.rows = {e: i for i, e in enumerate(self.event_types) if e in KINEMATIC_EVENTS}
+        n = int(math.ceil(float(self.horizons.max()) / self.cfg.step))
+        self.tau = np.arange(0, n + 1, dtype=np.float64) * self.cfg.step  # (K,) 0 = now
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget track ages (time jumped, or the tracker was reset)."""
+        self._seen: Dict[int, int] = {}
+
+    @property
+    def forecast_types(self) -> List[str]:
+        return list(self.rows)
+
+    def update(self, objects: Sequence[DetectedObject], person_prob: float = 0.0) -> KinematicForecast:
+        """Tracked objects of one sweep (robot frame) -> per-type probabilities over the horizons.
+
+        person_prob: the frame's probability that a person is in the scene (its published labels), for
+        tracks the camera did not name."""
+        person_prob = float(np.clip(np.nan_to_num(person_prob), 0.0, 1.0))
+        E, H = len(self.event_types), len(self.horizons)
+        probs = np.full((E, H), np.nan, np.float64)
+        for r in self.rows.values():
+            probs[r] = 0.0
+        ids = np.zeros(E, np.int64)
+        seen = {}
+        for o in objects:
+            if o.track_id > 0:
+                seen[int(o.track_id)] = self._seen.get(int(o.track_id), 0) + 1
+        self._seen = seen
+        conf = [o for o in objects if o.track_id > 0 and seen[int(o.track_id)] >= self.cfg.min_hits
+                and np.all(np.isfinite(o.center[:2])) and np.all(np.isfinite(o.velocity[:2]))]
+        if not conf or not self.rows:
+            return KinematicForecast(probs.astype(np.float32), ids, np.zeros(2, np.float32))
+        p = np.array([o.center[:2] for o in conf], np.float64)  # (N, 2)
+        v = np.array([o.velocity[:2] for o in conf], np.float64)  # (N, 2) relative to the robot
+        half = np.array([0.5 * float(max(o.size[0], o.size[1])) for o in conf], np.float64)  # (N,)
+        person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in conf])  # (N,)
+        ego = self._ego_velocity(v)  # (N, 2): each track's reference excludes itself
+        onset = self._onsets(p, v, half, person, ego)  # name -> (N,) first tau the predicate holds, inf: never
+        cfg = self.cfg
+        for name, r in self.rows.items():
+            tau = onset[name]  # (N,)
+            # (N, H): the event is active at some time within the horizon, smoothly at its edge
+            ramp = (self.horizons[None, :] - np.minimum(tau, 1e6)[:, None]) / cfg.time_sigma + 0.5
+            pr = cfg.max_probability * np.clip(ramp, 0.0, 1.0)  # (N, H)
+            if name == "person_approaching":
+                pr = pr * person[:, None]
+            probs[r] = pr.max(0)
+            if pr.max() > 0:
+                ids[r] = int(conf[int(np.argmax(pr.max(1)))].track_id)
+        ego_all = -np.median(v, axis=0) if len(v) >= cfg.min_reference_tracks else np.zeros(2)
+        return KinematicForecast(probs.astype(np.float32), ids, ego_all.astype(np.float32))
+
+    def _ego_velocity(self, v: np.ndarray) -> np.ndarray:
+        """(N, 2) relative velocities -> (N, 2) the robot's velocity as seen from the other tracks."""
+        N = len(v)
+        out = np.zeros((N, 2), np.float64)
+        if N - 1 < self.cfg.min_reference_tracks:
+            return out
+        for i in range(N):
+            out[i] = -np.median(np.delete(v, i, axis=0), axis=0)
+        return out
+
+    def _onsets(self, p: np.ndarray, v: np.ndarray, half: np.ndarray, person: np.ndarray,
+                ego: np.ndarray) -> Dict[str, np.ndarray]:
+        cfg = self.cfg
+        tau = self.tau  # (K,)
+        x = p[:, None, 0] + v[:, None, 0] * tau[None]  # (N, K) positions under constant relative velocity
+        y = p[:, None, 1] + v[:, None, 1] * tau[None]  # (N, K)
+        hw = 0.5 * cfg.robot_width
+        own = v + ego  # (N, 2) the object's own velocity (robot frame)
+        closing = -v[:, 0]  # (N,) along the robot's heading
+        swept = (x > 0) & (np.abs(y) < hw + half[:, None])  # (N, K)
+        gap = x - half[:, None] - 0.5 * cfg.robot_length  # (N, K)
+        closing_ok = (closing > cfg.min_closing)[:, None]  # (N, 1)
+        ttc = np.where(closing_ok, np.maximum(gap, 0.0) / np.maximum(closing, cfg.min_closing)[:, None], np.inf)
+        r = np.hypot(x, y)  # (N, K)
+        toward = -(own[:, None, 0] * x + own[:, None, 1] * y) / np.maximum(r, 1e-6)  # (N, K) own speed at us
+        corridor = (x > 0) & (x < cfg.corridor_length) & (np.abs(y) < hw + cfg.corridor_margin + half[:, None])
+        masks = {
+            "person_approaching": (person > 0)[:, None] & (r < cfg.approach_range) & (x > 0) & (toward > cfg.approach_speed),
+            "crossing_path": corridor & (np.abs(own[:, 1]) > cfg.cross_speed)[:, None],
+            "collision_imminent": swept & closing_ok & (ttc < cfg.ttc_threshold),
+            "robot_impact": swept & closing_ok & (gap <= 0.0),
+        }
+        out = {}
+        for name, m in masks.items():  # (N, K) -> (N,) first tau where it holds
+            first = np.argmax(m, axis=1)
+            out[name] = np.where(m.any(1), tau[first], np.inf)
+        return out

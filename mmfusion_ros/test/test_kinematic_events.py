@@ -1,0 +1,143 @@
+"""core.kinematic_events: geometric events forecast from LiDAR tracks, alone and through the pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmfusion_ros.core.events import STATE_START
+from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster
+from mmfusion_ros.core.pipeline import Pipeline, PipelineConfig
+from mmfusion_ros.core.types import EVENT_HORIZONS, EVENT_TYPES, DetectedObject
+
+E = {n: i for i, n in enumerate(EVENT_TYPES)}
+
+
+def obj(tid, x, y, vx, vy, label="box", camera=False, size=(0.5, 0.5, 1.0)):
+    return DetectedObject(center=np.array([x, y, 0.5]), size=np.array(size, float), yaw=0.0, label=label,
+                          score=1.0, label_from_camera=camera, point_count=50, track_id=tid,
+                          velocity=np.array([vx, vy, 0.0], np.float32))
+
+
+def static_world(ego_speed):
+    """Two static references to the side: seen from a robot driving at ego_speed they move back."""
+    return [obj(101, 6.0, 6.0, -ego_speed, 0.0), obj(102, 9.0, -7.0, -ego_speed, 0.0)]
+
+
+def forecast(objs_per_sweep, person_prob=0.0):
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    out = None
+    for objs in objs_per_sweep:
+        out = f.update(objs, person_prob=person_prob)
+    return out
+
+
+def test_a_crate_ahead_warns_of_collision_now_and_of_the_impact_within_two_seconds():
+    # the robot drives at 2 m/s at a crate 3.5 m ahead: gap 3.5 - 0.25 - 0.4 = 2.85 m, time to collision 1.4 s
+    sweeps = [static_world(2.0) + [obj(7, 3.5, 0.0, -2.0, 0.0)]] * 3
+    k = forecast(sweeps)
+    col, imp = k.probs[E["collision_imminent"]], k.probs[E["robot_impact"]]
+    assert col[0] > 0.8 and col[2] > 0.8  # (0.5, 1, 2 s): ttc < 1.5 s already
+    assert imp[0] < 0.1 and imp[2] > 0.8  # contact after 1.43 s: not within 0.5 s, surely within 2 s
+    assert k.track_ids[E["collision_imminent"]] == 7 and k.track_ids[E["robot_impact"]] == 7
+    assert k.ego_velocity[0] == pytest.approx(2.0)
+    assert np.isnan(k.probs[E["alarm_sounding"]]).all()  # not a geometric event: the head's alone
+
+
+def test_a_track_is_trusted_only_after_min_hits_sweeps():
+    sweep = static_world(2.0) + [obj(7, 3.5, 0.0, -2.0, 0.0)]
+    assert forecast([sweep, sweep]).probs[E["collision_imminent"]].max() == 0.0  # 2 of 3 sweeps
+    # a track that disappears starts counting again
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    for objs in (sweep, sweep, static_world(2.0), sweep):
+        k = f.update(objs)
+    assert k.probs[E["collision_imminent"]].max() == 0.0
+
+
+def test_crossing_is_forecast_when_the_object_will_enter_the_corridor():
+    # 3 m to the left, walking right at 1.5 m/s: enters |y| < 0.3 + 0.5 + 0.25 after 1.3 s
+    k = forecast([static_world(0.0) + [obj(5, 5.0, 3.0, 0.0, -1.5)]] * 3)
+    cross = k.probs[E["crossing_path"]]
+    assert cross[0] < 0.1 and cross[2] > 0.8
+    # standing beside the path, or walking away from it: no crossing
+    k = forecast([static_world(0.0) + [obj(5, 5.0, 3.0, 0.0, 0.0), obj(6, 5.0, -3.0, 0.0, -1.5)]] * 3)
+    assert k.probs[E["crossing_path"]].max() == 0.0
+
+
+def test_a_person_walking_up_is_approaching_a_person_the_robot_drives_at_is_not():
+    ego = 1.0
+    walking = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="a person", camera=True)  # walks at us at 1 m/s
+    standing = obj(9, 6.0, 0.5, -ego, 0.0, label="a person", camera=True)  # we drive at them
+    assert forecast([static_world(ego) + [walking]] * 3).probs[E["person_approaching"]][0] > 0.8
+    assert forecast([static_world(ego) + [standing]] * 3).probs[E["person_approaching"]].max() == 0.0
+    # a cluster the camera did not name: as sure as the scene's person probability, and never a car-sized one
+    unnamed = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="person-sized object")
+    p = forecast([static_world(ego) + [unnamed]] * 3, person_prob=0.4).probs[E["person_approaching"]]
+    assert 0.3 < p[0] <= 0.4
+    car = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="vehicle-sized object", size=(4.3, 1.8, 1.6))
+    assert forecast([static_world(ego) + [car]] * 3, person_prob=0.9).probs[E["person_approaching"]].max() == 0.0
+
+
+def test_without_reference_tracks_the_robot_is_taken_to_stand_still():
+    k = forecast([[obj(9, 6.0, 0.5, -1.0, 0.0, label="person", camera=True)]] * 3)
+    assert k.ego_velocity.tolist() == [0.0, 0.0]
+    assert k.probs[E["person_approaching"]][0] > 0.8  # closing at 1 m/s, all of it the person's own
+
+
+def test_non_finite_tracks_are_ignored():
+    bad = obj(7, float("nan"), 0.0, -2.0, 0.0)
+    k = forecast([static_world(2.0) + [bad]] * 3)
+    assert np.all(np.nan_to_num(k.probs, nan=0.0) == 0.0)
+
+
+@pytest.mark.parametrize("field,value", [("robot_width", 0.0), ("time_sigma", float("nan")), ("min_hits", 0),
+                                         ("max_probability", 1.5), ("cross_speed", -1.0),
+                                         ("min_on_threshold", 0.0)])
+def test_config_validation(field, value):
+    with pytest.raises(ValueError, match=field):
+        KinematicEventConfig(**{field: value}).validate()
+    with pytest.raises(ValueError):
+        PipelineConfig(**{"robot_width" if field == "robot_width" else "robot_length": -1.0}).validate()
+
+
+# ---- through the pipeline ------------------------------------------------------------------------------
+class CrateAhead:
+    """Perception stand-in: a crate the robot closes in on at 2 m/s, plus two static references."""
+
+    def __init__(self):
+        self.x = 3.5
+
+    def process(self, points, stamp, **kw):
+        self.x -= 0.2
+        return static_world(2.0) + [obj(7, self.x, 0.0, -2.0, 0.0)]
+
+
+def _pipeline(**cfg):
+    from test_pipeline import FakeBackend, frame
+
+    b = FakeBackend()
+    b.manifest["event_types"] = list(EVENT_TYPES)
+    b.manifest["event_thresholds"] = {e: 0.5 for e in EVENT_TYPES}
+    b.event_probs = np.zeros((len(EVENT_TYPES), len(EVENT_HORIZONS)))
+    b.events = lambda history: np.asarray(b.event_probs, np.float32)[None]
+    emb = np.stack([b.base["camera"], b.base["imu"]])
+    return Pipeline(b, PipelineConfig(event_alpha=1.0, **cfg), ["a crate", "a person"], emb,
+                    perception=CrateAhead()), frame
+
+
+def test_the_pipeline_raises_the_track_forecast_with_its_track_id():
+    p, frame = _pipeline()
+    results = [p.process(frame(0.1 * k)) for k in range(4)]
+    started = [(e.type, e.track_id) for r in results for e in r.events if e.state == STATE_START]
+    assert ("collision_imminent", 7) in started and ("robot_impact", 7) in started
+    assert results[-1].event_probs[E["collision_imminent"]].max() > 0.8
+    # without the LiDAR the geometric events are unobservable from the remaining sensors' head outputs
+    r = p.process(frame(0.5, lidar=False, camera=False))
+    assert "collision_imminent" in r.unobservable and not any(e.type == "collision_imminent" for e in r.events)
+
+
+def test_the_pipeline_without_kinematic_events_leaves_the_head_alone():
+    p, frame = _pipeline(kinematic_events=False)
+    results = [p.process(frame(0.1 * k)) for k in range(4)]
+    assert not any(r.events for r in results)
+    assert results[-1].event_probs[E["collision_imminent"]].max() == 0.0
