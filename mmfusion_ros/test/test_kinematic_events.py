@@ -141,3 +141,25 @@ def test_the_pipeline_without_kinematic_events_leaves_the_head_alone():
     results = [p.process(frame(0.1 * k)) for k in range(4)]
     assert not any(r.events for r in results)
     assert results[-1].event_probs[E["collision_imminent"]].max() == 0.0
+
+
+def test_a_turning_robot_does_not_see_static_objects_cross_its_path():
+    # turning left at 0.6 rad/s on the spot: a static cone 4 m ahead moves right at 2.4 m/s in the robot frame
+    w = 0.6
+    def static(tid, x, y):
+        return obj(tid, x, y, w * y, -w * x)  # v_rel = -(w x p) = (w y, -w x)
+    cones = [static(1, 4.0, 0.2), static(2, 6.0, -3.0), static(3, 8.0, 4.0), static(4, -3.0, 5.0)]
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    for _ in range(3):
+        k = f.update(cones, yaw_rate=w)  # the IMU's gyro
+    assert k.probs[E["crossing_path"]].max() == 0.0 and k.yaw_rate == pytest.approx(w)
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    for _ in range(3):
+        k = f.update(cones)  # no IMU: the turn is fitted to the tracks
+    assert k.yaw_rate == pytest.approx(w, abs=1e-3) and k.probs[E["crossing_path"]].max() == 0.0
+    # a person really crossing while the robot turns is still seen crossing
+    walker = obj(9, 5.0, 3.0, w * 3.0, -w * 5.0 - 1.5, label="a person", camera=True)
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    for _ in range(3):
+        k = f.update(cones + [walker], yaw_rate=w)
+    assert k.probs[E["crossing_path"]][2] > 0.8 and k.track_ids[E["crossing_path"]] == 9

@@ -16,10 +16,13 @@ the same predicates the simulator's ground truth uses (sim/events.py):
   ``ttc_threshold`` s;
 - robot_impact: a track in the swept corridor whose gap to the robot's front reaches zero.
 
-Tracks are in the robot frame, so their velocities are relative to the moving robot. The robot's own
-velocity (needed for "the person walks towards us", not "we drive towards the person") is estimated as
-minus the median velocity of the other confirmed tracks: most of what a LiDAR tracks stands still. With
-fewer than ``min_reference_tracks`` of them the robot is taken to stand still.
+Tracks are in the robot frame, so their velocities are relative to the moving, turning robot: a static
+object at p moves at -(v_ego + w x p), so a turn alone makes the cones ahead "cross" the path. The object's
+own velocity (needed for "the person walks towards us", not "we drive towards the person", and for
+crossing) is therefore v_rel + v_ego + w x p. The yaw rate w is the IMU's gyro z over its newest
+``yaw_rate_window`` s when the frame has an IMU (its z axis taken along base_link's), else fitted with v_ego
+from the tracks; v_ego is the median over the confirmed tracks of what each one says it is (most of what a
+LiDAR tracks stands still), or zero with fewer than ``min_reference_tracks`` of them.
 
 A forecast onset at tau seconds gives horizon h the probability ``max_probability`` when tau <= h - time_sigma/2,
 0 when tau >= h + time_sigma/2 and a linear ramp in between: a forecast near the horizon's edge is uncertain. Written by hand: no library forecasts
@@ -60,11 +63,12 @@ class KinematicEventConfig:
     time_sigma: float = 0.3  # s, width of the probability ramp at a horizon's edge (the forecast onset's spread)
     max_probability: float = 0.9  # a certain forecast of a constant-velocity model, still a forecast
     step: float = 0.05  # s, time grid the predicates are tested on
+    yaw_rate_window: float = 0.2  # s of the newest IMU samples whose mean gyro z is the robot's yaw rate
     min_on_threshold: float = 0.5  # on-threshold floor for the types forecast here: the calibrated ones were fitted to the head alone
 
     def validate(self) -> "KinematicEventConfig":
         for name in ("robot_length", "robot_width", "corridor_length", "approach_range", "ttc_threshold",
-                     "person_max_footprint", "time_sigma", "step"):
+                     "person_max_footprint", "time_sigma", "step", "yaw_rate_window"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"kinematic_events.{name}: must be a finite number > 0, got {v!r}")
@@ -90,6 +94,7 @@ class KinematicForecast:
     probs: np.ndarray  # (E, H) probability the event is active within each horizon; NaN: not forecast here
     track_ids: np.ndarray  # (E,) int, the track responsible for the most probable forecast (0: none)
     ego_velocity: np.ndarray  # (2,) the robot's own velocity estimate, m/s, robot frame
+    yaw_rate: float = 0.0  # rad/s, the robot's yaw rate used (IMU, or fitted to the tracks)
 
 
 def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) -> float:
@@ -123,11 +128,12 @@ class KinematicEventForecaster:
     def forecast_types(self) -> List[str]:
         return list(self.rows)
 
-    def update(self, objects: Sequence[DetectedObject], person_prob: float = 0.0) -> KinematicForecast:
+    def update(self, objects: Sequence[DetectedObject], person_prob: float = 0.0,
+               yaw_rate: Optional[float] = None) -> KinematicForecast:
         """Tracked objects of one sweep (robot frame) -> per-type probabilities over the horizons.
 
         person_prob: the frame's probability that a person is in the scene (its published labels), for
-        tracks the camera did not name."""
+        tracks the camera did not name. yaw_rate: the robot's, rad/s (None: fitted to the tracks)."""
         person_prob = float(np.clip(np.nan_to_num(person_prob), 0.0, 1.0))
         E, H = len(self.event_types), len(self.horizons)
         probs = np.full((E, H), np.nan, np.float64)
@@ -147,8 +153,9 @@ class KinematicEventForecaster:
         v = np.array([o.velocity[:2] for o in conf], np.float64)  # (N, 2) relative to the robot
         half = np.array([0.5 * float(max(o.size[0], o.size[1])) for o in conf], np.float64)  # (N,)
         person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in conf])  # (N,)
-        ego = self._ego_velocity(v)  # (N, 2): each track's reference excludes itself
-        onset = self._onsets(p, v, half, person, ego)  # name -> (N,) first tau the predicate holds, inf: never
+        ego, w = self._ego_motion(p, v, yaw_rate)  # (2,), rad/s
+        own = v + ego[None, :] + w * np.stack([-p[:, 1], p[:, 0]], 1)  # (N, 2) each object's own velocity
+        onset = self._onsets(p, v, half, person, own)  # name -> (N,) first tau the predicate holds, inf: never
         cfg = self.cfg
         for name, r in self.rows.items():
             tau = onset[name]  # (N,)
@@ -160,27 +167,44 @@ class KinematicEventForecaster:
             probs[r] = pr.max(0)
             if pr.max() > 0:
                 ids[r] = int(conf[int(np.argmax(pr.max(1)))].track_id)
-        ego_all = -np.median(v, axis=0) if len(v) >= cfg.min_reference_tracks else np.zeros(2)
-        return KinematicForecast(probs.astype(np.float32), ids, ego_all.astype(np.float32))
+        return KinematicForecast(probs.astype(np.float32), ids, ego.astype(np.float32), float(w))
 
-    def _ego_velocity(self, v: np.ndarray) -> np.ndarray:
-        """(N, 2) relative velocities -> (N, 2) the robot's velocity as seen from the other tracks."""
-        N = len(v)
-        out = np.zeros((N, 2), np.float64)
-        if N - 1 < self.cfg.min_reference_tracks:
-            return out
-        for i in range(N):
-            out[i] = -np.median(np.delete(v, i, axis=0), axis=0)
-        return out
+    def _ego_motion(self, p: np.ndarray, v: np.ndarray, yaw_rate: Optional[float]) -> Tuple[np.ndarray, float]:
+        """(N, 2) positions and relative velocities -> the robot's velocity (2,) and yaw rate (rad/s).
+
+        Each static track says v_ego = -(v_rel + w x p); the median over tracks ignores the few that move.
+        Without a yaw rate, (vx, vy, w) are fitted by least squares, once more without the tracks whose
+        residual is over 0.5 m/s (the movers)."""
+        n = len(v)
+        w = float(yaw_rate) if yaw_rate is not None and math.isfinite(yaw_rate) else None
+        if n < self.cfg.min_reference_tracks:
+            return np.zeros(2), (w or 0.0)
+        if w is None and n >= 3:
+            # v_rel_x = -vx + w y, v_rel_y = -vy - w x: two rows per track, unknowns (vx, vy, w)
+            A = np.zeros((2 * n, 3))
+            A[0::2, 0], A[0::2, 2] = -1.0, p[:, 1]
+            A[1::2, 1], A[1::2, 2] = -1.0, -p[:, 0]
+            b = v.reshape(-1)
+            keep = np.ones(n, bool)
+            for _ in range(2):
+                rows = np.repeat(keep, 2)
+                u = np.linalg.lstsq(A[rows], b[rows], rcond=None)[0]
+                res = np.linalg.norm((A @ u - b).reshape(n, 2), axis=1)
+                keep = res < 0.5
+                if keep.sum() < 3:
+                    break
+            w = float(u[2])
+        w = w or 0.0
+        says = -(v + w * np.stack([-p[:, 1], p[:, 0]], 1))  # (N, 2) v_ego by each track
+        return np.median(says, axis=0), w
 
     def _onsets(self, p: np.ndarray, v: np.ndarray, half: np.ndarray, person: np.ndarray,
-                ego: np.ndarray) -> Dict[str, np.ndarray]:
+                own: np.ndarray) -> Dict[str, np.ndarray]:
         cfg = self.cfg
         tau = self.tau  # (K,)
         x = p[:, None, 0] + v[:, None, 0] * tau[None]  # (N, K) positions under constant relative velocity
         y = p[:, None, 1] + v[:, None, 1] * tau[None]  # (N, K)
         hw = 0.5 * cfg.robot_width
-        own = v + ego  # (N, 2) the object's own velocity (robot frame)
         closing = -v[:, 0]  # (N,) along the robot's heading
         swept = (x > 0) & (np.abs(y) < hw + half[:, None])  # (N, K)
         gap = x - half[:, None] - 0.5 * cfg.robot_length  # (N, K)

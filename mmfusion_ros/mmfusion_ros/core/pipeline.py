@@ -281,7 +281,8 @@ class Pipeline:
                     and self.cfg.enable_perception and "lidar" not in dropped and "perception" not in dropped:
                 # tracks are geometry, not learned claims: a LiDAR sweep observes what they forecast
                 kin = self.kinematics.update(objects, person_prob=max(
-                    [p for name, p in labels if "person" in name.lower()], default=0.0))
+                    [p for name, p in labels if "person" in name.lower()], default=0.0),
+                    yaw_rate=None if "imu" in dropped else self._yaw_rate(frame))
                 have = np.isfinite(kin.probs[:, 0])  # (E,) types forecast from the tracks
                 probs[have] = 1.0 - (1.0 - probs[have]) * (1.0 - kin.probs[have])  # noisy-OR of the two
                 ok = ok | have
@@ -372,6 +373,16 @@ class Pipeline:
             p = np.asarray(self.calibration.labels(p, used), np.float64)  # (P,)
         order = np.argsort(-p, kind="stable")[: self.cfg.top_k]
         return [(self.prompts[i], float(p[i])) for i in order]
+
+    def _yaw_rate(self, frame: SensorFrame) -> Optional[float]:
+        """Mean gyro z (rad/s) over the newest kinematic yaw_rate_window s of the frame's IMU; None without one."""
+        imu = frame.imu
+        if imu is None or imu.ndim != 2 or imu.shape[1] < 6 or not len(imu):
+            return None
+        n = max(1, int(round(self.kinematics.cfg.yaw_rate_window * float(frame.imu_rate))))
+        gz = imu[-n:, 5]
+        gz = gz[np.isfinite(gz)]
+        return float(gz.mean()) if len(gz) else None
 
     def _history(self, stamp: float, fused: np.ndarray) -> np.ndarray:
         """(1,T,D) fused embeddings at stamp - (T-1-k)*step, oldest first: the newest embedding at or
