@@ -11,6 +11,7 @@ from mmfusion_ros.core.pipeline import Pipeline, PipelineConfig
 from mmfusion_ros.core.types import EVENT_HORIZONS, EVENT_TYPES, DetectedObject
 
 E = {n: i for i, n in enumerate(EVENT_TYPES)}
+HITS = KinematicEventConfig().min_hits  # sweeps before a track is trusted
 
 
 def obj(tid, x, y, vx, vy, label="box", camera=False, size=(0.5, 0.5, 1.0)):
@@ -34,7 +35,7 @@ def forecast(objs_per_sweep, person_prob=0.0):
 
 def test_a_crate_ahead_warns_of_collision_now_and_of_the_impact_within_two_seconds():
     # the robot drives at 2 m/s at a crate 3.5 m ahead: gap 3.5 - 0.25 - 0.4 = 2.85 m, time to collision 1.4 s
-    sweeps = [static_world(2.0) + [obj(7, 3.5, 0.0, -2.0, 0.0)]] * 3
+    sweeps = [static_world(2.0) + [obj(7, 3.5, 0.0, -2.0, 0.0)]] * HITS
     k = forecast(sweeps)
     col, imp = k.probs[E["collision_imminent"]], k.probs[E["robot_impact"]]
     assert col[0] > 0.8 and col[2] > 0.8  # (0.5, 1, 2 s): ttc < 1.5 s already
@@ -46,21 +47,22 @@ def test_a_crate_ahead_warns_of_collision_now_and_of_the_impact_within_two_secon
 
 def test_a_track_is_trusted_only_after_min_hits_sweeps():
     sweep = static_world(2.0) + [obj(7, 3.5, 0.0, -2.0, 0.0)]
-    assert forecast([sweep, sweep]).probs[E["collision_imminent"]].max() == 0.0  # 2 of 3 sweeps
+    assert forecast([sweep] * (HITS - 1)).probs[E["collision_imminent"]].max() == 0.0
+    assert forecast([sweep] * HITS).probs[E["collision_imminent"]].max() > 0.8
     # a track that disappears starts counting again
     f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
-    for objs in (sweep, sweep, static_world(2.0), sweep):
+    for objs in [sweep] * (HITS - 1) + [static_world(2.0)] + [sweep] * (HITS - 1):
         k = f.update(objs)
     assert k.probs[E["collision_imminent"]].max() == 0.0
 
 
 def test_crossing_is_forecast_when_the_object_will_enter_the_corridor():
     # 3 m to the left, walking right at 1.5 m/s: enters |y| < 0.3 + 0.5 + 0.25 after 1.3 s
-    k = forecast([static_world(0.0) + [obj(5, 5.0, 3.0, 0.0, -1.5)]] * 3)
+    k = forecast([static_world(0.0) + [obj(5, 5.0, 3.0, 0.0, -1.5)]] * HITS)
     cross = k.probs[E["crossing_path"]]
     assert cross[0] < 0.1 and cross[2] > 0.8
     # standing beside the path, or walking away from it: no crossing
-    k = forecast([static_world(0.0) + [obj(5, 5.0, 3.0, 0.0, 0.0), obj(6, 5.0, -3.0, 0.0, -1.5)]] * 3)
+    k = forecast([static_world(0.0) + [obj(5, 5.0, 3.0, 0.0, 0.0), obj(6, 5.0, -3.0, 0.0, -1.5)]] * HITS)
     assert k.probs[E["crossing_path"]].max() == 0.0
 
 
@@ -68,25 +70,25 @@ def test_a_person_walking_up_is_approaching_a_person_the_robot_drives_at_is_not(
     ego = 1.0
     walking = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="a person", camera=True)  # walks at us at 1 m/s
     standing = obj(9, 6.0, 0.5, -ego, 0.0, label="a person", camera=True)  # we drive at them
-    assert forecast([static_world(ego) + [walking]] * 3).probs[E["person_approaching"]][0] > 0.8
-    assert forecast([static_world(ego) + [standing]] * 3).probs[E["person_approaching"]].max() == 0.0
+    assert forecast([static_world(ego) + [walking]] * HITS).probs[E["person_approaching"]][0] > 0.8
+    assert forecast([static_world(ego) + [standing]] * HITS).probs[E["person_approaching"]].max() == 0.0
     # a cluster the camera did not name: as sure as the scene's person probability, and never a car-sized one
     unnamed = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="person-sized object")
-    p = forecast([static_world(ego) + [unnamed]] * 3, person_prob=0.4).probs[E["person_approaching"]]
+    p = forecast([static_world(ego) + [unnamed]] * HITS, person_prob=0.4).probs[E["person_approaching"]]
     assert 0.3 < p[0] <= 0.4
     car = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="vehicle-sized object", size=(4.3, 1.8, 1.6))
-    assert forecast([static_world(ego) + [car]] * 3, person_prob=0.9).probs[E["person_approaching"]].max() == 0.0
+    assert forecast([static_world(ego) + [car]] * HITS, person_prob=0.9).probs[E["person_approaching"]].max() == 0.0
 
 
 def test_without_reference_tracks_the_robot_is_taken_to_stand_still():
-    k = forecast([[obj(9, 6.0, 0.5, -1.0, 0.0, label="person", camera=True)]] * 3)
+    k = forecast([[obj(9, 6.0, 0.5, -1.0, 0.0, label="person", camera=True)]] * HITS)
     assert k.ego_velocity.tolist() == [0.0, 0.0]
     assert k.probs[E["person_approaching"]][0] > 0.8  # closing at 1 m/s, all of it the person's own
 
 
 def test_non_finite_tracks_are_ignored():
     bad = obj(7, float("nan"), 0.0, -2.0, 0.0)
-    k = forecast([static_world(2.0) + [bad]] * 3)
+    k = forecast([static_world(2.0) + [bad]] * HITS)
     assert np.all(np.nan_to_num(k.probs, nan=0.0) == 0.0)
 
 
@@ -127,18 +129,18 @@ def _pipeline(**cfg):
 
 def test_the_pipeline_raises_the_track_forecast_with_its_track_id():
     p, frame = _pipeline()
-    results = [p.process(frame(0.1 * k)) for k in range(4)]
+    results = [p.process(frame(0.1 * k)) for k in range(HITS + 1)]
     started = [(e.type, e.track_id) for r in results for e in r.events if e.state == STATE_START]
     assert ("collision_imminent", 7) in started and ("robot_impact", 7) in started
     assert results[-1].event_probs[E["collision_imminent"]].max() > 0.8
     # without the LiDAR the geometric events are unobservable from the remaining sensors' head outputs
-    r = p.process(frame(0.5, lidar=False, camera=False))
+    r = p.process(frame(0.1 * (HITS + 2), lidar=False, camera=False))
     assert "collision_imminent" in r.unobservable and not any(e.type == "collision_imminent" for e in r.events)
 
 
 def test_the_pipeline_without_kinematic_events_leaves_the_head_alone():
     p, frame = _pipeline(kinematic_events=False)
-    results = [p.process(frame(0.1 * k)) for k in range(4)]
+    results = [p.process(frame(0.1 * k)) for k in range(HITS + 1)]
     assert not any(r.events for r in results)
     assert results[-1].event_probs[E["collision_imminent"]].max() == 0.0
 
@@ -150,16 +152,27 @@ def test_a_turning_robot_does_not_see_static_objects_cross_its_path():
         return obj(tid, x, y, w * y, -w * x)  # v_rel = -(w x p) = (w y, -w x)
     cones = [static(1, 4.0, 0.2), static(2, 6.0, -3.0), static(3, 8.0, 4.0), static(4, -3.0, 5.0)]
     f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
-    for _ in range(3):
+    for _ in range(HITS):
         k = f.update(cones, yaw_rate=w)  # the IMU's gyro
     assert k.probs[E["crossing_path"]].max() == 0.0 and k.yaw_rate == pytest.approx(w)
     f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
-    for _ in range(3):
+    for _ in range(HITS):
         k = f.update(cones)  # no IMU: the turn is fitted to the tracks
     assert k.yaw_rate == pytest.approx(w, abs=1e-3) and k.probs[E["crossing_path"]].max() == 0.0
     # a person really crossing while the robot turns is still seen crossing
     walker = obj(9, 5.0, 3.0, w * 3.0, -w * 5.0 - 1.5, label="a person", camera=True)
     f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
-    for _ in range(3):
+    for _ in range(HITS):
         k = f.update(cones + [walker], yaw_rate=w)
     assert k.probs[E["crossing_path"]][2] > 0.8 and k.track_ids[E["crossing_path"]] == 9
+
+
+def test_a_long_wall_beside_the_path_is_not_in_it_a_wall_across_it_is():
+    # a 12 m wall 3 m to the left, along the path, as the robot drives at 1 m/s: nothing will hit it
+    along = obj(30, 6.0, 3.0, -1.0, 0.0, label="wall/structure", size=(12.0, 0.2, 2.0))
+    k = forecast([static_world(1.0) + [along]] * HITS)
+    assert k.probs[E["collision_imminent"]].max() == 0.0 and k.probs[E["robot_impact"]].max() == 0.0
+    across = obj(30, 2.0, 0.0, -1.0, 0.0, label="wall/structure", size=(12.0, 0.2, 2.0))
+    across.yaw = float(np.pi / 2)
+    k = forecast([static_world(1.0) + [across]] * HITS)
+    assert k.probs[E["collision_imminent"]][0] > 0.8 and k.probs[E["robot_impact"]][2] > 0.8

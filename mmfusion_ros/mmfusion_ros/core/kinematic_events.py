@@ -58,7 +58,7 @@ class KinematicEventConfig:
     ttc_threshold: float = 1.5  # collision_imminent: time to collision below this, s
     min_closing: float = 0.05  # a track closes in only faster than this, m/s (below: parked relative to us)
     person_max_footprint: float = 1.5  # person_approaching: a track longer or wider than this is no person, m
-    min_hits: int = 3  # sweeps a track must be seen in a row before its velocity is trusted
+    min_hits: int = 5  # sweeps a track must be seen in a row before its velocity is trusted
     min_reference_tracks: int = 2  # other confirmed tracks needed to estimate the robot's own velocity
     time_sigma: float = 0.3  # s, width of the probability ramp at a horizon's edge (the forecast onset's spread)
     max_probability: float = 0.9  # a certain forecast of a constant-velocity model, still a forecast
@@ -103,6 +103,16 @@ def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) 
     if o.label_from_camera and "person" in str(o.label).lower():
         return 1.0
     return person_prob if float(max(o.size[0], o.size[1])) <= max_footprint else 0.0
+
+
+def _half_extents(o: DetectedObject) -> Tuple[float, float]:
+    """Half extents (m) of the object's oriented box along the robot's x and y: a wall beside the path is
+    long, but not wide across it."""
+    L, W = float(o.size[0]), float(o.size[1])
+    c, s = abs(math.cos(float(o.yaw))), abs(math.sin(float(o.yaw)))
+    if not all(map(math.isfinite, (L, W, c, s))):
+        return (0.5 * max(L, W),) * 2 if math.isfinite(max(L, W)) else (0.0, 0.0)
+    return 0.5 * (L * c + W * s), 0.5 * (L * s + W * c)
 
 
 class KinematicEventForecaster:
@@ -151,7 +161,7 @@ class KinematicEventForecaster:
             return KinematicForecast(probs.astype(np.float32), ids, np.zeros(2, np.float32))
         p = np.array([o.center[:2] for o in conf], np.float64)  # (N, 2)
         v = np.array([o.velocity[:2] for o in conf], np.float64)  # (N, 2) relative to the robot
-        half = np.array([0.5 * float(max(o.size[0], o.size[1])) for o in conf], np.float64)  # (N,)
+        half = np.array([_half_extents(o) for o in conf], np.float64)  # (N, 2) along the robot's x and y
         person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in conf])  # (N,)
         ego, w = self._ego_motion(p, v, yaw_rate)  # (2,), rad/s
         own = v + ego[None, :] + w * np.stack([-p[:, 1], p[:, 0]], 1)  # (N, 2) each object's own velocity
@@ -206,13 +216,14 @@ class KinematicEventForecaster:
         y = p[:, None, 1] + v[:, None, 1] * tau[None]  # (N, K)
         hw = 0.5 * cfg.robot_width
         closing = -v[:, 0]  # (N,) along the robot's heading
-        swept = (x > 0) & (np.abs(y) < hw + half[:, None])  # (N, K)
-        gap = x - half[:, None] - 0.5 * cfg.robot_length  # (N, K)
+        hx, hy = half[:, 0:1], half[:, 1:2]  # (N, 1) the box's half extents along x and y
+        swept = (x > 0) & (np.abs(y) < hw + hy)  # (N, K)
+        gap = x - hx - 0.5 * cfg.robot_length  # (N, K)
         closing_ok = (closing > cfg.min_closing)[:, None]  # (N, 1)
         ttc = np.where(closing_ok, np.maximum(gap, 0.0) / np.maximum(closing, cfg.min_closing)[:, None], np.inf)
         r = np.hypot(x, y)  # (N, K)
         toward = -(own[:, None, 0] * x + own[:, None, 1] * y) / np.maximum(r, 1e-6)  # (N, K) own speed at us
-        corridor = (x > 0) & (x < cfg.corridor_length) & (np.abs(y) < hw + cfg.corridor_margin + half[:, None])
+        corridor = (x > 0) & (x < cfg.corridor_length) & (np.abs(y) < hw + cfg.corridor_margin + hy)
         masks = {
             "person_approaching": (person > 0)[:, None] & (r < cfg.approach_range) & (x > 0) & (toward > cfg.approach_speed),
             "crossing_path": corridor & (np.abs(own[:, 1]) > cfg.cross_speed)[:, None],
