@@ -176,3 +176,23 @@ def test_a_long_wall_beside_the_path_is_not_in_it_a_wall_across_it_is():
     across.yaw = float(np.pi / 2)
     k = forecast([static_world(1.0) + [across]] * HITS)
     assert k.probs[E["collision_imminent"]][0] > 0.8 and k.probs[E["robot_impact"]][2] > 0.8
+
+
+def test_a_track_lost_close_in_front_is_coasted_into_the_impact():
+    # the crate comes inside the LiDAR's minimum range 0.9 m before contact and is no longer detected
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    t, x = 0.0, 3.0
+    for _ in range(HITS):
+        k = f.update(static_world(1.0) + [obj(7, x, 0.0, -1.0, 0.0)], stamp=t)
+        t, x = t + 0.1, x - 0.1
+    for _ in range(3):  # detected no more: still forecast, at its extrapolated position
+        k = f.update(static_world(1.0), stamp=t)
+        t += 0.1
+        assert k.probs[E["robot_impact"]][2] > 0.8 and k.track_ids[E["robot_impact"]] == 7
+    t += f.cfg.coast_s  # long gone: forgotten
+    assert f.update(static_world(1.0), stamp=t).probs[E["robot_impact"]].max() == 0.0
+    # without stamps nothing is coasted
+    g = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS)
+    for _ in range(HITS):
+        g.update(static_world(1.0) + [obj(7, 2.0, 0.0, -1.0, 0.0)])
+    assert g.update(static_world(1.0)).probs[E["robot_impact"]].max() == 0.0

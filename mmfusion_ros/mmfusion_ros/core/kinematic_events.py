@@ -31,6 +31,7 @@ these predicates, and each is a few lines of vector algebra over all tracks at o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -64,9 +65,12 @@ class KinematicEventConfig:
     max_probability: float = 0.9  # a certain forecast of a constant-velocity model, still a forecast
     step: float = 0.05  # s, time grid the predicates are tested on
     yaw_rate_window: float = 0.2  # s of the newest IMU samples whose mean gyro z is the robot's yaw rate
+    coast_s: float = 1.0  # s a confirmed track that stops being detected (inside the LiDAR's min_range, occluded) is extrapolated on
     min_on_threshold: float = 0.5  # on-threshold floor for the types forecast here: the calibrated ones were fitted to the head alone
 
     def validate(self) -> "KinematicEventConfig":
+        if not (isinstance(self.coast_s, (int, float)) and math.isfinite(self.coast_s) and self.coast_s >= 0):
+            raise ValueError(f"kinematic_events.coast_s: must be a finite number >= 0, got {self.coast_s!r}")
         for name in ("robot_length", "robot_width", "corridor_length", "approach_range", "ttc_threshold",
                      "person_max_footprint", "time_sigma", "step", "yaw_rate_window"):
             v = getattr(self, name)
@@ -105,13 +109,17 @@ def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) 
     return person_prob if float(max(o.size[0], o.size[1])) <= max_footprint else 0.0
 
 
-def _half_extents(o: DetectedObject) -> Tuple[float, float]:
-    """Half extents (m) of the object's oriented box along the robot's x and y: a wall beside the path is
-    long, but not wide across it."""
+def _half_extents(o: DetectedObject, small: float = 2.0) -> Tuple[float, float]:
+    """Half extents (m) of the object's box along the robot's x and y. A small object's cluster is often a
+    partial view whose yaw flips from sweep to sweep, so it gets half its largest side both ways (the
+    simulator's definitions do the same); a large one (a wall beside the path) its oriented extents, so
+    it is long, but not wide across the path."""
     L, W = float(o.size[0]), float(o.size[1])
+    if not (math.isfinite(L) and math.isfinite(W)):
+        return 0.0, 0.0
+    if max(L, W) <= small or not math.isfinite(float(o.yaw)):
+        return 0.5 * max(L, W), 0.5 * max(L, W)
     c, s = abs(math.cos(float(o.yaw))), abs(math.sin(float(o.yaw)))
-    if not all(map(math.isfinite, (L, W, c, s))):
-        return (0.5 * max(L, W),) * 2 if math.isfinite(max(L, W)) else (0.0, 0.0)
     return 0.5 * (L * c + W * s), 0.5 * (L * s + W * c)
 
 
@@ -133,17 +141,21 @@ class KinematicEventForecaster:
     def reset(self) -> None:
         """Forget track ages (time jumped, or the tracker was reset)."""
         self._seen: Dict[int, int] = {}
+        self._last: Dict[int, Tuple[DetectedObject, float]] = {}  # confirmed track -> (newest detection, stamp)
+        self._size: Dict[int, np.ndarray] = {}  # track -> (3,) largest box seen: a partial view shrinks it
 
     @property
     def forecast_types(self) -> List[str]:
         return list(self.rows)
 
     def update(self, objects: Sequence[DetectedObject], person_prob: float = 0.0,
-               yaw_rate: Optional[float] = None) -> KinematicForecast:
+               yaw_rate: Optional[float] = None, stamp: Optional[float] = None) -> KinematicForecast:
         """Tracked objects of one sweep (robot frame) -> per-type probabilities over the horizons.
 
         person_prob: the frame's probability that a person is in the scene (its published labels), for
-        tracks the camera did not name. yaw_rate: the robot's, rad/s (None: fitted to the tracks)."""
+        tracks the camera did not name. yaw_rate: the robot's, rad/s (None: fitted to the tracks).
+        stamp: the sweep's time, s; with it, a confirmed track that is no longer detected is extrapolated
+        at its last velocity for ``coast_s`` (an object inside the LiDAR's minimum range is about to be hit)."""
         person_prob = float(np.clip(np.nan_to_num(person_prob), 0.0, 1.0))
         E, H = len(self.event_types), len(self.horizons)
         probs = np.full((E, H), np.nan, np.float64)
@@ -153,17 +165,30 @@ class KinematicEventForecaster:
         seen = {}
         for o in objects:
             if o.track_id > 0:
-                seen[int(o.track_id)] = self._seen.get(int(o.track_id), 0) + 1
+                tid = int(o.track_id)  # a confirmed track detected again after coasting stays confirmed
+                seen[tid] = self.cfg.min_hits if tid in self._last else self._seen.get(tid, 0) + 1
         self._seen = seen
+        sizes = {}
+        for o in objects:
+            tid = int(o.track_id)
+            if tid > 0 and np.all(np.isfinite(o.size)):
+                sizes[tid] = np.maximum(self._size.get(tid, o.size), o.size)
+        self._size = {**{t: v for t, v in self._size.items() if t in self._last}, **sizes}
+        objects = [dataclasses.replace(o, size=sizes[int(o.track_id)]) if int(o.track_id) in sizes else o
+                   for o in objects]
         conf = [o for o in objects if o.track_id > 0 and seen[int(o.track_id)] >= self.cfg.min_hits
                 and np.all(np.isfinite(o.center[:2])) and np.all(np.isfinite(o.velocity[:2]))]
-        if not conf or not self.rows:
+        coasted = self._coast(conf, stamp)
+        if not conf and not coasted or not self.rows:
             return KinematicForecast(probs.astype(np.float32), ids, np.zeros(2, np.float32))
+        ego, w = self._ego_motion(np.array([o.center[:2] for o in conf], np.float64).reshape(-1, 2),
+                                  np.array([o.velocity[:2] for o in conf], np.float64).reshape(-1, 2),
+                                  yaw_rate)  # (2,), rad/s: from the detected tracks only
+        conf = conf + coasted
         p = np.array([o.center[:2] for o in conf], np.float64)  # (N, 2)
         v = np.array([o.velocity[:2] for o in conf], np.float64)  # (N, 2) relative to the robot
         half = np.array([_half_extents(o) for o in conf], np.float64)  # (N, 2) along the robot's x and y
         person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in conf])  # (N,)
-        ego, w = self._ego_motion(p, v, yaw_rate)  # (2,), rad/s
         own = v + ego[None, :] + w * np.stack([-p[:, 1], p[:, 0]], 1)  # (N, 2) each object's own velocity
         onset = self._onsets(p, v, half, person, own)  # name -> (N,) first tau the predicate holds, inf: never
         cfg = self.cfg
@@ -178,6 +203,27 @@ class KinematicEventForecaster:
             if pr.max() > 0:
                 ids[r] = int(conf[int(np.argmax(pr.max(1)))].track_id)
         return KinematicForecast(probs.astype(np.float32), ids, ego.astype(np.float32), float(w))
+
+    def _coast(self, conf: List[DetectedObject], stamp: Optional[float]) -> List[DetectedObject]:
+        """Remember this sweep's confirmed tracks; return the remembered ones not detected now, moved on at
+        their last relative velocity, while they are younger than coast_s."""
+        if stamp is None or not math.isfinite(stamp):
+            self._last = {}
+            return []
+        now = {int(o.track_id) for o in conf}
+        out = []
+        for tid, (o, t0) in list(self._last.items()):
+            dt = float(stamp) - t0
+            if tid in now or not (0.0 < dt <= self.cfg.coast_s):
+                if tid not in now:
+                    del self._last[tid]
+                continue
+            c = o.center.astype(np.float64).copy()
+            c[:2] += o.velocity[:2] * dt
+            out.append(dataclasses.replace(o, center=c))
+        for o in conf:
+            self._last[int(o.track_id)] = (o, float(stamp))
+        return out
 
     def _ego_motion(self, p: np.ndarray, v: np.ndarray, yaw_rate: Optional[float]) -> Tuple[np.ndarray, float]:
         """(N, 2) positions and relative velocities -> the robot's velocity (2,) and yaw rate (rad/s).

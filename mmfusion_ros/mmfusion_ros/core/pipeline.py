@@ -282,7 +282,7 @@ class Pipeline:
                 # tracks are geometry, not learned claims: a LiDAR sweep observes what they forecast
                 kin = self.kinematics.update(objects, person_prob=max(
                     [p for name, p in labels if "person" in name.lower()], default=0.0),
-                    yaw_rate=None if "imu" in dropped else self._yaw_rate(frame))
+                    yaw_rate=None if "imu" in dropped else self._yaw_rate(frame), stamp=frame.stamp)
                 have = np.isfinite(kin.probs[:, 0])  # (E,) types forecast from the tracks
                 probs[have] = 1.0 - (1.0 - probs[have]) * (1.0 - kin.probs[have])  # noisy-OR of the two
                 ok = ok | have
