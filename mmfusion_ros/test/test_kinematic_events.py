@@ -196,3 +196,11 @@ def test_a_track_lost_close_in_front_is_coasted_into_the_impact():
     for _ in range(HITS):
         g.update(static_world(1.0) + [obj(7, 2.0, 0.0, -1.0, 0.0)])
     assert g.update(static_world(1.0)).probs[E["robot_impact"]].max() == 0.0
+
+
+def test_walls_and_poles_do_not_move_whatever_their_tracked_velocity():
+    # the visible part of a long wall, or a wall edge, slides as the robot passes: a tracked "velocity"
+    wall = obj(40, 6.0, 3.0, -1.0, -1.5, label="wall/structure", size=(11.0, 0.2, 3.0))
+    edge = obj(41, 0.5, 9.5, -0.2, -5.5, label="person-sized object", size=(0.06, 0.05, 3.6))
+    k = forecast([static_world(1.0) + [wall, edge]] * HITS)
+    assert all(k.probs[E[t]].max() == 0.0 for t in ("crossing_path", "collision_imminent", "robot_impact"))

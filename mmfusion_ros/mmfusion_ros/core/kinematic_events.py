@@ -24,9 +24,14 @@ crossing) is therefore v_rel + v_ego + w x p. The yaw rate w is the IMU's gyro z
 from the tracks; v_ego is the median over the confirmed tracks of what each one says it is (most of what a
 LiDAR tracks stands still), or zero with fewer than ``min_reference_tracks`` of them.
 
-A forecast onset at tau seconds gives horizon h the probability ``max_probability`` when tau <= h - time_sigma/2,
-0 when tau >= h + time_sigma/2 and a linear ramp in between: a forecast near the horizon's edge is uncertain. Written by hand: no library forecasts
-these predicates, and each is a few lines of vector algebra over all tracks at once.
+Partial views: a track's box is the largest it has been (a cluster seen end-on shrinks), small objects get half
+their largest side both ways, and a confirmed track that stops being detected (inside the LiDAR's minimum
+range just before contact, or occluded) is extrapolated on for ``coast_s``.
+
+A forecast onset at tau seconds gives horizon h the probability ``max_probability`` when
+tau <= h - time_sigma/2, 0 when tau >= h + time_sigma/2, and a linear ramp in between: a forecast near the
+horizon's edge is uncertain. Written by hand: no library forecasts these predicates, and each is a few lines
+of vector algebra over all tracks at once.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ import numpy as np
 
 from .types import DetectedObject
 
+#: m: objects whose footprint is at most this are partial views more often than not (box size kept at its
+#: largest, half its largest side both ways)
+SMALL_OBJECT = 2.0
 #: event types this module forecasts (the others stay the event head's alone)
 KINEMATIC_EVENTS: Tuple[str, ...] = ("person_approaching", "crossing_path", "collision_imminent", "robot_impact")
 
@@ -59,6 +67,8 @@ class KinematicEventConfig:
     ttc_threshold: float = 1.5  # collision_imminent: time to collision below this, s
     min_closing: float = 0.05  # a track closes in only faster than this, m/s (below: parked relative to us)
     person_max_footprint: float = 1.5  # person_approaching: a track longer or wider than this is no person, m
+    structure_length: float = 8.0  # a track longer than this is structure (a wall's visible part slides as we pass), m
+    pole_height: float = 2.5  # a track taller than this on a footprint under 1 m is a pole or a wall edge, m
     min_hits: int = 5  # sweeps a track must be seen in a row before its velocity is trusted
     min_reference_tracks: int = 2  # other confirmed tracks needed to estimate the robot's own velocity
     time_sigma: float = 0.3  # s, width of the probability ramp at a horizon's edge (the forecast onset's spread)
@@ -72,7 +82,8 @@ class KinematicEventConfig:
         if not (isinstance(self.coast_s, (int, float)) and math.isfinite(self.coast_s) and self.coast_s >= 0):
             raise ValueError(f"kinematic_events.coast_s: must be a finite number >= 0, got {self.coast_s!r}")
         for name in ("robot_length", "robot_width", "corridor_length", "approach_range", "ttc_threshold",
-                     "person_max_footprint", "time_sigma", "step", "yaw_rate_window"):
+                     "person_max_footprint", "time_sigma", "step", "yaw_rate_window", "structure_length",
+                     "pole_height"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"kinematic_events.{name}: must be a finite number > 0, got {v!r}")
@@ -109,7 +120,7 @@ def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) 
     return person_prob if float(max(o.size[0], o.size[1])) <= max_footprint else 0.0
 
 
-def _half_extents(o: DetectedObject, small: float = 2.0) -> Tuple[float, float]:
+def _half_extents(o: DetectedObject, small: float = 2.0) -> Tuple[float, float]:  # small: SMALL_OBJECT
     """Half extents (m) of the object's box along the robot's x and y. A small object's cluster is often a
     partial view whose yaw flips from sweep to sweep, so it gets half its largest side both ways (the
     simulator's definitions do the same); a large one (a wall beside the path) its oriented extents, so
@@ -142,7 +153,7 @@ class KinematicEventForecaster:
         """Forget track ages (time jumped, or the tracker was reset)."""
         self._seen: Dict[int, int] = {}
         self._last: Dict[int, Tuple[DetectedObject, float]] = {}  # confirmed track -> (newest detection, stamp)
-        self._size: Dict[int, np.ndarray] = {}  # track -> (3,) largest box seen: a partial view shrinks it
+        self._size: Dict[int, np.ndarray] = {}  # small track -> (3,) largest box seen: a partial view shrinks it
 
     @property
     def forecast_types(self) -> List[str]:
@@ -169,10 +180,12 @@ class KinematicEventForecaster:
                 seen[tid] = self.cfg.min_hits if tid in self._last else self._seen.get(tid, 0) + 1
         self._seen = seen
         sizes = {}
-        for o in objects:
+        for o in objects:  # small objects only: a large box's axes swap as its yaw flips, maxima would mix them
             tid = int(o.track_id)
-            if tid > 0 and np.all(np.isfinite(o.size)):
-                sizes[tid] = np.maximum(self._size.get(tid, o.size), o.size)
+            if tid > 0 and np.all(np.isfinite(o.size)) and max(o.size[0], o.size[1]) <= SMALL_OBJECT \
+                    and o.size[2] <= self.cfg.pole_height:  # a pole keeps its own thin box
+                big = np.maximum(self._size.get(tid, o.size), o.size)
+                sizes[tid] = big if max(big[0], big[1]) <= SMALL_OBJECT else o.size
         self._size = {**{t: v for t, v in self._size.items() if t in self._last}, **sizes}
         objects = [dataclasses.replace(o, size=sizes[int(o.track_id)]) if int(o.track_id) in sizes else o
                    for o in objects]
@@ -183,8 +196,12 @@ class KinematicEventForecaster:
             return KinematicForecast(probs.astype(np.float32), ids, np.zeros(2, np.float32))
         ego, w = self._ego_motion(np.array([o.center[:2] for o in conf], np.float64).reshape(-1, 2),
                                   np.array([o.velocity[:2] for o in conf], np.float64).reshape(-1, 2),
-                                  yaw_rate)  # (2,), rad/s: from the detected tracks only
-        conf = conf + coasted
+                                  yaw_rate)  # (2,), rad/s: from the detected tracks
+        # walls and poles stand still whatever their tracked velocity says: they move as the static world does
+        movers = [dataclasses.replace(o, velocity=np.array([-ego[0] + w * o.center[1], -ego[1] - w * o.center[0], 0.0],
+                                                           np.float32)) if self._structure(o) else o
+                  for o in conf + coasted]
+        conf = movers
         p = np.array([o.center[:2] for o in conf], np.float64)  # (N, 2)
         v = np.array([o.velocity[:2] for o in conf], np.float64)  # (N, 2) relative to the robot
         half = np.array([_half_extents(o) for o in conf], np.float64)  # (N, 2) along the robot's x and y
@@ -203,6 +220,12 @@ class KinematicEventForecaster:
             if pr.max() > 0:
                 ids[r] = int(conf[int(np.argmax(pr.max(1)))].track_id)
         return KinematicForecast(probs.astype(np.float32), ids, ego.astype(np.float32), float(w))
+
+    def _structure(self, o: DetectedObject) -> bool:
+        """Walls and poles do not move: their tracked velocity is the visible part sliding, not motion (a bus,
+        longer than structure_length, would be taken for a wall: this is a ground robot's trade)."""
+        L, W, Hh = (float(x) for x in o.size[:3])
+        return max(L, W) > self.cfg.structure_length or (Hh > self.cfg.pole_height and max(L, W) < 1.0)
 
     def _coast(self, conf: List[DetectedObject], stamp: Optional[float]) -> List[DetectedObject]:
         """Remember this sweep's confirmed tracks; return the remembered ones not detected now, moved on at
