@@ -64,6 +64,7 @@ class KinematicEventConfig:
     cross_speed: float = 0.3  # crossing_path: sideways speed of the object itself, m/s
     approach_range: float = 10.0  # person_approaching: a person within this range, m
     approach_speed: float = 0.4  # person_approaching: the person's own speed towards the robot, m/s
+    speed_margin: float = 0.3  # m/s added to cross_speed and approach_speed in a forecast: partly seen objects' tracked velocities jitter by about this much
     ttc_threshold: float = 1.5  # collision_imminent: time to collision below this, s
     min_closing: float = 0.05  # a track closes in only faster than this, m/s (below: parked relative to us)
     person_max_footprint: float = 1.5  # person_approaching: a track longer or wider than this is no person, m
@@ -87,7 +88,7 @@ class KinematicEventConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"kinematic_events.{name}: must be a finite number > 0, got {v!r}")
-        for name in ("corridor_margin", "cross_speed", "approach_speed", "min_closing"):
+        for name in ("corridor_margin", "cross_speed", "approach_speed", "min_closing", "speed_margin"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"kinematic_events.{name}: must be a finite number >= 0, got {v!r}")
@@ -294,8 +295,9 @@ class KinematicEventForecaster:
         toward = -(own[:, None, 0] * x + own[:, None, 1] * y) / np.maximum(r, 1e-6)  # (N, K) own speed at us
         corridor = (x > 0) & (x < cfg.corridor_length) & (np.abs(y) < hw + cfg.corridor_margin + hy)
         masks = {
-            "person_approaching": (person > 0)[:, None] & (r < cfg.approach_range) & (x > 0) & (toward > cfg.approach_speed),
-            "crossing_path": corridor & (np.abs(own[:, 1]) > cfg.cross_speed)[:, None],
+            "person_approaching": (person > 0)[:, None] & (r < cfg.approach_range) & (x > 0)
+                                  & (toward > cfg.approach_speed + cfg.speed_margin),
+            "crossing_path": corridor & (np.abs(own[:, 1]) > cfg.cross_speed + cfg.speed_margin)[:, None],
             "collision_imminent": swept & closing_ok & (ttc < cfg.ttc_threshold),
             "robot_impact": swept & closing_ok & (gap <= 0.0),
         }
