@@ -65,6 +65,7 @@ class KinematicEventConfig:
     approach_range: float = 10.0  # person_approaching: a person within this range, m
     approach_speed: float = 0.4  # person_approaching: the person's own speed towards the robot, m/s
     speed_margin: float = 0.3  # m/s added to cross_speed and approach_speed in a forecast: partly seen objects' tracked velocities jitter by about this much
+    impact_horizon: float = 1.0  # robot_impact: forecast only contacts this soon, s (further out the robot may still brake or swerve; collision_imminent warns then)
     ttc_threshold: float = 1.5  # collision_imminent: time to collision below this, s
     min_closing: float = 0.05  # a track closes in only faster than this, m/s (below: parked relative to us)
     person_max_footprint: float = 1.5  # person_approaching: a track longer or wider than this is no person, m
@@ -83,7 +84,7 @@ class KinematicEventConfig:
         if not (isinstance(self.coast_s, (int, float)) and math.isfinite(self.coast_s) and self.coast_s >= 0):
             raise ValueError(f"kinematic_events.coast_s: must be a finite number >= 0, got {self.coast_s!r}")
         for name in ("robot_length", "robot_width", "corridor_length", "approach_range", "ttc_threshold",
-                     "person_max_footprint", "time_sigma", "step", "yaw_rate_window", "structure_length",
+                     "person_max_footprint", "time_sigma", "step", "yaw_rate_window", "structure_length", "impact_horizon",
                      "pole_height"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -299,7 +300,7 @@ class KinematicEventForecaster:
                                   & (toward > cfg.approach_speed + cfg.speed_margin),
             "crossing_path": corridor & (np.abs(own[:, 1]) > cfg.cross_speed + cfg.speed_margin)[:, None],
             "collision_imminent": swept & closing_ok & (ttc < cfg.ttc_threshold),
-            "robot_impact": swept & closing_ok & (gap <= 0.0),
+            "robot_impact": swept & closing_ok & (gap <= 0.0) & (tau <= cfg.impact_horizon)[None, :],
         }
         out = {}
         for name, m in masks.items():  # (N, K) -> (N,) first tau where it holds
