@@ -11,9 +11,12 @@ would publish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +247,20 @@ def build_pipeline(values: Dict[str, Any], opts: OfflineOptions) -> Pipeline:
     return open_pipeline(opts.model_dir, values)
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT (ctrl-C) while a frame's outputs are written and counted; it is raised right after."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _os_reason(e: OSError) -> str:
     """'No space left on device (ENOSPC)' from an OSError."""
     import errno
@@ -364,23 +381,24 @@ def _process(opts: OfflineOptions, values: Dict[str, Any], reader, routes: Dict[
                 if summary.frame_errors <= 5:
                     log.warning("frame at %.3f failed: %s: %s", f.stamp, type(e).__name__, e)
                 continue
-            summary.frames += 1
-            summary.pipeline_ms.append(r.timings_ms.get("total", 0.0))
-            for m in r.present:
-                summary.present[Modality(m).value] += 1
-            for m in getattr(r, "dropped", None) or {}:
-                key = getattr(m, "value", m)
-                summary.dropped[key] = summary.dropped.get(key, 0) + 1
             ns = int(round(r.stamp * 1e9))
-            for n in wconn:  # only the outputs switched on are built
-                msg = builders[n](r)
-                if msg is None:
-                    continue
-                try:
-                    writer.write(wconn[n], ns, serialize(msg))
-                except OSError as e:  # disk full, I/O error: the output's fault, not the input's
-                    raise OutputError(f"--out {out}: writing failed ({_os_reason(e)})") from None
-                summary.outputs[out_topics[n]] += 1
+            msgs = [(n, builders[n](r)) for n in wconn]  # only the outputs switched on are built
+            with _sigint_deferred():  # a ctrl-C lands between frames: the summary counts what the bag holds
+                summary.frames += 1
+                summary.pipeline_ms.append(r.timings_ms.get("total", 0.0))
+                for m in r.present:
+                    summary.present[Modality(m).value] += 1
+                for m in getattr(r, "dropped", None) or {}:
+                    key = getattr(m, "value", m)
+                    summary.dropped[key] = summary.dropped.get(key, 0) + 1
+                for n, msg in msgs:
+                    if msg is None:
+                        continue
+                    try:
+                        writer.write(wconn[n], ns, serialize(msg))
+                    except OSError as e:  # disk full, I/O error: the output's fault, not the input's
+                        raise OutputError(f"--out {out}: writing failed ({_os_reason(e)})") from None
+                    summary.outputs[out_topics[n]] += 1
             if render_fn is not None:
                 png = Path(opts.render_dir) / f"frame_{summary.frames:06d}.png"
                 try:
