@@ -56,7 +56,6 @@ KINEMATIC_EVENTS: Tuple[str, ...] = ("person_approaching", "crossing_path", "col
 class KinematicEventConfig:
     """Footprint, predicate thresholds and forecast confidence (SI units, robot frame x forward, y left)."""
 
-    enabled: bool = True  # forecast geometric events from LiDAR tracks (false: the event head alone)
     robot_length: float = 0.8  # footprint along x, m; the front bumper is robot_length / 2 ahead of the origin
     robot_width: float = 0.6  # footprint across, m
     corridor_length: float = 8.0  # crossing_path: the corridor ahead reaches this far, m

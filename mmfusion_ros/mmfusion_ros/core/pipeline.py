@@ -67,8 +67,7 @@ class PipelineConfig:
         return self
 
     def kinematic_config(self) -> KinematicEventConfig:
-        return KinematicEventConfig(enabled=bool(self.kinematic_events), robot_length=self.robot_length,
-                                    robot_width=self.robot_width)
+        return KinematicEventConfig(robot_length=self.robot_length, robot_width=self.robot_width)
 
 
 def preprocess_config_from_manifest(manifest: Dict[str, Any]) -> PreprocessConfig:
@@ -254,6 +253,7 @@ class Pipeline:
         t = time.perf_counter()
 
         objects: List[DetectedObject] = []
+        perceived = False  # perception ran on this frame's sweep: its tracks are current
         if self.perception is not None and self.cfg.enable_perception and frame.lidar is not None \
                 and "lidar" not in dropped:
             camera_ok = "camera" in used  # crop labels are learned claims: only from a familiar camera
@@ -262,6 +262,7 @@ class Pipeline:
                     frame.lidar, frame.stamp, image=frame.image if camera_ok else None, camera=frame.camera,
                     T_cam_lidar=self.T_cam_lidar, embed_crops=self.embed_crops if camera_ok else None,
                     prompt_embeddings=self.prompt_embeddings, prompts=self.prompts))
+                perceived = True
             except Exception as e:  # noqa: BLE001 - geometry on a bad cloud costs the objects, not the frame
                 dropped["perception"] = f"perception: {e}"
             t = timer.add("perception", t)
@@ -277,8 +278,7 @@ class Pipeline:
             ok = np.array(event_mask(self.event_tracker.event_types, used), bool)  # (E,)
             probs = np.where(ok[:, None], probs, 0.0)  # (E, H)
             track_ids = None
-            if self.kinematics is not None and frame.lidar is not None and self.perception is not None \
-                    and self.cfg.enable_perception and "lidar" not in dropped and "perception" not in dropped:
+            if self.kinematics is not None and perceived:
                 # tracks are geometry, not learned claims: a LiDAR sweep observes what they forecast
                 kin = self.kinematics.update(objects, person_prob=max(
                     [p for name, p in labels if "person" in name.lower()], default=0.0),
