@@ -113,6 +113,11 @@ class KinematicForecast:
     yaw_rate: float = 0.0  # rad/s, the robot's yaw rate used (IMU, or fitted to the tracks)
 
 
+def _turn(w: float, p: np.ndarray) -> np.ndarray:
+    """(N, 2) velocity w x p of points p (N, 2) on a frame turning at w rad/s about z."""
+    return w * np.stack([-p[:, 1], p[:, 0]], 1)
+
+
 def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) -> float:
     """How sure we are the track is a person: 1 when the camera named its crop one, else the scene's person
     probability for a track that could be one by its size."""
@@ -121,7 +126,7 @@ def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) 
     return person_prob if float(max(o.size[0], o.size[1])) <= max_footprint else 0.0
 
 
-def _half_extents(o: DetectedObject, small: float = 2.0) -> Tuple[float, float]:  # small: SMALL_OBJECT
+def _half_extents(o: DetectedObject, small: float = SMALL_OBJECT) -> Tuple[float, float]:
     """Half extents (m) of the object's box along the robot's x and y. A small object's cluster is often a
     partial view whose yaw flips from sweep to sweep, so it gets half its largest side both ways (the
     simulator's definitions do the same); a large one (a wall beside the path) its oriented extents, so
@@ -199,15 +204,15 @@ class KinematicEventForecaster:
                                   np.array([o.velocity[:2] for o in conf], np.float64).reshape(-1, 2),
                                   yaw_rate)  # (2,), rad/s: from the detected tracks
         # walls and poles stand still whatever their tracked velocity says: they move as the static world does
-        movers = [dataclasses.replace(o, velocity=np.array([-ego[0] + w * o.center[1], -ego[1] - w * o.center[0], 0.0],
-                                                           np.float32)) if self._structure(o) else o
-                  for o in conf + coasted]
-        conf = movers
-        p = np.array([o.center[:2] for o in conf], np.float64)  # (N, 2)
-        v = np.array([o.velocity[:2] for o in conf], np.float64)  # (N, 2) relative to the robot
-        half = np.array([_half_extents(o) for o in conf], np.float64)  # (N, 2) along the robot's x and y
-        person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in conf])  # (N,)
-        own = v + ego[None, :] + w * np.stack([-p[:, 1], p[:, 0]], 1)  # (N, 2) each object's own velocity
+        tracks = conf + coasted
+        static = -(ego[None, :] + _turn(w, np.array([o.center[:2] for o in tracks], np.float64)))  # (N, 2)
+        tracks = [dataclasses.replace(o, velocity=np.array([*static[i], 0.0], np.float32)) if self._structure(o) else o
+                  for i, o in enumerate(tracks)]
+        p = np.array([o.center[:2] for o in tracks], np.float64)  # (N, 2)
+        v = np.array([o.velocity[:2] for o in tracks], np.float64)  # (N, 2) relative to the robot
+        half = np.array([_half_extents(o) for o in tracks], np.float64)  # (N, 2) along the robot's x and y
+        person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in tracks])  # (N,)
+        own = v + ego[None, :] + _turn(w, p)  # (N, 2) each object's own velocity
         onset = self._onsets(p, v, half, person, own)  # name -> (N,) first tau the predicate holds, inf: never
         cfg = self.cfg
         for name, r in self.rows.items():
@@ -219,7 +224,7 @@ class KinematicEventForecaster:
                 pr = pr * person[:, None]
             probs[r] = pr.max(0)
             if pr.max() > 0:
-                ids[r] = int(conf[int(np.argmax(pr.max(1)))].track_id)
+                ids[r] = int(tracks[int(np.argmax(pr.max(1)))].track_id)
         return KinematicForecast(probs.astype(np.float32), ids, ego.astype(np.float32), float(w))
 
     def _structure(self, o: DetectedObject) -> bool:
@@ -275,7 +280,7 @@ class KinematicEventForecaster:
                     break
             w = float(u[2])
         w = w or 0.0
-        says = -(v + w * np.stack([-p[:, 1], p[:, 0]], 1))  # (N, 2) v_ego by each track
+        says = -(v + _turn(w, p))  # (N, 2) v_ego by each track
         return np.median(says, axis=0), w
 
     def _onsets(self, p: np.ndarray, v: np.ndarray, half: np.ndarray, person: np.ndarray,

@@ -6,8 +6,9 @@ positive, increase monotonically and are never reused within one ``Tracker``, so
 events can key on them.
 
 The kinematic predicates at the bottom (``is_approaching``, ``crossing_time``, ``time_to_collision``)
-are pure functions of a position and velocity relative to the robot (robot frame: x forward, y left,
-robot at the origin); the event logic calls them per track.
+are pure functions of one position and velocity relative to the robot (robot frame: x forward, y left,
+robot at the origin), for callers that ask about one track. The node's event forecasts test the simulator's
+event definitions over all tracks at once instead (core/kinematic_events.py).
 """
 
 from __future__ import annotations
