@@ -74,6 +74,7 @@ def test_eval_reports_calibration_events_and_unsupported_claims(calibrated, synt
     # events as the node raises them, raw and calibrated, with the false-alarm rate and onsets warned
     names = [v["name"] for v in res["T5_events"]["tracker"]["variants"]]
     assert len(names) == 2 and "calibrated" in names[1]
+    assert "not scored" in res["T5_events"]["tracker"]["tracks"]  # a dataset without LiDAR sweeps says so
     row = res["T5_events"]["tracker"]["variants"][1]["per_type"][0]
     assert {"false_alarms_per_min", "warned", "onsets", "AP_1s", "threshold"} <= set(row)
     # unsupported claims: what the robot publishes is always supported; the ungated model is not

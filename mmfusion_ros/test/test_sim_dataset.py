@@ -111,6 +111,27 @@ def test_same_seed_same_bytes_and_different_seed_differs(dataset, tmp_path):
     assert not np.array_equal(a["camera"], b["camera"])
 
 
+def test_lidar_sweeps_are_kept_per_frame_without_changing_the_frames(dataset, tmp_path):
+    from mmfusion_ros.sim.dataset import SWEEP_BOX_FIELDS
+    from mmfusion_ros.train.data import load_split
+
+    out, m = dataset
+    assert m["sweeps"] == {"boxes": SWEEP_BOX_FIELDS, "preroll": 5}
+    sp = load_split(out, "train")
+    first = np.r_[True, sp.arrays["scene_id"][1:] != sp.arrays["scene_id"][:-1]]
+    assert [len(w) for w in sp.sweeps] == [6 if f else 1 for f in first]  # pre-roll sweeps, then one a frame
+    for w, t in zip(sp.sweeps, sp.arrays["t"]):
+        assert w[-1][0] == pytest.approx(float(t), abs=1e-3)  # the frame's own sweep last
+        assert all(len(b) == len(SWEEP_BOX_FIELDS) for _, _, boxes in w for b in boxes)
+    assert sum(len(w[-1][2]) for w in sp.sweeps) > 0
+    # the sweeps draw nothing from the frames' random stream: without them the arrays are byte for byte the same
+    bare = tmp_path / "bare"
+    mb = write_dataset(bare, DatasetConfig(seed=0, lidar_sweeps=False, **SMALL), progress=False)
+    assert mb["sweeps"] is None and load_split(bare, "train").sweeps is None
+    assert {k: v for k, v in _digest(bare).items() if k.endswith(".npz")} == \
+        {k: v for k, v in _digest(out).items() if k.endswith(".npz")}
+
+
 def test_cli_dataset_writes_and_rejects_bad_options(tmp_path, capsys):
     from mmfusion_ros.cli import main
 

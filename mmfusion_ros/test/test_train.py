@@ -92,9 +92,37 @@ def test_config_rejects_bad_values(tmp_path):
         TrainConfig.from_dict({"bind_modalities": ["camera"]})
     with pytest.raises(ValueError, match="bind_modalities"):
         TrainConfig.from_dict({"bind_modalities": []})
+    with pytest.raises(ValueError, match="camera_roll"):
+        TrainConfig.from_dict({"camera_roll": -3})
+    with pytest.raises(ValueError, match="camera_zoom"):
+        TrainConfig.from_dict({"camera_zoom": 2.5})
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: huge\n")
     assert main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
+
+
+def test_camera_augment_warps_within_its_bounds():
+    from mmfusion_ros.train.augment import CameraAugment
+    rng = np.random.default_rng(0)
+    x = torch.zeros(8, 3, 32, 32)
+    x[:, :, 12:20, 14:18] = 1.0  # an upright bar in the middle
+    assert torch.equal(CameraAugment()(x, rng), x)  # all off: untouched
+    # a pure roll keeps the bar's mass (up to interpolation) but changes its orientation
+    y = CameraAugment(roll_deg=30.0)(x, rng)
+    assert y.shape == x.shape
+    assert torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.15)
+    assert (y - x).abs().amax((1, 2, 3)).min() > 0.1
+    # zoom in by at most 1.5x: the bar's area grows by at most 1.5^2, and never shrinks below 1/1.5^2
+    z = CameraAugment(zoom=0.5)(x, rng)
+    ratio = z.sum((1, 2, 3)) / x.sum((1, 2, 3))
+    assert bool(((ratio > 1 / 2.25 - 0.1) & (ratio < 2.25 + 0.1)).all()) and float(ratio.std()) > 0.05
+    # a shift moves the bar by whole pixels, at most 3
+    s = CameraAugment(shift=3)(x, rng)
+    cols = [int(torch.nonzero(s[i, 0].sum(0) > 4).float().mean().round()) for i in range(8)]
+    assert all(abs(c - 15.5) <= 3.5 for c in cols)
+    # jitter changes brightness and contrast only: the bar stays where it was
+    j = CameraAugment(jitter=0.2)(x, rng)
+    assert torch.equal(j[:, :, 12:20, 14:18].std((1, 2, 3)) < 1e-6, torch.ones(8, dtype=torch.bool))
 
 
 def test_shipped_configs_parse(repo_root):

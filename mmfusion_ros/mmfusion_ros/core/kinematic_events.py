@@ -113,6 +113,13 @@ class KinematicForecast:
     yaw_rate: float = 0.0  # rad/s, the robot's yaw rate used (IMU, or fitted to the tracks)
 
 
+def merge_forecast(head: np.ndarray, forecast: np.ndarray) -> np.ndarray:
+    """(..., E, H) calibrated head probabilities and track forecasts (NaN: not forecast) -> their noisy-OR
+    where the tracks forecast, the head's elsewhere: either source alone may warn."""
+    have = np.isfinite(forecast)
+    return np.where(have, 1.0 - (1.0 - head) * (1.0 - np.where(have, forecast, 0.0)), head)
+
+
 def _turn(w: float, p: np.ndarray) -> np.ndarray:
     """(N, 2) velocity w x p of points p (N, 2) on a frame turning at w rad/s about z."""
     return w * np.stack([-p[:, 1], p[:, 0]], 1)

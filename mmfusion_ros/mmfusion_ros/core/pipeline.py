@@ -19,7 +19,7 @@ import numpy as np
 
 from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
-from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster
+from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster, merge_forecast
 from mmfusion_ros.core.familiarity import Familiarity
 from mmfusion_ros.core.observability import (LABEL_FUSIONS, event_mask, grounded_caption, label_embedding,
                                              observable_kinds)
@@ -284,7 +284,7 @@ class Pipeline:
                     [p for name, p in labels if "person" in name.lower()], default=0.0),
                     yaw_rate=None if "imu" in dropped else self._yaw_rate(frame), stamp=frame.stamp)
                 have = np.isfinite(kin.probs[:, 0])  # (E,) types forecast from the tracks
-                probs[have] = 1.0 - (1.0 - probs[have]) * (1.0 - kin.probs[have])  # noisy-OR of the two
+                probs = merge_forecast(probs, kin.probs).astype(probs.dtype)  # (E, H)
                 ok = ok | have
                 track_ids = kin.track_ids
             unobservable = [e for e, o in zip(self.event_tracker.event_types, ok) if not o]

@@ -54,6 +54,10 @@ class DatasetConfig:
     heldout_fraction: float = 0.08  # of all scenes
     workers: int = 1  # processes generating scenes
     captions_per_sample: int = 3  # phrasings per sample
+    lidar_sweeps: bool = True  # keep each frame's LiDAR boxes (core/perception.py clustering) and gyro yaw rate:
+    #                            `mmfusion eval` replays the node's track forecasts (core/kinematic_events.py) over them
+    preroll_sweeps: int = 5  # sweeps detected before a scene's first frame, one frame_step apart, so its tracks
+    #                          are confirmed by then (as on a node that has been running)
     ego_follows_class: bool = False  # True: each class its own robot reaction (datasets before the fusion issue;
     #                                  it lets the IMU learn the class, a shortcut). False: one menu for all classes
     sim: SimConfig = field(default_factory=SimConfig)
@@ -72,6 +76,8 @@ def plan_scenes(cfg: DatasetConfig) -> List[ScenePlan]:
     """Split, focus class and frame count of every scene; classes balanced within each split."""
     if cfg.n < 1:
         raise ValueError(f"--n must be >= 1, got {cfg.n}")
+    if not isinstance(cfg.preroll_sweeps, int) or cfg.preroll_sweeps < 0:
+        raise ValueError(f"preroll_sweeps must be an integer >= 0, got {cfg.preroll_sweeps!r}")
     F = cfg.frames_per_scene
     n_scenes = math.ceil(cfg.n / F)
     frames = [F] * n_scenes
@@ -145,11 +151,19 @@ def generate_scene(plan: ScenePlan, cfg: DatasetConfig) -> Dict:
         "events_future": np.zeros((n, E, H), np.uint8),
         "time_to_onset": np.zeros((n, E), np.float32),
     }
-    captions, objects = [], []
+    captions, objects, sweeps = [], [], []
+    detect = _SweepDetector(runner) if cfg.lidar_sweeps else None
+    if detect is not None:
+        # pre-roll sweeps draw from their own stream: the frames' bytes do not depend on them
+        pre_rng = np.random.default_rng([cfg.seed, 4, plan.scene_id])
+        first = [detect(t, runner.render(t, pre_rng, camera=False)["lidar"].points)
+                 for t in -cfg.frame_step * np.arange(cfg.preroll_sweeps, 0, -1)]
     for i in range(n):
         t = float(out["t"][i])
         r = runner.render(t, rng)
         cam, lid = r["camera"], r["lidar"]
+        if detect is not None:
+            sweeps.append((first if i == 0 else []) + [detect(t, lid.points)])
         out["camera"][i] = cam.image  # rendered directly at model resolution
         out["lidar"][i] = pp.lidar_bev(lid.points[:, :4])
         out["audio"][i] = pp.log_mel(runner.audio_window(t, pp.DEFAULT.audio_seconds))
@@ -162,8 +176,34 @@ def generate_scene(plan: ScenePlan, cfg: DatasetConfig) -> Dict:
         out["time_to_onset"][i] = runner.events.time_to_onset(t)
         captions.append(runner.captions(t, seen, rng, cfg.captions_per_sample))
         objects.append([o.to_dict() for o in runner.objects(t)])
-    return {"arrays": out, "captions": captions, "objects": objects, "scene": scene.name,
-            "events": runner.events.intervals()}
+    res = {"arrays": out, "captions": captions, "objects": objects, "scene": scene.name,
+           "events": runner.events.intervals()}
+    if detect is not None:
+        res["sweeps"] = sweeps
+    return res
+
+
+#: what each LiDAR box of a dataset sweep holds, in order (the manifest repeats it)
+SWEEP_BOX_FIELDS = ["x", "y", "z", "length", "width", "height", "yaw", "label", "score", "points"]
+
+
+class _SweepDetector:
+    """The node's LiDAR clustering on one simulated sweep -> [t, gyro yaw rate, boxes] (SWEEP_BOX_FIELDS),
+    in the LiDAR frame and before tracking: the tracker runs where the boxes are replayed."""
+
+    def __init__(self, runner: SceneRunner, yaw_window: float = 0.2):
+        from ..core.perception import Perception
+        self.perception = Perception()
+        self.runner = runner
+        self.yaw_window = yaw_window  # s of gyro z averaged (core/kinematic_events.py yaw_rate_window)
+
+    def __call__(self, t: float, points: np.ndarray) -> list:
+        xyz, _, labels = self.perception.segment(points)
+        boxes = [[*(round(float(v), 3) for v in o.center), *(round(float(v), 3) for v in o.size),
+                  round(float(o.yaw), 4), o.label, round(float(o.score), 3), int(o.point_count)]
+                 for o in self.perception.boxes(xyz, labels)]
+        gz = self.runner.imu_window(t, self.yaw_window)[:, 5]
+        return [round(float(t), 3), round(float(gz.mean()), 5) if len(gz) else None, boxes]
 
 
 def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
@@ -253,6 +293,8 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
             write_npz(out / f"{name}.npz", arrays)
             side = {"captions": [c for s in scenes for c in s["captions"]],
                     "objects": [o for s in scenes for o in s["objects"]]}
+            if cfg.lidar_sweeps:  # per sample: the LiDAR sweeps since the previous sample, its own last
+                side["sweeps"] = [w for s in scenes for w in s["sweeps"]]
             (out / f"{name}.json").write_text(json.dumps(side, separators=(",", ":")))
             split_files[split].append(f"{name}.npz")
     finally:
@@ -284,6 +326,7 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
         "machine": f"{os.cpu_count()} CPU cores",
         "sim_config": cfg.sim.to_dict(),
         "ego_follows_class": cfg.ego_follows_class,
+        "sweeps": {"boxes": SWEEP_BOX_FIELDS, "preroll": cfg.preroll_sweeps} if cfg.lidar_sweeps else None,
         "scene_index": "scenes.json",
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

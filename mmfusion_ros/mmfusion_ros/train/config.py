@@ -44,6 +44,9 @@ class TrainConfig:
     grounded_captions: bool = True  # caption/events stages: learn only what each dropout subset can observe (core/observability.py): captions cut to those clauses, event losses masked to observable types
     camera_jitter: float = 0.1  # camera stage: brightness/contrast jitter amplitude
     camera_shift: int = 6  # camera stage: random translation, pixels (0 = off)
+    camera_roll: float = 0.0  # camera stage: random roll about the optical axis, degrees either way (0 = off)
+    camera_zoom: float = 0.0  # camera stage: random scale in [1/(1+zoom), 1+zoom] (0 = off)
+    joint_camera_augment: bool = False  # joint stage: augment the camera's input as the camera stage does
     encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)
     log_every: int = 20  # steps between log lines in log.jsonl
     text_cache: str = ""  # folder of the text-embedding cache (default: <out>/text_cache)
@@ -102,8 +105,14 @@ class TrainConfig:
         for k, v in self.bind_targets.items():
             if k not in ("lidar", "audio", "imu") or v not in ("camera", "ego"):
                 raise ValueError(f"bind_targets.{k}={v!r}: keys are lidar, audio, imu; values camera or ego")
+        self.camera_augment().validate()
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def camera_augment(self) -> "CameraAugment":
+        from mmfusion_ros.train.augment import CameraAugment
+        return CameraAugment(self.camera_shift, float(self.camera_roll), float(self.camera_zoom),
+                             float(self.camera_jitter))
 
     def to_dict(self) -> dict:
         return asdict(self)

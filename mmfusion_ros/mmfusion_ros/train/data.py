@@ -39,6 +39,8 @@ class Split:
     history_index: Optional[np.ndarray] = field(default=None, repr=False)  # (N, T) frame indices, oldest first
     camera_embeddings: Optional[np.ndarray] = field(default=None, repr=False)  # (N, D) frozen image-tower embeddings:
     #                                             when set, they are the camera "input" (tower bundles, train/towers.py)
+    sweeps: Optional[List[list]] = field(default=None, repr=False)  # per sample, the LiDAR sweeps since the previous
+    #                                             one, [t, yaw rate, boxes] (sim/dataset.py); None: an older dataset
 
     def __len__(self) -> int:
         return len(self.arrays["scene_id"])
@@ -50,6 +52,8 @@ class Split:
                   [self.objects[i] for i in idx], self.classes, self.event_types, self.horizons, self.frame_step)
         if self.camera_embeddings is not None:
             s.camera_embeddings = self.camera_embeddings[idx]
+        if self.sweeps is not None:
+            s.sweeps = [self.sweeps[i] for i in idx]
         return s
 
     def build_histories(self, history_len: int, history_step: float) -> np.ndarray:
@@ -107,6 +111,7 @@ def load_split(root, split: str = "train", max_samples: int = 0) -> Split:
     parts: Dict[str, list] = {k: [] for k in ARRAYS}
     captions: List[List[str]] = []
     objects: List[list] = []
+    sweeps: Optional[List[list]] = []  # None once a shard has none
     total = 0
     for shard in man["splits"][split]:
         p = root / shard
@@ -130,6 +135,11 @@ def load_split(root, split: str = "train", max_samples: int = 0) -> Split:
             parts[k].append(arrs[k])
         captions.extend([c if isinstance(c, list) else [c] for c in caps])
         objects.extend(meta.get("objects", [[]] * n))
+        sw = meta.get("sweeps")
+        if sweeps is not None and isinstance(sw, list) and len(sw) == n:
+            sweeps.extend(sw)
+        else:
+            sweeps = None
         total += n
         if max_samples and total >= max_samples:
             break
@@ -137,7 +147,7 @@ def load_split(root, split: str = "train", max_samples: int = 0) -> Split:
         raise DatasetError(f"split {split!r} of {root} is empty")
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
     return Split(split, arrays, captions, objects, list(man["classes"]), list(man["event_types"]),
-                 [float(h) for h in man["horizons"]], float(man["frame_step"]))
+                 [float(h) for h in man["horizons"]], float(man["frame_step"]), sweeps=sweeps)
 
 
 def shard_indices(n: int, rank: int, world: int, seed: int, epoch: int, drop_last: bool = True, batch: int = 1) -> np.ndarray:

@@ -520,6 +520,10 @@ class Evaluator:
         if self.calibration.available:
             variants.append(("calibrated probabilities, calibration thresholds", self.calibration.events(probs),
                              {k: self.calibration.thresholds.get(k, v) for k, v in self.thresholds.items()}))
+        if sp.sweeps is not None:  # what the node merges its tracks into: the calibrated head when it has one
+            variants.append(self._with_tracks(ctx, *variants[-1]))
+        else:
+            out["tracks"] = "not scored: this dataset keeps no LiDAR sweeps (written before they were kept)"
         for name, p, thr in variants:
             st, sh, ac = C.run_tracker(p, scene, ev.event_types, ev.horizons, thr)
             rows = C.tracker_metrics(st, sh, ac, now, fut, scene, t, sp.frame_step)
@@ -528,12 +532,41 @@ class Evaluator:
                 r.update(event=e, threshold=float(thr[e]), AP_1s=M.average_precision(fut[:, k, h1], p[:, k, h1]))
             aps = [r["AP_1s"] for r in rows if not math.isnan(r["AP_1s"])]
             on = sum(r["onsets"] for r in rows)
+            ci = M.scene_bootstrap_map(fut[:, :, h1], p[:, :, h1], scene)  # 95 % over scenes
             out["variants"].append({"name": name, "per_type": rows, "mAP_1s": float(np.mean(aps)) if aps else float("nan"),
+                                    "mAP_1s_ci95": list(ci),
                                     "false_alarms_per_min_max": max(r["false_alarms_per_min"] for r in rows),
                                     "false_alarms_per_min_total": sum(r["false_alarms_per_min"] for r in rows),
                                     "onsets": on, "warned": sum(r["warned"] for r in rows),
                                     "warned_before_onset": sum(r["warned_before_onset"] for r in rows)})
         return out
+
+    def _with_tracks(self, ctx: EvalContext, base: str, probs: np.ndarray, thresholds: Dict[str, float]) -> tuple:
+        """The node's events: the head's probabilities (calibrated where the bundle is) noisy-OR'd with the
+        forecasts of its LiDAR tracks (train/track_events.py), forecast types at the pipeline's raised
+        on-thresholds."""
+        from mmfusion_ros.core.kinematic_events import KinematicEventConfig, merge_forecast
+        from mmfusion_ros.core.observability import label_embedding
+        from mmfusion_ros.core.pipeline import PipelineConfig
+        from mmfusion_ros.train import calibrate as C
+        from mmfusion_ros.train.track_events import track_forecasts
+
+        ev, pc = self.model.cfg.events, PipelineConfig()
+        lab = label_embedding(ctx.tokens, SENSOR_KEYS, ctx.fused_all, pc.label_fusion,
+                              weights=self.calibration.label_weights)  # (N, D) the published labels' embedding
+        lp = C.softmax_labels(lab, self.prompt_emb, self.logit_scale, pc.label_temperature)  # (N, P)
+        if self.calibration.available:
+            lp = self.calibration.labels(lp, SENSOR_KEYS)
+        top = np.argsort(-lp, axis=1, kind="stable")[:, :pc.top_k]  # (N, k) the labels the node publishes
+        person = np.array(["person" in p["label"].lower() for p in self.prompts])
+        person_prob = np.array([max([lp[i, j] for j in row if person[j]], default=0.0) for i, row in enumerate(top)])
+        kcfg = KinematicEventConfig(robot_length=pc.robot_length, robot_width=pc.robot_width)
+        forecast = track_forecasts(ctx.split.sweeps, ctx.arrays["scene_id"], ev.event_types, ev.horizons,
+                                   person_prob, kcfg)  # (N, E, H)
+        have = np.isfinite(forecast).any(axis=(0, 2))  # (E,) the types the tracks forecast
+        thr = {k: max(v, kcfg.min_on_threshold) if have[ev.event_types.index(k)] else v
+               for k, v in thresholds.items()}
+        return (f"{base.split(',')[0]} + LiDAR track forecasts (the node)", merge_forecast(probs, forecast), thr)
 
     def outputs(self, ctx: EvalContext):
         """Per-subset labels, captions and events with their ground truth (train.calibrate.collect), once."""
@@ -898,18 +931,21 @@ def _md_t5(res: dict) -> List[str]:
         L += ["", f"Flags as the node raises them (core.events.EventTracker: EMA + hysteresis, reset per scene; "
                   f"{tr['minutes']:.1f} min; a false alarm is a start while the event is neither active nor due within "
                   f"the reported horizon; warned = flag on at the onset, in time = on before it):", "",
-              "| variant | mAP @ 1 s | false alarms / min (worst type) | false alarms / min (all types) | onsets warned | in time |",
+              "| variant | mAP @ 1 s (95 % interval, scenes) | false alarms / min (worst type) | false alarms / min (all types) | onsets warned | in time |",
               "|---|---|---|---|---|---|"]
         for v in tr["variants"]:
-            L.append(f"| {v['name']} | {_f(v['mAP_1s'])} | {v['false_alarms_per_min_max']:.2f} | {v['false_alarms_per_min_total']:.2f} "
+            ci = v.get("mAP_1s_ci95", [float("nan")] * 2)
+            L.append(f"| {v['name']} | {_f(v['mAP_1s'])} ({_f(ci[0])}-{_f(ci[1])}) | {v['false_alarms_per_min_max']:.2f} | {v['false_alarms_per_min_total']:.2f} "
                      f"| {v['warned']}/{v['onsets']} | {v['warned_before_onset']}/{v['onsets']} |")
-        L += ["", "| event | " + " | ".join(f"{v['name'].split(',')[0]}: thr / FA per min / warned / in time" for v in tr["variants"]) + " |",
+        if tr.get("tracks"):
+            L += ["", f"LiDAR track forecasts: {tr['tracks']}."]
+        L += ["", "| event | " + " | ".join(f"{v['name'].split(',')[0]}: thr / AP @ 1 s / FA per min / warned / in time" for v in tr["variants"]) + " |",
               "|---|" + "---|" * len(tr["variants"])]
         for k, r0 in enumerate(tr["variants"][0]["per_type"]):
             cells = []
             for v in tr["variants"]:
                 r = v["per_type"][k]
-                cells.append(f"{r['threshold']:.2f} / {r['false_alarms_per_min']:.2f} / {r['warned']}/{r['onsets']} / {r['warned_before_onset']}/{r['onsets']}")
+                cells.append(f"{r['threshold']:.2f} / {_f(r['AP_1s'])} / {r['false_alarms_per_min']:.2f} / {r['warned']}/{r['onsets']} / {r['warned_before_onset']}/{r['onsets']}")
             L.append(f"| {r0['event']} | " + " | ".join(cells) + " |")
     return L
 

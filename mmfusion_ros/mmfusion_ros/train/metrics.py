@@ -155,6 +155,31 @@ def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum((rec - rec_prev) * prec))
 
 
+def scene_bootstrap_map(y: np.ndarray, score: np.ndarray, scene: np.ndarray, n_boot: int = 200, seed: int = 0,
+                        level: float = 0.95) -> tuple:
+    """(low, high) interval of the mean over columns of the average precision of y (N, E) by score (N, E),
+    resampling whole scenes with replacement (as scene_bootstrap_ci); columns without positives in a
+    replicate are left out of its mean."""
+    y, score = np.asarray(y).astype(bool), np.asarray(score, np.float64)
+    _, inv = np.unique(np.asarray(scene), return_inverse=True)
+    k = int(inv.max()) + 1 if len(inv) else 0
+    if k < 2:
+        return float("nan"), float("nan")
+    rows = [np.flatnonzero(inv == j) for j in range(k)]  # frames of each scene
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows[j] for j in rng.integers(0, k, k)])
+        aps = [average_precision(y[idx, e], score[idx, e]) for e in range(y.shape[1])]
+        aps = [a for a in aps if not math.isnan(a)]
+        if aps:
+            means.append(float(np.mean(aps)))
+    if not means:
+        return float("nan"), float("nan")
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
 def f1_at(y: np.ndarray, score: np.ndarray, thr: float) -> float:
     y = np.asarray(y).astype(bool)
     p = np.asarray(score) >= thr

@@ -487,25 +487,13 @@ class Trainer:
         tr = self.train
         params = self._set_trainable([self.model.modality_trunks["camera"], self.model.modality_heads["camera"]],
                                      [self.model.logit_scales["camera"]])
-        jit = self.cfg.camera_jitter
+        aug = self.cfg.camera_augment()
 
         sel = self.enc_idx
 
         def make(idx):
             idx = sel[idx]
-            x = self._to(tr.camera_float(idx))  # (B, 3, S, S)
-            if self.cfg.camera_shift > 0:
-                # random translation (replicate padding): the caption's left/right/ahead survive a few pixels
-                sh = self.cfg.camera_shift
-                pad = F.pad(x, (sh, sh, sh, sh), mode="replicate")  # (B, 3, S+2sh, S+2sh)
-                off = self.rng.integers(0, 2 * sh + 1, (len(idx), 2))
-                s = x.shape[-1]
-                x = torch.stack([pad[i, :, o[0]:o[0] + s, o[1]:o[1] + s] for i, o in enumerate(off)])
-            if jit > 0:
-                b = len(idx)
-                gain = 1 + jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
-                bias = jit * (2 * torch.rand(b, 1, 1, 1, device=x.device) - 1)
-                x = x * gain + bias
+            x = aug(self._to(tr.camera_float(idx)), self.rng)  # (B, 3, S, S)
             tid = self.captions.pick(idx, self.rng, "camera", self.cfg.fact_phrasings)
             pos = self._text_positives(idx, tid, "camera")
             return x, self.text[self._to(tid)], pos
@@ -691,9 +679,12 @@ class Trainer:
         if self.progress.get("joint", 0) >= self.cfg.epochs.get("joint", 0):
             return self._run_stage("joint", step, params, len(self.train), None)
         tr = self.train
+        aug = self.cfg.camera_augment() if self.cfg.joint_camera_augment and "camera" in keys else None
 
         def make(idx):
             x = {k: self._to(v) for k, v in tr.inputs(idx).items()}
+            if aug is not None and aug.active and tr.camera_embeddings is None:
+                x["camera"] = aug(x["camera"], self.rng)  # (B, 3, S, S)
             tid = self.captions.pick(idx, self.rng, "fused", self.cfg.fact_phrasings)
             return x, self._dropout_mask(len(idx)), self.text[self._to(tid)], self._text_positives(idx, tid, "fused")
 
