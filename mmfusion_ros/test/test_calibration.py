@@ -74,6 +74,8 @@ def test_maps_per_subset_fallback_and_events():
     ({"event_thresholds": {"person_approaching": 0.0}}, r"\(0, 1\]"),
     ({"event_thresholds": {"unknown_event": 0.5}}, "unknown event"),
     ({"format_version": 99}, "not supported"),
+    ({"track_event_thresholds": {"person_approaching": 1.5}}, r"track_event_thresholds.person_approaching"),
+    ({"track_event_thresholds": {"unknown_event": 0.5}}, "unknown event type"),
 ])
 def test_malformed_calibration_is_a_clear_error(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -116,7 +116,7 @@ class CrateAhead:
         return static_world(2.0) + [obj(7, self.x, 0.0, -2.0, 0.0)]
 
 
-def _pipeline(**cfg):
+def _pipeline(calibration=None, **cfg):
     from test_pipeline import FakeBackend, frame
 
     b = FakeBackend()
@@ -126,7 +126,7 @@ def _pipeline(**cfg):
     b.events = lambda history: np.asarray(b.event_probs, np.float32)[None]
     emb = np.stack([b.base["camera"], b.base["imu"]])
     return Pipeline(b, PipelineConfig(event_alpha=1.0, **cfg), ["a crate", "a person"], emb,
-                    perception=CrateAhead()), frame
+                    perception=CrateAhead(), calibration=calibration), frame
 
 
 def test_the_pipeline_raises_the_track_forecast_with_its_track_id():
@@ -138,6 +138,25 @@ def test_the_pipeline_raises_the_track_forecast_with_its_track_id():
     # without the LiDAR the geometric events are unobservable from the remaining sensors' head outputs
     r = p.process(frame(0.1 * (HITS + 2), lidar=False, camera=False))
     assert "collision_imminent" in r.unobservable and not any(e.type == "collision_imminent" for e in r.events)
+
+
+def test_the_pipeline_flags_track_forecasts_at_the_calibrated_track_thresholds():
+    from mmfusion_ros.core.calibration import Calibration
+
+    p, frame = _pipeline()
+    floor = KinematicEventConfig().min_on_threshold
+    on = dict(zip(p.event_tracker.event_types, p.event_tracker.on))
+    assert on["collision_imminent"] == floor and on["alarm_sounding"] == 0.5
+    # a calibration whose fit on the head + tracks merge asks for more: forecast types only are raised
+    cal = Calibration({"track_event_thresholds": {"collision_imminent": 0.95, "robot_impact": 0.2}}, EVENT_TYPES,
+                      EVENT_HORIZONS)
+    assert cal.track_thresholds == {"collision_imminent": 0.95, "robot_impact": 0.2}
+    p, frame = _pipeline(calibration=cal)
+    on = dict(zip(p.event_tracker.event_types, p.event_tracker.on))
+    assert on["collision_imminent"] == 0.95 and on["robot_impact"] == floor  # never below the floor
+    results = [p.process(frame(0.1 * k)) for k in range(HITS + 1)]
+    started = {e.type for r in results for e in r.events if e.state == STATE_START}
+    assert "robot_impact" in started and "collision_imminent" not in started  # 0.9 forecast < 0.95
 
 
 def test_the_pipeline_without_kinematic_events_leaves_the_head_alone():

@@ -116,12 +116,13 @@ def test_lidar_sweeps_are_kept_per_frame_without_changing_the_frames(dataset, tm
     from mmfusion_ros.train.data import load_split
 
     out, m = dataset
-    assert m["sweeps"] == {"boxes": SWEEP_BOX_FIELDS, "preroll": 5}
+    assert m["sweeps"] == {"boxes": SWEEP_BOX_FIELDS, "preroll": 10, "step": 0.1}
     sp = load_split(out, "train")
     first = np.r_[True, sp.arrays["scene_id"][1:] != sp.arrays["scene_id"][:-1]]
-    assert [len(w) for w in sp.sweeps] == [6 if f else 1 for f in first]  # pre-roll sweeps, then one a frame
+    assert [len(w) for w in sp.sweeps] == [11 if f else 2 for f in first]  # pre-roll, then 10 Hz: 2 a frame
     for w, t in zip(sp.sweeps, sp.arrays["t"]):
         assert w[-1][0] == pytest.approx(float(t), abs=1e-3)  # the frame's own sweep last
+        assert np.diff([x[0] for x in w]) == pytest.approx(0.1, abs=1e-3)
         assert all(len(b) == len(SWEEP_BOX_FIELDS) for _, _, boxes in w for b in boxes)
     assert sum(len(w[-1][2]) for w in sp.sweeps) > 0
     # the sweeps draw nothing from the frames' random stream: without them the arrays are byte for byte the same

@@ -63,15 +63,24 @@ def test_merge_is_a_noisy_or_where_tracks_forecast():
     assert m[:, E["alarm_sounding"]] == pytest.approx(0.5)
 
 
-def test_eval_scores_the_node_events_on_a_simulator_dataset(random_model_dir, tmp_path):
+def test_calibrate_fits_and_eval_scores_the_node_events_on_a_simulator_dataset(random_model_dir, tmp_path):
+    import shutil
+
     from mmfusion_ros.cli import main
     from mmfusion_ros.sim.dataset import DatasetConfig, write_dataset
 
     data = tmp_path / "ds"
     write_dataset(data, DatasetConfig(seed=4, n=48, frames_per_scene=4), progress=False)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(random_model_dir, bundle)
+    assert main(["calibrate", "--model", str(bundle), "--data", f"{data}:train,val"]) == 0
+    cal = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    kinds = {"person_approaching", "crossing_path", "collision_imminent", "robot_impact"}
+    assert set(cal["track_event_thresholds"]) == kinds  # the forecast types, fitted on the merge
+    assert all(0.0 < v <= 1.0 for v in cal["track_event_thresholds"].values())
     js = tmp_path / "eval.json"
     md = tmp_path / "eval.md"
-    assert main(["eval", "--model", str(random_model_dir), "--data", str(data), "--split", "test",
+    assert main(["eval", "--model", str(bundle), "--data", str(data), "--split", "test",
                  "--json", str(js), "--markdown", str(md), "--tables", "T5"]) == 0
     tr = json.loads(js.read_text())["T5_events"]["tracker"]
     node = tr["variants"][-1]
@@ -79,6 +88,6 @@ def test_eval_scores_the_node_events_on_a_simulator_dataset(random_model_dir, tm
     assert len(node["mAP_1s_ci95"]) == 2
     rows = {r["event"]: r for r in node["per_type"]}
     # forecast types are flagged at the pipeline's raised on-threshold, the others at the head's
-    assert rows["collision_imminent"]["threshold"] >= 0.5
+    assert rows["collision_imminent"]["threshold"] >= max(0.5, cal["track_event_thresholds"]["collision_imminent"])
     assert rows["alarm_sounding"]["threshold"] == tr["variants"][-2]["per_type"][E["alarm_sounding"]]["threshold"]
     assert "LiDAR track forecasts (the node)" in md.read_text()

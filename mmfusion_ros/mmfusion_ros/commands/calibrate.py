@@ -80,6 +80,16 @@ def run(args) -> int:
     for name, r in spec["fit_figures"].items():
         print(f"  {name}: {r['threshold']:.2f} ({r['rule']}; {r['false_alarms']} false alarms, "
               f"{r['warned']}/{r['onsets']} onsets warned, {r['positive_frames']} positive frames)")
+    if "track_event_thresholds" in spec:
+        tf = spec["track_fit_figures"]
+        print(f"\nwith the LiDAR track forecasts merged in (the node's probabilities for these types; "
+              f"{tf['frames']} frames of datasets with sweeps):")
+        for name, thr in spec["track_event_thresholds"].items():
+            r = tf[name]
+            print(f"  {name}: {thr:.2f} ({r['rule']}; {r['false_alarms']} false alarms, "
+                  f"{r['warned']}/{r['onsets']} onsets warned)")
+    else:
+        print("\nno dataset keeps LiDAR sweeps: the track forecasts keep the pipeline's on-threshold floor")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(spec, indent=1, default=float))

@@ -103,6 +103,9 @@ class Calibration:
         # per label sensor: how much its embedding counts in the labels' mean (core/observability.label_embedding);
         # None: equal weights
         self.label_weights: Optional[Dict[str, float]] = None
+        # on-thresholds of the types the LiDAR tracks forecast, fitted on the head + tracks merge (the node's
+        # probabilities for them) against the same budget; empty: the pipeline's floor alone
+        self.track_thresholds: Dict[str, float] = {}
         if self.available:
             self._read(self.spec)
 
@@ -158,6 +161,12 @@ class Calibration:
                 if not (0.0 < v <= 1.0) or not math.isfinite(v):
                     raise ValueError(f"manifest.calibration.event_thresholds.{k}: must be in (0, 1], got {v!r}")
                 self.thresholds[str(k)] = v
+        for k, v in (spec.get("track_event_thresholds") or {}).items():
+            if self.event_types and k not in self.event_types:
+                raise ValueError(f"manifest.calibration.track_event_thresholds: unknown event type {k!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 < float(v) <= 1.0):
+                raise ValueError(f"manifest.calibration.track_event_thresholds.{k}: must be in (0, 1], got {v!r}")
+            self.track_thresholds[str(k)] = float(v)
         self.budget_per_min = float(spec.get("event_budget_per_min", float("nan")))
         lw = spec.get("label_weights")
         if lw is not None:

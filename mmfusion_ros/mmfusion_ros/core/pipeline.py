@@ -142,6 +142,9 @@ class Pipeline:
             self.kinematics = KinematicEventForecaster(man["event_types"], man["horizons"],
                                                        self.cfg.kinematic_config())
             self.event_tracker.raise_thresholds(self.kinematics.forecast_types, self.kinematics.cfg.min_on_threshold)
+            for name, thr in (getattr(self.calibration, "track_thresholds", None) or {}).items():  # fitted, in budget
+                if name in self.kinematics.forecast_types:
+                    self.event_tracker.raise_thresholds([name], thr)
         self.perception = perception
         self.T_cam_lidar = T_cam_lidar
         self.set_prompts(list(prompts), prompt_embeddings)

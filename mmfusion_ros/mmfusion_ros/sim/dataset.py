@@ -56,8 +56,10 @@ class DatasetConfig:
     captions_per_sample: int = 3  # phrasings per sample
     lidar_sweeps: bool = True  # keep each frame's LiDAR boxes (core/perception.py clustering) and gyro yaw rate:
     #                            `mmfusion eval` replays the node's track forecasts (core/kinematic_events.py) over them
-    preroll_sweeps: int = 5  # sweeps detected before a scene's first frame, one frame_step apart, so its tracks
-    #                          are confirmed by then (as on a node that has been running)
+    sweep_step: float = 0.1  # s between kept sweeps (a 10 Hz LiDAR, as the node tracks it): frame_step / sweep_step
+    #                          sweeps per frame, the frame's own the last
+    preroll_sweeps: int = 10  # sweeps detected before a scene's first frame, so its tracks are confirmed by then
+    #                           (as on a node that has been running)
     ego_follows_class: bool = False  # True: each class its own robot reaction (datasets before the fusion issue;
     #                                  it lets the IMU learn the class, a shortcut). False: one menu for all classes
     sim: SimConfig = field(default_factory=SimConfig)
@@ -76,6 +78,8 @@ def plan_scenes(cfg: DatasetConfig) -> List[ScenePlan]:
     """Split, focus class and frame count of every scene; classes balanced within each split."""
     if cfg.n < 1:
         raise ValueError(f"--n must be >= 1, got {cfg.n}")
+    if not 0.0 < cfg.sweep_step <= cfg.frame_step:
+        raise ValueError(f"sweep_step must be in (0, frame_step], got {cfg.sweep_step!r}")
     if not isinstance(cfg.preroll_sweeps, int) or cfg.preroll_sweeps < 0:
         raise ValueError(f"preroll_sweeps must be an integer >= 0, got {cfg.preroll_sweeps!r}")
     F = cfg.frames_per_scene
@@ -156,14 +160,17 @@ def generate_scene(plan: ScenePlan, cfg: DatasetConfig) -> Dict:
     if detect is not None:
         # pre-roll sweeps draw from their own stream: the frames' bytes do not depend on them
         pre_rng = np.random.default_rng([cfg.seed, 4, plan.scene_id])
-        first = [detect(t, runner.render(t, pre_rng, camera=False)["lidar"].points)
-                 for t in -cfg.frame_step * np.arange(cfg.preroll_sweeps, 0, -1)]
+        per_frame = max(1, int(round(cfg.frame_step / cfg.sweep_step)))  # sweeps per frame
+
+        def between(t0: float, k: int) -> list:  # the k sweeps before time t0, sweep_step apart
+            return [detect(t, runner.render(t, pre_rng, camera=False)["lidar"].points)
+                    for t in t0 - cfg.sweep_step * np.arange(k, 0, -1)]
     for i in range(n):
         t = float(out["t"][i])
         r = runner.render(t, rng)
         cam, lid = r["camera"], r["lidar"]
         if detect is not None:
-            sweeps.append((first if i == 0 else []) + [detect(t, lid.points)])
+            sweeps.append(between(t, cfg.preroll_sweeps if i == 0 else per_frame - 1) + [detect(t, lid.points)])
         out["camera"][i] = cam.image  # rendered directly at model resolution
         out["lidar"][i] = pp.lidar_bev(lid.points[:, :4])
         out["audio"][i] = pp.log_mel(runner.audio_window(t, pp.DEFAULT.audio_seconds))
@@ -326,7 +333,8 @@ def write_dataset(out: Path, cfg: DatasetConfig, progress: bool = True) -> Dict:
         "machine": f"{os.cpu_count()} CPU cores",
         "sim_config": cfg.sim.to_dict(),
         "ego_follows_class": cfg.ego_follows_class,
-        "sweeps": {"boxes": SWEEP_BOX_FIELDS, "preroll": cfg.preroll_sweeps} if cfg.lidar_sweeps else None,
+        "sweeps": {"boxes": SWEEP_BOX_FIELDS, "preroll": cfg.preroll_sweeps, "step": cfg.sweep_step}
+        if cfg.lidar_sweeps else None,
         "scene_index": "scenes.json",
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

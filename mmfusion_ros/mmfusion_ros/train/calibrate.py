@@ -323,6 +323,8 @@ class SplitOutputs:
     caption_text: Dict[str, List[str]] = field(default_factory=dict)  # subset -> (n,) grounded caption
     caption_raw: Dict[str, List[str]] = field(default_factory=dict)  # subset -> (N,) caption as decoded
     event_probs: Optional[np.ndarray] = None  # (N,E,H) raw, all four present
+    track_probs: Optional[np.ndarray] = None  # (N,E,H) LiDAR track forecasts (train/track_events.py); NaN where
+    #                                           none (a type tracks do not forecast, a dataset without sweeps)
     events_future: Optional[np.ndarray] = None  # (N,E,H)
     events_now: Optional[np.ndarray] = None  # (N,E)
     event_types: List[str] = field(default_factory=list)
@@ -455,6 +457,8 @@ def collect(evaluator, split, subsets: Optional[Sequence[Tuple[str, ...]]] = Non
     if full is None:
         full = evaluator.fuse(tokens, [1, 1, 1, 1])
     out.event_probs = evaluator.event_probs(full, split.history_index)
+    if hasattr(evaluator, "track_forecast"):
+        out.track_probs = evaluator.track_forecast(split, tokens, full)
     out.events_future = a["events_future"].astype(bool)
     out.events_now = a["events_now"].astype(bool)
     out.event_types = list(ev.event_types)
@@ -481,6 +485,9 @@ def concat_outputs(parts: Sequence[SplitOutputs]) -> SplitOutputs:
         out.caption_text[k] = [t for p in parts for t in p.caption_text[k]]
         out.caption_raw[k] = [t for p in parts for t in p.caption_raw[k]]
     out.event_probs = np.concatenate([p.event_probs for p in parts])
+    if any(p.track_probs is not None for p in parts):
+        out.track_probs = np.concatenate([p.track_probs if p.track_probs is not None
+                                          else np.full(p.event_probs.shape, np.nan) for p in parts])
     out.events_future = np.concatenate([p.events_future for p in parts])
     out.events_now = np.concatenate([p.events_now for p in parts])
     out.event_types, out.horizons = p0.event_types, p0.horizons
@@ -576,6 +583,29 @@ def choose_thresholds(probs: np.ndarray, o: SplitOutputs, budget_per_min: float 
     return chosen, info
 
 
+def fit_track_thresholds(cal_probs: np.ndarray, o: SplitOutputs, budget_per_min: float,
+                         tracker: Optional[EventTrackerConfig] = None) -> Optional[Tuple[Dict[str, float], dict]]:
+    """On-thresholds for the types the LiDAR tracks forecast, fitted like the head's (choose_thresholds) on
+    what the node thresholds for them: the calibrated head noisy-OR'd with the tracks (core/kinematic_events.py
+    merge_forecast), on the frames of datasets that keep sweeps only. None without such frames."""
+    from mmfusion_ros.core.kinematic_events import merge_forecast
+
+    if o.track_probs is None:
+        return None
+    rows = np.isfinite(o.track_probs).any(axis=(1, 2))  # (N,) frames with sweeps
+    types = np.isfinite(o.track_probs).any(axis=(0, 2))  # (E,) types forecast
+    if not rows.any():
+        return None
+    sub = SplitOutputs(o.classes, o.prompt_class, o.scene[rows], o.t[rows], o.frame_step, o.seen[rows], o.heard[rows])
+    sub.events_future, sub.events_now = o.events_future[rows], o.events_now[rows]
+    sub.event_types, sub.horizons = o.event_types, o.horizons
+    merged = merge_forecast(cal_probs[rows], o.track_probs[rows])  # (n, E, H)
+    thr, info = choose_thresholds(merged, sub, budget_per_min, tracker)
+    names = [e for e, k in zip(o.event_types, types) if k]
+    figures = {e: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in info[e].items()} for e in names}
+    return {e: thr[e] for e in names}, dict(figures, frames=int(rows.sum()))
+
+
 # ---- the fit ----------------------------------------------------------------------------------------
 #: Thresholds are fitted against budget x FIT_MARGIN so that new data stays within the budget. Chosen by
 #: two-fold cross-validation over scenes on 12.3 min of fresh simulator data (seed 3): event types over a
@@ -630,6 +660,9 @@ def fit(o: SplitOutputs, budget_per_min: float = 1.0, tracker: Optional[EventTra
     cal_probs = cal.events(o.event_probs)
     thr, info = choose_thresholds(cal_probs, o, budget_per_min * margin, tracker)
     spec["event_thresholds"] = thr
+    track = fit_track_thresholds(cal_probs, o, budget_per_min * margin, tracker)
+    if track:
+        spec["track_event_thresholds"], spec["track_fit_figures"] = track
     spec["event_budget_per_min"] = float(budget_per_min)
     spec["event_fit_margin"] = float(margin)
     spec["event_tracker"] = {"alpha": tracker.alpha, "off_ratio": tracker.off_ratio, "frame_step_s": o.frame_step}

@@ -541,18 +541,19 @@ class Evaluator:
                                     "warned_before_onset": sum(r["warned_before_onset"] for r in rows)})
         return out
 
-    def _with_tracks(self, ctx: EvalContext, base: str, probs: np.ndarray, thresholds: Dict[str, float]) -> tuple:
-        """The node's events: the head's probabilities (calibrated where the bundle is) noisy-OR'd with the
-        forecasts of its LiDAR tracks (train/track_events.py), forecast types at the pipeline's raised
-        on-thresholds."""
-        from mmfusion_ros.core.kinematic_events import KinematicEventConfig, merge_forecast
+    def track_forecast(self, split: Split, tokens: np.ndarray, fused: np.ndarray) -> Optional[np.ndarray]:
+        """(N, E, H) the node's LiDAR track forecasts over the split's sweeps (train/track_events.py), NaN for
+        the types tracks do not forecast; None when the dataset keeps no sweeps. Untracked objects count as
+        people by the frame's published person probability, as in the pipeline (all four sensors present)."""
+        if split.sweeps is None:
+            return None
         from mmfusion_ros.core.observability import label_embedding
         from mmfusion_ros.core.pipeline import PipelineConfig
         from mmfusion_ros.train import calibrate as C
         from mmfusion_ros.train.track_events import track_forecasts
 
-        ev, pc = self.model.cfg.events, PipelineConfig()
-        lab = label_embedding(ctx.tokens, SENSOR_KEYS, ctx.fused_all, pc.label_fusion,
+        pc = PipelineConfig()
+        lab = label_embedding(tokens, SENSOR_KEYS, fused, pc.label_fusion,
                               weights=self.calibration.label_weights)  # (N, D) the published labels' embedding
         lp = C.softmax_labels(lab, self.prompt_emb, self.logit_scale, pc.label_temperature)  # (N, P)
         if self.calibration.available:
@@ -560,11 +561,22 @@ class Evaluator:
         top = np.argsort(-lp, axis=1, kind="stable")[:, :pc.top_k]  # (N, k) the labels the node publishes
         person = np.array(["person" in p["label"].lower() for p in self.prompts])
         person_prob = np.array([max([lp[i, j] for j in row if person[j]], default=0.0) for i, row in enumerate(top)])
-        kcfg = KinematicEventConfig(robot_length=pc.robot_length, robot_width=pc.robot_width)
-        forecast = track_forecasts(ctx.split.sweeps, ctx.arrays["scene_id"], ev.event_types, ev.horizons,
-                                   person_prob, kcfg)  # (N, E, H)
+        return track_forecasts(split.sweeps, split.arrays["scene_id"], self.model.cfg.events.event_types,
+                               self.model.cfg.events.horizons, person_prob, pc.kinematic_config())
+
+    def _with_tracks(self, ctx: EvalContext, base: str, probs: np.ndarray, thresholds: Dict[str, float]) -> tuple:
+        """The node's events: the head's probabilities (calibrated where the bundle is) noisy-OR'd with the
+        forecasts of its LiDAR tracks, forecast types at the pipeline's thresholds for them (its floor, raised
+        to the calibration's fitted track_event_thresholds)."""
+        from mmfusion_ros.core.kinematic_events import merge_forecast
+        from mmfusion_ros.core.pipeline import PipelineConfig
+
+        ev = self.model.cfg.events
+        forecast = self.track_forecast(ctx.split, ctx.tokens, ctx.fused_all)  # (N, E, H)
         have = np.isfinite(forecast).any(axis=(0, 2))  # (E,) the types the tracks forecast
-        thr = {k: max(v, kcfg.min_on_threshold) if have[ev.event_types.index(k)] else v
+        floor = PipelineConfig().kinematic_config().min_on_threshold
+        fitted = self.calibration.track_thresholds
+        thr = {k: max(v, floor, fitted.get(k, 0.0)) if have[ev.event_types.index(k)] else v
                for k, v in thresholds.items()}
         return (f"{base.split(',')[0]} + LiDAR track forecasts (the node)", merge_forecast(probs, forecast), thr)
 
