@@ -1,8 +1,8 @@
 """Events as the node raises them, over simulated scenario bags: the event head alone against the head plus
 the track forecasts (core/kinematic_events.py), side by side on the same bags.
 
-`mmfusion eval` T5 scores the event head on dataset frames, which carry no point clouds, so it cannot see
-what LiDAR tracking adds. This runs the node's own offline path (ros/offline.py: conversions, Collector,
+`mmfusion eval` T5 replays the tracker and forecasts over a dataset's kept LiDAR boxes (train/track_events.py);
+this checks the same on whole bags through the node's own offline path (ros/offline.py: conversions, Collector,
 Pipeline with perception, the shipped params file) on scenario bags written with seeds no training used,
 and scores the published events against the simulator's ground truth (report/metrics.py): AP at 1 s
 (the published probability against "active now or within 1 s"), onsets flagged in time, mean lead and
