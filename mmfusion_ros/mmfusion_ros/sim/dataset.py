@@ -198,11 +198,12 @@ class _SweepDetector:
     """The node's LiDAR clustering on one simulated sweep -> [t, gyro yaw rate, boxes] (SWEEP_BOX_FIELDS),
     in the LiDAR frame and before tracking: the tracker runs where the boxes are replayed."""
 
-    def __init__(self, runner: SceneRunner, yaw_window: float = 0.2):
+    def __init__(self, runner: SceneRunner):
+        from ..core.kinematic_events import KinematicEventConfig
         from ..core.perception import Perception
         self.perception = Perception()
         self.runner = runner
-        self.yaw_window = yaw_window  # s of gyro z averaged (core/kinematic_events.py yaw_rate_window)
+        self.yaw_window = KinematicEventConfig().yaw_rate_window  # s of gyro z averaged, as the pipeline does
 
     def __call__(self, t: float, points: np.ndarray) -> list:
         xyz, _, labels = self.perception.segment(points)
