@@ -82,6 +82,37 @@ def test_a_person_walking_up_is_approaching_a_person_the_robot_drives_at_is_not(
     assert forecast([static_world(ego) + [car]] * HITS, person_prob=0.9).probs[E["person_approaching"]].max() == 0.0
 
 
+def test_a_track_of_a_persons_shape_counts_as_one_at_the_shape_weight_the_camera_need_not_name_it():
+    ego = 1.0
+    cfg = KinematicEventConfig()
+    # 0.6 m x 0.3 m, 1.7 m tall, walking at us; the camera called its crop a car (distant crops are unreliable)
+    shaped = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="car", camera=True, size=(0.6, 0.3, 1.7))
+    p = forecast([static_world(ego) + [shaped]] * HITS, person_prob=0.1).probs[E["person_approaching"]]
+    assert abs(p[0] - cfg.max_probability * cfg.person_shape_prob) < 1e-6
+    # the scene's person probability wins when it is the higher one
+    p = forecast([static_world(ego) + [shaped]] * HITS, person_prob=0.95).probs[E["person_approaching"]]
+    assert abs(p[0] - cfg.max_probability * 0.95) < 1e-6
+    # a wall's thin edge (0.08 m) and a 2.4 m pole are not a person's shape, nor is a dog (0.6 m tall)
+    for size in [(0.08, 0.05, 1.8), (0.3, 0.3, 2.4), (0.9, 0.3, 0.6)]:
+        other = obj(9, 6.0, 0.5, -ego - 1.0, 0.0, label="box", size=size)
+        assert forecast([static_world(ego) + [other]] * HITS).probs[E["person_approaching"]].max() == 0.0, size
+    # the weight is the config's (a bundle's fitted value goes there through PipelineConfig.kinematic_config)
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS, KinematicEventConfig(person_shape_prob=0.5))
+    for _ in range(HITS):
+        k = f.update(static_world(ego) + [shaped])
+    assert abs(k.probs[E["person_approaching"]][0] - cfg.max_probability * 0.5) < 1e-6
+
+
+def test_the_bundles_fitted_person_shape_weight_reaches_the_forecaster():
+    from mmfusion_ros.core.calibration import Calibration
+
+    cal = Calibration({"track_person_shape_prob": 0.6}, EVENT_TYPES, EVENT_HORIZONS)
+    assert PipelineConfig().kinematic_config(cal).person_shape_prob == 0.6
+    assert PipelineConfig().kinematic_config().person_shape_prob == KinematicEventConfig().person_shape_prob
+    with pytest.raises(ValueError, match="track_person_shape_prob"):
+        Calibration({"track_person_shape_prob": 1.5}, EVENT_TYPES, EVENT_HORIZONS)
+
+
 def test_without_reference_tracks_the_robot_is_taken_to_stand_still():
     k = forecast([[obj(9, 6.0, 0.5, -1.0, 0.0, label="person", camera=True)]] * HITS)
     assert k.ego_velocity.tolist() == [0.0, 0.0]
@@ -96,7 +127,8 @@ def test_non_finite_tracks_are_ignored():
 
 @pytest.mark.parametrize("field,value", [("robot_width", 0.0), ("time_sigma", float("nan")), ("min_hits", 0),
                                          ("max_probability", 1.5), ("cross_speed", -1.0),
-                                         ("min_on_threshold", 0.0)])
+                                         ("min_on_threshold", 0.0), ("person_shape_prob", 1.2),
+                                         ("person_heights", (2.0, 1.0)), ("person_footprints", (0.3,))])
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         KinematicEventConfig(**{field: value}).validate()
@@ -147,13 +179,15 @@ def test_the_pipeline_flags_track_forecasts_at_the_calibrated_track_thresholds()
     floor = KinematicEventConfig().min_on_threshold
     on = dict(zip(p.event_tracker.event_types, p.event_tracker.on))
     assert on["collision_imminent"] == floor and on["alarm_sounding"] == 0.5
-    # a calibration whose fit on the head + tracks merge asks for more: forecast types only are raised
+    # a calibration fitted on the head + tracks merge (what the node thresholds): its thresholds replace the
+    # floor for the forecast types, higher or lower, and leave the head's own types alone
     cal = Calibration({"track_event_thresholds": {"collision_imminent": 0.95, "robot_impact": 0.2}}, EVENT_TYPES,
                       EVENT_HORIZONS)
     assert cal.track_thresholds == {"collision_imminent": 0.95, "robot_impact": 0.2}
     p, frame = _pipeline(calibration=cal)
     on = dict(zip(p.event_tracker.event_types, p.event_tracker.on))
-    assert on["collision_imminent"] == 0.95 and on["robot_impact"] == floor  # never below the floor
+    assert on["collision_imminent"] == 0.95 and abs(on["robot_impact"] - 0.2) < 1e-6
+    assert on["crossing_path"] == floor and on["alarm_sounding"] == 0.5
     results = [p.process(frame(0.1 * k)) for k in range(HITS + 1)]
     started = {e.type for r in results for e in r.events if e.state == STATE_START}
     assert "robot_impact" in started and "collision_imminent" not in started  # 0.9 forecast < 0.95

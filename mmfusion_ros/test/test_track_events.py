@@ -91,3 +91,45 @@ def test_calibrate_fits_and_eval_scores_the_node_events_on_a_simulator_dataset(r
     assert rows["collision_imminent"]["threshold"] >= max(0.5, cal["track_event_thresholds"]["collision_imminent"])
     assert rows["alarm_sounding"]["threshold"] == tr["variants"][-2]["per_type"][E["alarm_sounding"]]["threshold"]
     assert "LiDAR track forecasts (the node)" in md.read_text()
+
+
+def _walker_sweeps(frames, size, preroll=5, x0=9.0, speed=1.5):
+    """A standing robot; two static posts; one object of `size` walking straight at it from x0."""
+    out = []
+    for i in range(frames):
+        ts = [STEP * k for k in range(-preroll, 1)] if i == 0 else [STEP * i]
+        out.append([[t, 0.0, [box(6.0, 6.0), box(9.0, -7.0),
+                              box(x0 - speed * (t + preroll * STEP), 0.3, *size)]] for t in ts])
+    return out
+
+
+def test_person_shape_share_counts_person_shaped_walkers_against_the_ground_truth():
+    from mmfusion_ros.train.track_events import person_shape_share
+
+    frames = 6
+    person = _walker_sweeps(frames, (0.6, 0.4, 1.7))
+    gt = [[{"class": "person", "center": [9.0 - 1.5 * (STEP * i + 5 * STEP), 0.3, 0.0]}] for i in range(frames)]
+    people, tracks = person_shape_share(person, np.ones(frames), gt)
+    assert tracks == frames and people == frames  # confirmed by the pre-roll, in range, walking at 1.5 m/s
+    # the same walker labelled a bicycle by the ground truth counts against; one 2 m off matches nothing
+    bike = [[dict(g[0], **{"class": "bicycle"})] for g in gt]
+    assert person_shape_share(person, np.ones(frames), bike) == (0, frames)
+    far = [[dict(g[0], center=[g[0]["center"][0], 2.3, 0.0])] for g in gt]
+    assert person_shape_share(person, np.ones(frames), far) == (0, frames)
+    # a dog-shaped walker (0.6 m tall) is not counted at all
+    assert person_shape_share(_walker_sweeps(frames, (0.9, 0.3, 0.6)), np.ones(frames), gt) == (0, 0)
+
+
+def test_calibrate_fits_the_person_shape_weight_only_with_enough_tracks():
+    from types import SimpleNamespace
+
+    from mmfusion_ros.train.calibrate import fit_person_shape_prob
+
+    frames = 6
+    gt = [[{"class": "person", "center": [9.0 - 1.5 * (STEP * i + 5 * STEP), 0.3, 0.0]}] for i in range(frames)]
+    split = SimpleNamespace(sweeps=_walker_sweeps(frames, (0.6, 0.4, 1.7)), arrays={"scene_id": np.ones(frames)},
+                            objects=gt)
+    no_sweeps = SimpleNamespace(sweeps=None, arrays={"scene_id": np.ones(frames)}, objects=gt)
+    assert fit_person_shape_prob([split, no_sweeps], min_tracks=frames) == {"prob": 1.0, "people": frames,
+                                                                            "tracks": frames}
+    assert fit_person_shape_prob([split], min_tracks=frames + 1) is None

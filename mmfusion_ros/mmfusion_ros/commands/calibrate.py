@@ -3,7 +3,7 @@
 Runs the bundle's checkpoint over the split(s), fits the maps of core/calibration.py (labels and caption
 per presence subset, events per type and horizon), the event on-thresholds against a false-alarm
 budget and the label sensors' skill weights (first: the labels' mean is calibrated as it will be computed),
-and rewrites BUNDLE/manifest.json in place ("calibration"; nothing else changes). The fitting is
+the approach forecast's weight of person-shaped LiDAR tracks (first too: the track thresholds see it), and rewrites BUNDLE/manifest.json in place ("calibration"; nothing else changes). The fitting is
 train/calibrate.py; `--dry-run` prints without writing.
 """
 
@@ -56,6 +56,14 @@ def run(args) -> int:
                 # scene ids are unique within one dataset only
                 sets.append((sp, ev.embed(sp), 1_000_000 * d))  # (N, 4, D) per-sensor embeddings
                 used.append({"data": str(data), "seed": seed, "split": split, "frames": len(sp)})
+        shape = C.fit_person_shape_prob([sp for sp, _, _ in sets])
+        if shape is not None:  # the track forecasts the thresholds are fitted on weigh such tracks as the node will
+            ev.calibration.track_person_shape_prob = shape["prob"]
+            print(f"person-shaped tracks moving at the robot that are people: {shape['people']}/{shape['tracks']} "
+                  f"= {shape['prob']:.3f} (the approach forecast's weight for them)")
+        else:
+            print("too few person-shaped tracks moving at the robot in datasets with sweeps: "
+                  "the approach forecast keeps its default weight for them")
         o, lw = C.collect_weighted(ev, sets, args.equal_label_weights)
         if lw:
             print("label sensors' zero-shot top-1 / skill weight: " + ", ".join(
@@ -66,6 +74,9 @@ def run(args) -> int:
     comparison = C.compare_methods(o)
     margin = C.FIT_MARGIN if args.margin is None else args.margin
     spec = C.add_label_weights(C.fit(o, budget_per_min=args.budget, margin=margin), lw)
+    if shape is not None:
+        spec["track_person_shape_prob"] = shape["prob"]
+        spec["track_person_shape_fit"] = {"people": shape["people"], "tracks": shape["tracks"]}
     minutes = len(o.scene) * o.frame_step / 60.0
     spec["fitted_on"] = {"sets": used, "frames": int(len(o.scene)), "minutes": round(minutes, 2),
                          "checkpoint_sha256": ev.info["sha256"]}

@@ -106,6 +106,9 @@ class Calibration:
         # on-thresholds of the types the LiDAR tracks forecast, fitted on the head + tracks merge (the node's
         # probabilities for them) against the same budget; empty: the pipeline's floor alone
         self.track_thresholds: Dict[str, float] = {}
+        # weight of a person-shaped LiDAR track in the approach forecast (core/kinematic_events.py), fitted as the
+        # share of such tracks moving at the robot that are people; None: the forecaster's default
+        self.track_person_shape_prob: Optional[float] = None
         if self.available:
             self._read(self.spec)
 
@@ -167,6 +170,11 @@ class Calibration:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 < float(v) <= 1.0):
                 raise ValueError(f"manifest.calibration.track_event_thresholds.{k}: must be in (0, 1], got {v!r}")
             self.track_thresholds[str(k)] = float(v)
+        shape = spec.get("track_person_shape_prob")
+        if shape is not None:
+            if isinstance(shape, bool) or not isinstance(shape, (int, float)) or not (0.0 <= float(shape) <= 1.0):
+                raise ValueError(f"manifest.calibration.track_person_shape_prob: must be in [0, 1], got {shape!r}")
+            self.track_person_shape_prob = float(shape)
         self.budget_per_min = float(spec.get("event_budget_per_min", float("nan")))
         lw = spec.get("label_weights")
         if lw is not None:

@@ -63,6 +63,14 @@ class EventTracker:
         self.off = self.on * self.cfg.off_ratio  # (E,)
         self.reset()
 
+    def set_threshold(self, event_type: str, on: float) -> None:
+        """The on-threshold of `event_type` becomes `on` (its off-threshold follows)."""
+        if not (math.isfinite(on) and 0.0 < on <= 1.0):
+            raise ValueError(f"event threshold of {event_type}: must be in (0, 1], got {on!r}")
+        e = self.event_types.index(event_type)
+        self.on[e] = float(on)
+        self.off = self.on * self.cfg.off_ratio
+
     def raise_thresholds(self, event_types: Sequence[str], floor: float) -> None:
         """On-thresholds of `event_types` become at least `floor` (their off-thresholds follow)."""
         for e, name in enumerate(self.event_types):

@@ -9,8 +9,12 @@ the same predicates the simulator's ground truth uses (sim/events.py):
 
 - person_approaching: a track within ``approach_range`` m ahead whose own ground velocity points at the
   robot faster than ``approach_speed`` m/s, weighted by how sure we are it is a person: 1 when the camera
-  named its crop a person, else the frame's published probability that a person is in the scene (for a
-  track no larger than ``person_max_footprint``; crop labels of distant, sparse clusters are unreliable);
+  named its crop a person, else the larger of the frame's published probability that a person is in the
+  scene (for a track no larger than ``person_max_footprint``) and ``person_shape_prob`` for a track of a
+  standing person's shape (``person_heights`` tall on a ``person_footprints`` footprint, its largest box
+  seen): crop labels of distant, sparse clusters are unreliable (the demo's walking person is called a car
+  or a dog), while the LiDAR measures the shape. ``person_shape_prob`` is the share of such tracks moving
+  at the robot that are people, fitted by `mmfusion calibrate` (train/track_events.py person_shape_share);
 - crossing_path: a track inside the corridor ahead moving sideways faster than ``cross_speed`` m/s;
 - collision_imminent: a track in the robot's swept corridor, closing, with time to collision below
   ``ttc_threshold`` s;
@@ -68,6 +72,9 @@ class KinematicEventConfig:
     ttc_threshold: float = 1.5  # collision_imminent: time to collision below this, s
     min_closing: float = 0.05  # a track closes in only faster than this, m/s (below: parked relative to us)
     person_max_footprint: float = 1.5  # person_approaching: a track longer or wider than this is no person, m
+    person_heights: Tuple[float, float] = (1.4, 2.1)  # person_approaching: a standing person's box height, m (largest seen)
+    person_footprints: Tuple[float, float] = (0.3, 1.0)  # person_approaching: ... and its longer side, m (a wall's edge is thinner)
+    person_shape_prob: float = 0.8  # person_approaching: weight of a person-shaped track (the bundle's fitted value replaces it; CAL23: 0.80)
     structure_length: float = 8.0  # a track longer than this is structure (a wall's visible part slides as we pass), m
     pole_height: float = 2.5  # a track taller than this on a footprint under 1 m is a pole or a wall edge, m
     min_hits: int = 5  # sweeps a track must be seen in a row before its velocity is trusted
@@ -77,7 +84,7 @@ class KinematicEventConfig:
     step: float = 0.05  # s, time grid the predicates are tested on
     yaw_rate_window: float = 0.2  # s of the newest IMU samples whose mean gyro z is the robot's yaw rate
     coast_s: float = 1.0  # s a confirmed track that stops being detected (inside the LiDAR's min_range, occluded) is extrapolated on
-    min_on_threshold: float = 0.5  # on-threshold floor for the types forecast here: the calibrated ones were fitted to the head alone
+    min_on_threshold: float = 0.5  # on-threshold floor for the types forecast here when the bundle has none fitted on the head + tracks merge (the head's own were fitted to the head alone)
 
     def validate(self) -> "KinematicEventConfig":
         if not (isinstance(self.coast_s, (int, float)) and math.isfinite(self.coast_s) and self.coast_s >= 0):
@@ -94,6 +101,13 @@ class KinematicEventConfig:
                 raise ValueError(f"kinematic_events.{name}: must be a finite number >= 0, got {v!r}")
         if not (0.0 < self.min_on_threshold <= 1.0):
             raise ValueError(f"kinematic_events.min_on_threshold: must be in (0, 1], got {self.min_on_threshold!r}")
+        for name in ("person_heights", "person_footprints"):
+            v = getattr(self, name)
+            if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x)
+                                                                      for x in v) and 0 <= v[0] <= v[1]):
+                raise ValueError(f"kinematic_events.{name}: must be [low, high] with 0 <= low <= high, got {v!r}")
+        if not (isinstance(self.person_shape_prob, (int, float)) and 0.0 <= self.person_shape_prob <= 1.0):
+            raise ValueError(f"kinematic_events.person_shape_prob: must be in [0, 1], got {self.person_shape_prob!r}")
         if not (0.0 < self.max_probability <= 1.0):
             raise ValueError(f"kinematic_events.max_probability: must be in (0, 1], got {self.max_probability!r}")
         for name in ("min_hits", "min_reference_tracks"):
@@ -111,6 +125,8 @@ class KinematicForecast:
     track_ids: np.ndarray  # (E,) int, the track responsible for the most probable forecast (0: none)
     ego_velocity: np.ndarray  # (2,) the robot's own velocity estimate, m/s, robot frame
     yaw_rate: float = 0.0  # rad/s, the robot's yaw rate used (IMU, or fitted to the tracks)
+    movers: List[Tuple[DetectedObject, np.ndarray]] = dataclasses.field(default_factory=list)  # each track
+    #   forecast (its largest box seen, coasted ones included) with its own ground velocity (2,), m/s
 
 
 def merge_forecast(head: np.ndarray, forecast: np.ndarray) -> np.ndarray:
@@ -120,17 +136,33 @@ def merge_forecast(head: np.ndarray, forecast: np.ndarray) -> np.ndarray:
     return np.where(have, 1.0 - (1.0 - head) * (1.0 - np.where(have, forecast, 0.0)), head)
 
 
+def forecast_on_threshold(head: float, fitted: Optional[float], floor: float) -> float:
+    """On-threshold of a type the tracks forecast: the one fitted on the head + tracks merge (what the node
+    thresholds) when the bundle has it, else the head's own raised to `floor` (fitted to the head alone, it
+    would let the tracks' extra evidence through with no false-alarm budget)."""
+    return float(fitted) if fitted is not None else max(float(head), float(floor))
+
+
 def _turn(w: float, p: np.ndarray) -> np.ndarray:
     """(N, 2) velocity w x p of points p (N, 2) on a frame turning at w rad/s about z."""
     return w * np.stack([-p[:, 1], p[:, 0]], 1)
 
 
-def _person_weight(o: DetectedObject, person_prob: float, max_footprint: float) -> float:
-    """How sure we are the track is a person: 1 when the camera named its crop one, else the scene's person
-    probability for a track that could be one by its size."""
+def person_shaped(size: np.ndarray, cfg: "KinematicEventConfig") -> bool:
+    """A box (length, width, height) of a standing person's shape: cfg.person_heights tall on a footprint whose
+    longer side is within cfg.person_footprints."""
+    foot, h = float(max(size[0], size[1])), float(size[2])
+    return (cfg.person_heights[0] <= h <= cfg.person_heights[1]
+            and cfg.person_footprints[0] <= foot <= cfg.person_footprints[1])
+
+
+def _person_weight(o: DetectedObject, person_prob: float, cfg: "KinematicEventConfig") -> float:
+    """How sure we are the track is a person: 1 when the camera named its crop one, else the larger of the
+    scene's person probability (a track that could be one by its size) and the person-shape weight."""
     if o.label_from_camera and "person" in str(o.label).lower():
         return 1.0
-    return person_prob if float(max(o.size[0], o.size[1])) <= max_footprint else 0.0
+    w = person_prob if float(max(o.size[0], o.size[1])) <= cfg.person_max_footprint else 0.0
+    return max(w, float(cfg.person_shape_prob)) if person_shaped(o.size, cfg) else w
 
 
 def _half_extents(o: DetectedObject, small: float = SMALL_OBJECT) -> Tuple[float, float]:
@@ -218,7 +250,7 @@ class KinematicEventForecaster:
         p = np.array([o.center[:2] for o in tracks], np.float64)  # (N, 2)
         v = np.array([o.velocity[:2] for o in tracks], np.float64)  # (N, 2) relative to the robot
         half = np.array([_half_extents(o) for o in tracks], np.float64)  # (N, 2) along the robot's x and y
-        person = np.array([_person_weight(o, person_prob, self.cfg.person_max_footprint) for o in tracks])  # (N,)
+        person = np.array([_person_weight(o, person_prob, self.cfg) for o in tracks])  # (N,)
         own = v + ego[None, :] + _turn(w, p)  # (N, 2) each object's own velocity
         onset = self._onsets(p, v, half, person, own)  # name -> (N,) first tau the predicate holds, inf: never
         cfg = self.cfg
@@ -232,7 +264,8 @@ class KinematicEventForecaster:
             probs[r] = pr.max(0)
             if pr.max() > 0:
                 ids[r] = int(tracks[int(np.argmax(pr.max(1)))].track_id)
-        return KinematicForecast(probs.astype(np.float32), ids, ego.astype(np.float32), float(w))
+        return KinematicForecast(probs.astype(np.float32), ids, ego.astype(np.float32), float(w),
+                                 list(zip(tracks, own.astype(np.float32))))
 
     def _structure(self, o: DetectedObject) -> bool:
         """Walls and poles do not move: their tracked velocity is the visible part sliding, not motion (a bus,

@@ -19,7 +19,8 @@ import numpy as np
 
 from mmfusion_ros.core.calibration import Calibration
 from mmfusion_ros.core.events import EventTracker, EventTrackerConfig
-from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster, merge_forecast
+from mmfusion_ros.core.kinematic_events import (KinematicEventConfig, KinematicEventForecaster, forecast_on_threshold,
+                                                 merge_forecast)
 from mmfusion_ros.core.familiarity import Familiarity
 from mmfusion_ros.core.observability import (LABEL_FUSIONS, event_mask, grounded_caption, label_embedding,
                                              observable_kinds)
@@ -66,8 +67,11 @@ class PipelineConfig:
         self.kinematic_config().validate()
         return self
 
-    def kinematic_config(self) -> KinematicEventConfig:
-        return KinematicEventConfig(robot_length=self.robot_length, robot_width=self.robot_width)
+    def kinematic_config(self, calibration: Optional[Calibration] = None) -> KinematicEventConfig:
+        """The track forecasts' config: this robot's footprint, and the bundle's fitted person-shape weight."""
+        cfg = KinematicEventConfig(robot_length=self.robot_length, robot_width=self.robot_width)
+        shape = getattr(calibration, "track_person_shape_prob", None)
+        return dataclasses.replace(cfg, person_shape_prob=float(shape)) if shape is not None else cfg
 
 
 def preprocess_config_from_manifest(manifest: Dict[str, Any]) -> PreprocessConfig:
@@ -140,11 +144,12 @@ class Pipeline:
         self.kinematics: Optional[KinematicEventForecaster] = None
         if self.event_tracker is not None and self.cfg.kinematic_events:
             self.kinematics = KinematicEventForecaster(man["event_types"], man["horizons"],
-                                                       self.cfg.kinematic_config())
-            self.event_tracker.raise_thresholds(self.kinematics.forecast_types, self.kinematics.cfg.min_on_threshold)
-            for name, thr in (getattr(self.calibration, "track_thresholds", None) or {}).items():  # fitted, in budget
-                if name in self.kinematics.forecast_types:
-                    self.event_tracker.raise_thresholds([name], thr)
+                                                       self.cfg.kinematic_config(self.calibration))
+            fitted = getattr(self.calibration, "track_thresholds", None) or {}  # fitted on the merge, in budget
+            for name in self.kinematics.forecast_types:
+                head = float(self.event_tracker.on[self.event_tracker.event_types.index(name)])
+                self.event_tracker.set_threshold(name, forecast_on_threshold(
+                    head, fitted.get(name), self.kinematics.cfg.min_on_threshold))
         self.perception = perception
         self.T_cam_lidar = T_cam_lidar
         self.set_prompts(list(prompts), prompt_embeddings)

@@ -606,6 +606,27 @@ def fit_track_thresholds(cal_probs: np.ndarray, o: SplitOutputs, budget_per_min:
     return {e: thr[e] for e in names}, dict(figures, frames=int(rows.sum()))
 
 
+#: person-shaped tracks moving at the robot needed before their share of people replaces the default weight
+MIN_SHAPE_TRACKS = 20
+
+
+def fit_person_shape_prob(splits: Sequence[Any], min_tracks: int = MIN_SHAPE_TRACKS) -> Optional[dict]:
+    """The approach forecast's weight of a person-shaped track (train/track_events.py person_shape_share) on the
+    splits that keep LiDAR sweeps -> {"prob", "people", "tracks"}; None with fewer than `min_tracks` such tracks
+    (the forecaster's default stays). Scenes restart the tracker, so the splits are counted one by one."""
+    from mmfusion_ros.train.track_events import person_shape_share
+
+    people = tracks = 0
+    for sp in splits:
+        if sp.sweeps is None:
+            continue
+        k, n = person_shape_share(sp.sweeps, sp.arrays["scene_id"], sp.objects, PipelineConfig().kinematic_config())
+        people, tracks = people + k, tracks + n
+    if tracks < min_tracks:
+        return None
+    return {"prob": round(people / tracks, 3), "people": people, "tracks": tracks}
+
+
 # ---- the fit ----------------------------------------------------------------------------------------
 #: Thresholds are fitted against budget x FIT_MARGIN so that new data stays within the budget. Chosen by
 #: two-fold cross-validation over scenes on 12.3 min of fresh simulator data (seed 3): event types over a

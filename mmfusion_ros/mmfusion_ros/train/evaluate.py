@@ -562,13 +562,13 @@ class Evaluator:
         person = np.array(["person" in p["label"].lower() for p in self.prompts])
         person_prob = np.array([max([lp[i, j] for j in row if person[j]], default=0.0) for i, row in enumerate(top)])
         return track_forecasts(split.sweeps, split.arrays["scene_id"], self.model.cfg.events.event_types,
-                               self.model.cfg.events.horizons, person_prob, pc.kinematic_config())
+                               self.model.cfg.events.horizons, person_prob, pc.kinematic_config(self.calibration))
 
     def _with_tracks(self, ctx: EvalContext, base: str, probs: np.ndarray, thresholds: Dict[str, float]) -> tuple:
         """The node's events: the head's probabilities (calibrated where the bundle is) noisy-OR'd with the
-        forecasts of its LiDAR tracks, forecast types at the pipeline's thresholds for them (its floor, raised
-        to the calibration's fitted track_event_thresholds)."""
-        from mmfusion_ros.core.kinematic_events import merge_forecast
+        forecasts of its LiDAR tracks, forecast types at the pipeline's thresholds for them (the calibration's
+        track_event_thresholds, fitted on this merge; without them the head's raised to the pipeline's floor)."""
+        from mmfusion_ros.core.kinematic_events import forecast_on_threshold, merge_forecast
         from mmfusion_ros.core.pipeline import PipelineConfig
 
         ev = self.model.cfg.events
@@ -576,7 +576,7 @@ class Evaluator:
         have = np.isfinite(forecast).any(axis=(0, 2))  # (E,) the types the tracks forecast
         floor = PipelineConfig().kinematic_config().min_on_threshold
         fitted = self.calibration.track_thresholds
-        thr = {k: max(v, floor, fitted.get(k, 0.0)) if have[ev.event_types.index(k)] else v
+        thr = {k: forecast_on_threshold(v, fitted.get(k), floor) if have[ev.event_types.index(k)] else v
                for k, v in thresholds.items()}
         return (f"{base.split(',')[0]} + LiDAR track forecasts (the node)", merge_forecast(probs, forecast), thr)
 

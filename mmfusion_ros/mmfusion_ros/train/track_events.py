@@ -8,11 +8,11 @@ scene; core/kinematic_events.merge_forecast merges them with the head as the pip
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster
+from mmfusion_ros.core.kinematic_events import KinematicEventConfig, KinematicEventForecaster, person_shaped
 from mmfusion_ros.core.perception import PerceptionConfig
 from mmfusion_ros.core.tracking import Tracker
 from mmfusion_ros.core.types import DetectedObject
@@ -54,3 +54,44 @@ def track_forecasts(sweeps: Sequence[list], scene_id: np.ndarray, event_types: S
                                 yaw_rate=None if yaw_rate is None else float(yaw_rate), stamp=float(t)).probs
     return out
 
+
+
+def person_shape_share(sweeps: Sequence[list], scene_id: np.ndarray, objects: Sequence[Sequence[Mapping]],
+                       cfg: Optional[KinematicEventConfig] = None, perception: Optional[PerceptionConfig] = None,
+                       match_m: float = 1.0) -> Tuple[int, int]:
+    """How often a person-shaped track moving at the robot is a person -> (people, tracks).
+
+    Counted at each sample's own sweep over the tracks the approach forecast weighs: confirmed, in front within
+    approach_range, own speed at the robot above approach_speed + speed_margin, of a standing person's shape
+    (core/kinematic_events.py person_shaped, largest box seen). A track is a person when the sample's
+    ground-truth object nearest its centre (robot frame) is one and within `match_m` m; a track with no object
+    that near (a wall's edge, a ghost) counts against. Its ratio is the forecaster's person_shape_prob."""
+    cfg = (cfg or KinematicEventConfig()).validate()
+    perception = perception or PerceptionConfig()
+    tracker = Tracker(perception.tracking)
+    kin = KinematicEventForecaster(["person_approaching"], [1.0], cfg)
+    people = tracks = 0
+    for i, frame_sweeps in enumerate(sweeps):
+        if i == 0 or scene_id[i] != scene_id[i - 1]:
+            tracker.reset()
+            kin.reset()
+        fc = None
+        for t, yaw_rate, boxes in frame_sweeps:
+            objs = sweep_objects(boxes)
+            tracker.update(objs, float(t))
+            fc = kin.update(objs, yaw_rate=None if yaw_rate is None else float(yaw_rate), stamp=float(t))
+        if fc is None:
+            continue
+        gt = [(np.asarray(g["center"][:2], np.float64), str(g["class"])) for g in (objects[i] or [])]
+        for o, own in fc.movers:
+            p = o.center[:2].astype(np.float64)
+            r = float(np.hypot(*p))
+            toward = -float(np.dot(own, p)) / max(r, 1e-6)
+            if not (p[0] > 0 and r < cfg.approach_range and toward > cfg.approach_speed + cfg.speed_margin
+                    and person_shaped(o.size, cfg)):
+                continue
+            tracks += 1
+            if gt:
+                d, cls = min(((float(np.hypot(*(c - p))), k) for c, k in gt), key=lambda x: x[0])
+                people += int(cls == "person" and d <= match_m)
+    return people, tracks
