@@ -82,6 +82,26 @@ def test_a_person_walking_up_is_approaching_a_person_the_robot_drives_at_is_not(
     assert forecast([static_world(ego) + [car]] * HITS, person_prob=0.9).probs[E["person_approaching"]].max() == 0.0
 
 
+def test_a_wheeled_robot_is_not_taken_to_slide_sideways_by_jittery_tracks():
+    # on rough ground the clusters jump: the static references read as if the robot slid left at 0.8 m/s
+    refs = [obj(101, 6.0, 6.0, -1.0, -0.8), obj(102, 9.0, -7.0, -1.0, -0.8), obj(103, 12.0, 3.0, -1.0, -0.8)]
+    assert forecast([refs] * HITS).ego_velocity.tolist() == pytest.approx([1.0, 0.0])
+    f = KinematicEventForecaster(EVENT_TYPES, EVENT_HORIZONS, KinematicEventConfig(holonomic=True))
+    for _ in range(HITS):
+        k = f.update(refs)
+    assert k.ego_velocity.tolist() == pytest.approx([1.0, 0.8])  # a mecanum robot may
+
+
+def test_impact_is_forecast_for_what_stands_still_not_for_a_mover_on_a_collision_course():
+    # the robot drives at 1 m/s; 1.2 m ahead: a crate (its relative velocity is the robot's own, reversed), and a
+    # cyclist riding at us at 2 m/s. Both close in within the impact horizon; only the crate cannot steer clear
+    crate = forecast([static_world(1.0) + [obj(7, 1.2, 0.0, -1.0, 0.0)]] * HITS)
+    rider = forecast([static_world(1.0) + [obj(8, 1.2, 0.0, -3.0, 0.0, size=(1.7, 0.5, 1.1))]] * HITS)
+    assert crate.probs[E["robot_impact"]][1] > 0.8  # contact in 0.55 s: within the 1 s horizon
+    assert rider.probs[E["robot_impact"]].max() == 0.0
+    assert rider.probs[E["collision_imminent"]][0] > 0.8  # the mover still warns of the collision
+
+
 def test_a_track_of_a_persons_shape_counts_as_one_at_the_shape_weight_the_camera_need_not_name_it():
     ego = 1.0
     cfg = KinematicEventConfig()
@@ -128,7 +148,7 @@ def test_non_finite_tracks_are_ignored():
 @pytest.mark.parametrize("field,value", [("robot_width", 0.0), ("time_sigma", float("nan")), ("min_hits", 0),
                                          ("max_probability", 1.5), ("cross_speed", -1.0),
                                          ("min_on_threshold", 0.0), ("person_shape_prob", 1.2),
-                                         ("person_heights", (2.0, 1.0)), ("person_footprints", (0.3,))])
+                                         ("person_heights", (2.0, 1.0)), ("person_footprints", (0.3,)), ("impact_max_own_speed", -0.1)])
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         KinematicEventConfig(**{field: value}).validate()

@@ -46,6 +46,7 @@ class PipelineConfig:
     kinematic_events: bool = True  # also forecast approach, crossing, collision and impact from LiDAR tracks (core/kinematic_events.py)
     robot_length: float = 0.8  # robot footprint along x, m (kinematic events: the front is half of it ahead of base_link)
     robot_width: float = 0.6  # robot footprint across, m (kinematic events: the swept corridor)
+    holonomic: bool = False  # the robot can move sideways (mecanum wheels, legs); kinematic events then estimate its sideways speed too
 
     def validate(self) -> "PipelineConfig":
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -69,7 +70,7 @@ class PipelineConfig:
 
     def kinematic_config(self, calibration: Optional[Calibration] = None) -> KinematicEventConfig:
         """The track forecasts' config: this robot's footprint, and the bundle's fitted person-shape weight."""
-        cfg = KinematicEventConfig(robot_length=self.robot_length, robot_width=self.robot_width)
+        cfg = KinematicEventConfig(robot_length=self.robot_length, robot_width=self.robot_width, holonomic=self.holonomic)
         shape = getattr(calibration, "track_person_shape_prob", None)
         return dataclasses.replace(cfg, person_shape_prob=float(shape)) if shape is not None else cfg
 
