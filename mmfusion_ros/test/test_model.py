@@ -209,3 +209,52 @@ def test_legacy_fusion_config_loads_without_residual():
     assert cfg.fusion.residual is False
     m = build_model(cfg)
     assert not m.fusion.residual and not hasattr(m.fusion, "log_gain")
+
+
+def test_skill_prior_fusion_is_the_labels_weighted_mean_turned_by_a_bounded_attention(tmp_path):
+    """With a fixed prior the fused vector is the skill-weighted mean of the present sensors (what the published
+    labels read) plus the unit attention output times its gain: at gain 0.1 it stays within that distance of the
+    mean whatever the attention learned; a sensor with prior 0 (the IMU) moves it only through attention; an
+    IMU-only frame is finite; the prior survives a checkpoint round trip without being in the state dict."""
+    from mmfusion_ros.model.config import FusionConfig
+    from mmfusion_ros.model.fusion import AttentionFusion
+
+    torch.manual_seed(0)
+    prior = [0.8, 0.05, 0.85, 0.0]
+    fus = AttentionFusion(FusionConfig(hidden=32, heads=2, residual=True, prior=prior, attention_gain=0.1), 384).eval()
+    with torch.no_grad():
+        fus.delta.weight.normal_(0.0, 5.0)  # a refinement grown large, as a caption objective grows it
+    tok = torch.nn.functional.normalize(torch.randn(3, 4, 384), dim=-1)  # (B, 4, D)
+    present = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        fused, w = fus(tok * present[..., None], present)
+    p = torch.tensor(prior) * present
+    mean = (tok * p[..., None]).sum(1) / p.sum(1, keepdim=True).clamp_min(1e-6)  # (B, D)
+    for b in range(2):
+        cos = float(torch.nn.functional.cosine_similarity(fused[b], mean[b], dim=0))
+        assert cos > 0.99 * (1 - 0.1 / float(mean[b].norm())), cos  # attention turns it by at most its gain
+    assert torch.isfinite(fused).all() and torch.isfinite(w).all()
+    np.testing.assert_allclose(fused.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(w.sum(-1).numpy(), 1.0, atol=1e-5)
+    assert not hasattr(fus, "log_gain") and "prior" not in fus.state_dict()
+    with pytest.raises(ValueError, match="prior"):
+        AttentionFusion(FusionConfig(residual=True, prior=[1.0, 1.0]), 384)
+
+    cfg = tiny_config(vocab_size=20)
+    cfg.fusion.prior = prior
+    m = build_model(cfg).eval()
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, m, Vocab.build(["a dog sits ahead ."]), {})
+    back, _, _ = load_checkpoint(path)
+    torch.testing.assert_close(back.fusion.prior, torch.tensor(prior))
+
+
+def test_train_config_rejects_a_skill_prior_without_the_residual_fusion():
+    from mmfusion_ros.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="fusion_residual"):
+        TrainConfig.from_dict({"fusion_residual": False, "fusion_prior": "skill"})
+    with pytest.raises(ValueError, match="fusion_prior"):
+        TrainConfig.from_dict({"fusion_prior": "learned"})
+    with pytest.raises(ValueError, match="attention_gain"):
+        TrainConfig.from_dict({"fusion_attention_gain": 0.0})

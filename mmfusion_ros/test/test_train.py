@@ -126,7 +126,8 @@ def test_camera_augment_warps_within_its_bounds():
 
 
 def test_shipped_configs_parse(repo_root):
-    for name in ("train_tiny.yaml", "train_small.yaml", "train_joint.yaml", "train_small_refine.yaml"):
+    for name in ("train_tiny.yaml", "train_small.yaml", "train_joint.yaml", "train_small_refine.yaml",
+                 "train_small_prior.yaml"):
         TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / name)
 
 

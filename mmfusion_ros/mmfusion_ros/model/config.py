@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from mmfusion_ros.core.types import EMBED_DIM, EVENT_HORIZONS, EVENT_TYPES
 
@@ -30,6 +30,8 @@ class FusionConfig:
     heads: int = 4  # attention heads
     layers: int = 1  # self-attention layers over the tokens before pooling
     residual: bool = True  # fused = L2norm(gain-weighted mean of present tokens + attention output); False: attention pooling only (checkpoints before this field)
+    prior: Optional[List[float]] = None  # residual only: fixed weights of the mean, one per sensor (camera, lidar, audio, imu), e.g. each sensor's zero-shot skill; None = learned gains
+    attention_gain: float = 1.0  # residual only: the attention output's gain at initialisation (learned from there)
 
 
 @dataclass

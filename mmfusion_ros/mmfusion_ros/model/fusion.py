@@ -6,6 +6,7 @@ graph has no fused-kernel fast paths and TensorRT parses it directly.
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -52,6 +53,14 @@ class AttentionFusion(nn.Module):
     alone (a caption-matching objective teaches the pooling to trust the camera, which describes the
     layout, over audio, which names the object), so attention only corrects it. ``weights`` is then
     each modality's share of that linear mix: mean coefficients plus attention gain x pooling weights.
+
+    With ``cfg.prior`` (residual only) the mean's weights are fixed, not learned: the mean is
+    sum_m prior_m e_m / sum_m prior_m over the present sensors, the skill-weighted mean the published labels
+    read (train/calibrate.label_skill_weights). A caption objective otherwise moves the gains and the pooling
+    towards the camera, which is what fails on scenes training never showed; the attention output, with
+    the IMU's motion, is added to that fixed mean at unit length times its gain (else the caption objective
+    grows the refinement until attention outweighs the mean whatever the gain). A frame whose present sensors all have prior 0 (IMU only)
+    is the attention output alone.
     """
 
     def __init__(self, cfg: FusionConfig, dim: int, n_modalities: int = 4):
@@ -64,9 +73,20 @@ class AttentionFusion(nn.Module):
         nn.init.zeros_(self.delta.weight)  # starts as a pure weighted average of the input embeddings
         nn.init.zeros_(self.delta.bias)
         self.residual = bool(getattr(cfg, "residual", False))
+        prior = getattr(cfg, "prior", None)
+        self.fixed_prior = self.residual and prior is not None
         if self.residual:
-            self.log_gain = nn.Parameter(torch.zeros(n_modalities))  # (4,) exp() = per-modality gain of the mean, 1 at start
-            self.log_att = nn.Parameter(torch.zeros(()))  # exp() = gain of the attention output, 1 at start
+            if self.fixed_prior:
+                if len(prior) != n_modalities or min(prior) < 0:
+                    raise ValueError(f"fusion prior needs {n_modalities} weights >= 0, got {prior}")
+                # derived from the config, so not in the state dict
+                self.register_buffer("prior", torch.tensor([float(w) for w in prior]), persistent=False)  # (4,)
+            else:
+                self.log_gain = nn.Parameter(torch.zeros(n_modalities))  # (4,) exp() = per-modality gain of the mean, 1 at start
+            gain = float(getattr(cfg, "attention_gain", 1.0))
+            if not gain > 0:
+                raise ValueError(f"fusion attention_gain must be > 0, got {gain}")
+            self.log_att = nn.Parameter(torch.full((), math.log(gain)))  # exp() = gain of the attention output
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         p = present.unsqueeze(-1)  # (B, 4, 1)
@@ -81,9 +101,15 @@ class AttentionFusion(nn.Module):
         refined = x + self.delta(h)  # (B, 4, D)
         fused = (weights.unsqueeze(-1) * refined).sum(1)  # (B, D) attention output
         if self.residual:
-            n = present.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1) present modalities
-            coef = self.log_gain.exp().unsqueeze(0) * present / n  # (B, 4) gain-weighted mean, 0 for absent
+            if self.fixed_prior:
+                wp = self.prior.unsqueeze(0) * present  # (B, 4) prior weights of the present sensors
+                coef = wp / wp.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, 4) weighted mean, all 0 when no prior is present
+            else:
+                n = present.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1) present modalities
+                coef = self.log_gain.exp().unsqueeze(0) * present / n  # (B, 4) gain-weighted mean, 0 for absent
             att_gain = self.log_att.exp()  # ()
+            if self.fixed_prior:  # unit length: the gain then bounds how far attention can turn the fixed mean
+                fused = fused / fused.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, D)
             fused = (coef.unsqueeze(-1) * x).sum(1) + att_gain * fused  # (B, D)
             share = coef + att_gain * weights  # (B, 4) positive
             weights = share / share.sum(-1, keepdim=True)  # (B, 4) sums to 1

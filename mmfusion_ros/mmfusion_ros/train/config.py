@@ -30,6 +30,10 @@ class TrainConfig:
     head_holdout: float = 0.2  # share of train scenes kept out of the encoder stages to train the fusion on (0 = none)
     modality_dropout: float = 0.3  # fusion/events: chance each modality is dropped (one always kept)
     fusion_residual: bool = True  # fusion = L2norm(gain-weighted mean of present embeddings + attention output) (new or restarted fusion only)
+    fusion_prior: str = ""  # residual fusion, new or restarted: "skill" fixes the mean's weights at each label sensor's
+    #                   zero-shot skill on the val split (the published labels' weights; the IMU gets 0 and reaches
+    #                   the fused embedding through the attention only); "" = learned gains
+    fusion_attention_gain: float = 1.0  # residual fusion, new or restarted: the attention output's starting gain
     event_threshold_floor: float = 0.3  # lowest event threshold calibration may pick (lower ones flag rare events almost constantly)
     caption_noise: float = 0.6  # caption decoder: max norm of the noise added to text embeddings
     caption_fused_frac: float = 0.3  # caption decoder: share of steps conditioned on real fused embeddings
@@ -93,6 +97,12 @@ class TrainConfig:
             raise ValueError(f"head_holdout must be in [0, 0.5], got {self.head_holdout}")
         if not 0.0 <= self.event_threshold_floor < 1.0:
             raise ValueError(f"event_threshold_floor must be in [0, 1), got {self.event_threshold_floor}")
+        if self.fusion_prior not in ("", "skill"):
+            raise ValueError(f"fusion_prior must be '' or 'skill', got {self.fusion_prior!r}")
+        if self.fusion_prior and not self.fusion_residual:
+            raise ValueError("fusion_prior needs fusion_residual: true (the prior weights the residual fusion's mean)")
+        if not self.fusion_attention_gain > 0:
+            raise ValueError(f"fusion_attention_gain must be > 0, got {self.fusion_attention_gain}")
         if not 0.0 <= self.fact_phrasings <= 1.0:
             raise ValueError(f"fact_phrasings must be in [0, 1], got {self.fact_phrasings}")
         if not set(self.joint_modalities) <= {"camera", "lidar", "audio", "imu"}:

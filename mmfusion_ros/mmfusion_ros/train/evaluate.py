@@ -282,7 +282,7 @@ class Evaluator:
 
     def t9_fusion_variants(self, ctx: EvalContext) -> dict:
         """Zero-shot top-1 of ways to combine the same per-sensor embeddings, side by side on one split: the
-        shipped attention fusion, the mean of the present embeddings (ImageBind's embedding arithmetic), late
+        shipped fusion part, the mean of the present embeddings (ImageBind's embedding arithmetic), late
         fusion as a product of experts (sum of each sensor's log-softmax over the prompts), and each of the
         latter two over only the sensors that can observe the object class (core/observability.py "labels").
         The pipeline's `label_fusion: mean` is the "mean of embeddings, label sensors only" row, or with the
@@ -307,7 +307,10 @@ class Evaluator:
         out = {"rows": []}
         every = list(SENSOR_KEYS)
         seeing = label_modalities(every)
-        out["rows"].append(row("attention fusion (shipped), all four", ctx.fused_all @ P.T))
+        fus = self.model.fusion
+        kind = ("skill-weighted mean + attention" if getattr(fus, "fixed_prior", False)
+                else "mean + attention" if getattr(fus, "residual", False) else "attention")
+        out["rows"].append(row(f"the fusion part ({kind}; captions and events read it), all four", ctx.fused_all @ P.T))
         for name, mods in (("all four", every), ("label sensors only (" + "+".join(seeing) + ")", seeing)):
             idx = [SENSOR_KEYS.index(m) for m in mods]
             mean = tok[:, idx].mean(1)

@@ -356,14 +356,45 @@ class Trainer:
         self.head_idx = np.flatnonzero(held) if held.any() else np.arange(len(scene))
         self._tokens_cache: Optional[torch.Tensor] = None
 
-    def _new_fusion(self) -> None:
-        """A freshly initialised fusion module of the configured kind (residual or attention-only)."""
+    def _new_fusion(self, prior: Optional[List[float]] = None) -> None:
+        """A freshly initialised fusion module of the configured kind (residual or attention-only; `prior`: the
+        residual mean's fixed weights)."""
         from mmfusion_ros.model.fusion import AttentionFusion
 
         fcfg = self.model.cfg.fusion
         fcfg.residual = bool(self.cfg.fusion_residual)
+        fcfg.prior = [float(w) for w in prior] if prior is not None else None
+        fcfg.attention_gain = float(self.cfg.fusion_attention_gain)
         torch.manual_seed(self.cfg.seed)
-        self.model.fusion = AttentionFusion(fcfg, self.model.cfg.embed_dim, len(SENSOR_KEYS))
+        self.model.fusion = AttentionFusion(fcfg, self.model.cfg.embed_dim, len(SENSOR_KEYS)).to(self.dist.device)
+
+    @torch.no_grad()
+    def skill_prior(self) -> List[float]:
+        """Per sensor (SENSOR_KEYS order), its zero-shot skill above chance on the val split (the train split's
+        fusion scenes when there is none): the weights `mmfusion calibrate` gives the published labels
+        (train/calibrate.label_skill_weights), 0 for the IMU, which cannot observe the class."""
+        from mmfusion_ros.model.prompts import default_prompts
+        from mmfusion_ros.train.calibrate import label_skill_weights
+
+        try:
+            split = load_split(self.cfg.data, "val")
+            toks = self.embed_split(split).numpy()  # (N, 4, D)
+        except Exception as e:  # noqa: BLE001 - a dataset without a val split
+            self.log(f"[fusion] no val split for the skill prior ({e}); measuring it on the fusion scenes")
+            split = self.train
+            toks = self._tokens()[self._to(self.head_idx)].cpu().numpy()
+            split_cls = np.asarray(split.arrays["class_id"], np.int64)[self.head_idx]
+        else:
+            split_cls = np.asarray(split.arrays["class_id"], np.int64)
+        prompts = default_prompts()
+        pemb = self.embedder.encode([p["text"] for p in prompts])  # (P, D)
+        pc = np.array([split.classes.index(p["label"]) if p["label"] in split.classes else -1 for p in prompts])
+        cls = np.where(np.isin(split_cls, pc[pc >= 0]), split_cls, -1)
+        skill = label_skill_weights([toks], [cls], np.asarray(pemb, np.float32), pc)
+        self.log(f"[fusion] skill prior {skill['weights']} (zero-shot top-1 {skill['top1']}, chance {skill['chance']}, "
+                 f"{skill['frames']} frames)")
+        self.metadata["fusion_skill_prior"] = skill
+        return [float(skill["weights"].get(k, 0.0)) for k in SENSOR_KEYS]
 
     # ---------------------------------------------------------------- utilities
     def log(self, msg: str) -> None:
@@ -541,6 +572,8 @@ class Trainer:
         return self._tokens_cache
 
     def stage_fusion(self) -> None:
+        if self.cfg.fusion_prior == "skill" and self.progress.get("fusion", 0) == 0 and not self.model.fusion.fixed_prior:
+            self._new_fusion(self.skill_prior())
         params = self._set_trainable([self.model.fusion], [self.model.logit_scales["fused"]])
         if self.progress.get("fusion", 0) >= self.cfg.epochs.get("fusion", 0):
             return self._run_stage("fusion", FusionStep(self.model), params, len(self.head_idx), None)
