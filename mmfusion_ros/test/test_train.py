@@ -352,3 +352,19 @@ def test_ogm_scales_down_only_the_dominant_modality():
     assert torch.allclose(mod["camera"], plain["camera"] * coef[0], atol=1e-6)
     for k in ("lidar", "audio", "imu"):
         assert torch.allclose(mod[k], plain[k], atol=1e-7)
+
+
+def test_fusion_stage_with_a_skill_prior_fixes_the_mean_at_the_sensors_val_skill(tmp_path, synth):
+    """`fusion_prior: skill`: the fusion stage measures each label sensor's zero-shot skill on val, builds the fusion
+    with those weights (the IMU's 0) and the checkpoint carries them in its config, so a reload fuses the same."""
+    from mmfusion_ros.model.checkpoint import load_checkpoint
+
+    cfg = _cfg(tmp_path, synth, stages=["camera", "bind", "fusion"], fusion_residual=True, fusion_prior="skill",
+               fusion_attention_gain=0.1, epochs={"camera": 2, "bind": 2, "fusion": 1})
+    assert main(["train", "--config", str(cfg)]) == 0
+    model, _, info = load_checkpoint(tmp_path / "run" / "last.pt")
+    prior = info["config"]["fusion"]["prior"]
+    skill = info["metadata"]["fusion_skill_prior"]
+    assert len(prior) == 4 and prior[3] == 0.0  # the IMU cannot observe the class
+    assert prior[:3] == [skill["weights"][k] for k in ("camera", "lidar", "audio")]
+    assert model.fusion.fixed_prior and torch.equal(model.fusion.prior, torch.tensor(prior))

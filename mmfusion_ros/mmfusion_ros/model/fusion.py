@@ -59,8 +59,8 @@ class AttentionFusion(nn.Module):
     read (train/calibrate.label_skill_weights). A caption objective otherwise moves the gains and the pooling
     towards the camera, which is what fails on scenes training never showed; the attention output, with
     the IMU's motion, is added to that fixed mean at unit length times its gain (else the caption objective
-    grows the refinement until attention outweighs the mean whatever the gain). A frame whose present sensors all have prior 0 (IMU only)
-    is the attention output alone.
+    grows the refinement until attention outweighs the mean whatever the gain). A frame whose present
+    sensors all have prior 0 (IMU only) is the attention output alone.
     """
 
     def __init__(self, cfg: FusionConfig, dim: int, n_modalities: int = 4):
@@ -104,12 +104,12 @@ class AttentionFusion(nn.Module):
             if self.fixed_prior:
                 wp = self.prior.unsqueeze(0) * present  # (B, 4) prior weights of the present sensors
                 coef = wp / wp.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, 4) weighted mean, all 0 when no prior is present
+                # unit length: the gain then bounds how far attention can turn the fixed mean
+                fused = fused / fused.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, D)
             else:
                 n = present.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1) present modalities
                 coef = self.log_gain.exp().unsqueeze(0) * present / n  # (B, 4) gain-weighted mean, 0 for absent
             att_gain = self.log_att.exp()  # ()
-            if self.fixed_prior:  # unit length: the gain then bounds how far attention can turn the fixed mean
-                fused = fused / fused.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, D)
             fused = (coef.unsqueeze(-1) * x).sum(1) + att_gain * fused  # (B, D)
             share = coef + att_gain * weights  # (B, 4) positive
             weights = share / share.sum(-1, keepdim=True)  # (B, 4) sums to 1

@@ -374,22 +374,22 @@ class Trainer:
         fusion scenes when there is none): the weights `mmfusion calibrate` gives the published labels
         (train/calibrate.label_skill_weights), 0 for the IMU, which cannot observe the class."""
         from mmfusion_ros.model.prompts import default_prompts
-        from mmfusion_ros.train.calibrate import label_skill_weights
+        from mmfusion_ros.train.calibrate import label_skill_weights, split_classes
+        from mmfusion_ros.train.data import DatasetError
 
+        prompts = default_prompts()
         try:
             split = load_split(self.cfg.data, "val")
-            toks = self.embed_split(split).numpy()  # (N, 4, D)
-        except Exception as e:  # noqa: BLE001 - a dataset without a val split
+        except DatasetError as e:  # a dataset without a val split
             self.log(f"[fusion] no val split for the skill prior ({e}); measuring it on the fusion scenes")
-            split = self.train
-            toks = self._tokens()[self._to(self.head_idx)].cpu().numpy()
-            split_cls = np.asarray(split.arrays["class_id"], np.int64)[self.head_idx]
+            split, rows = self.train, self.head_idx
+            toks = self._tokens()[self._to(rows)].cpu().numpy()  # (N, 4, D)
         else:
-            split_cls = np.asarray(split.arrays["class_id"], np.int64)
-        prompts = default_prompts()
-        pemb = self.embedder.encode([p["text"] for p in prompts])  # (P, D)
+            rows = np.arange(len(split))
+            toks = self.embed_split(split).numpy()  # (N, 4, D)
         pc = np.array([split.classes.index(p["label"]) if p["label"] in split.classes else -1 for p in prompts])
-        cls = np.where(np.isin(split_cls, pc[pc >= 0]), split_cls, -1)
+        cls = split_classes(split, pc)[rows]  # (N,)
+        pemb = self.embedder.encode([p["text"] for p in prompts])  # (P, D)
         skill = label_skill_weights([toks], [cls], np.asarray(pemb, np.float32), pc)
         self.log(f"[fusion] skill prior {skill['weights']} (zero-shot top-1 {skill['top1']}, chance {skill['chance']}, "
                  f"{skill['frames']} frames)")
