@@ -96,6 +96,12 @@ def test_config_rejects_bad_values(tmp_path):
         TrainConfig.from_dict({"camera_roll": -3})
     with pytest.raises(ValueError, match="camera_zoom"):
         TrainConfig.from_dict({"camera_zoom": 2.5})
+    with pytest.raises(ValueError, match="camera_encoder keys"):
+        TrainConfig.from_dict({"camera_encoder": {"stride": 2}})
+    with pytest.raises(ValueError, match="camera_encoder.stem_stride"):
+        TrainConfig.from_dict({"camera_encoder": {"stem_stride": 0}})
+    with pytest.raises(ValueError, match="camera_encoder.widths"):
+        TrainConfig.from_dict({"camera_encoder": {"widths": []}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: huge\n")
     assert main(["train", "--config", str(bad), "--data", str(tmp_path)]) == 2
@@ -368,3 +374,30 @@ def test_fusion_stage_with_a_skill_prior_fixes_the_mean_at_the_sensors_val_skill
     assert len(prior) == 4 and prior[3] == 0.0  # the IMU cannot observe the class
     assert prior[:3] == [skill["weights"][k] for k in ("camera", "lidar", "audio")]
     assert model.fusion.fixed_prior and torch.equal(model.fusion.prior, torch.tensor(prior))
+
+
+def test_camera_encoder_reshapes_the_camera_only_when_its_stage_is_retrained(tmp_path, synth):
+    """`camera_encoder` with --init: retraining the camera stage swaps in a fresh camera of the new shape (the other
+    encoders keep their weights, the checkpoint reloads with the new shape); a run that does not retrain the camera
+    refuses the mismatch instead of silently keeping the old one."""
+    from mmfusion_ros.model.checkpoint import load_checkpoint
+
+    base = _cfg(tmp_path, synth, stages=["camera", "bind"], epochs={"camera": 1, "bind": 1}, out=str(tmp_path / "a"))
+    assert main(["train", "--config", str(base)]) == 0
+    old, _, _ = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert old.cfg.encoders["camera"].stem_stride == 4
+    cfg = _cfg(tmp_path, synth, stages=["camera"], epochs={"camera": 1, "bind": 1},
+               camera_encoder={"stem_stride": 2, "widths": [16, 24, 32, 32]}, out=str(tmp_path / "b"))
+    assert main(["train", "--config", str(cfg), "--init", str(tmp_path / "a" / "last.pt"), "--stages", "camera"]) == 0
+    new, _, _ = load_checkpoint(tmp_path / "b" / "last.pt")
+    cam = new.cfg.encoders["camera"]
+    assert (cam.stem_stride, cam.widths) == (2, (16, 24, 32, 32))
+    assert new.modality_trunks["camera"].out_dim == 32
+    x = torch.zeros(2, 3, 64, 64)
+    assert new.encode("camera", x).shape == (2, new.cfg.embed_dim)
+    for k in ("lidar", "audio"):  # untouched by a camera-only run
+        for a, b in zip(old.modality_trunks[k].state_dict().values(), new.modality_trunks[k].state_dict().values()):
+            assert torch.equal(a, b)
+    cfg2 = _cfg(tmp_path, synth, stages=["bind"], epochs={"camera": 1, "bind": 1},
+                camera_encoder={"stem_stride": 2}, out=str(tmp_path / "c"))
+    assert main(["train", "--config", str(cfg2), "--init", str(tmp_path / "a" / "last.pt"), "--stages", "bind"]) == 2

@@ -50,6 +50,9 @@ class TrainConfig:
     camera_shift: int = 6  # camera stage: random translation, pixels (0 = off)
     camera_roll: float = 0.0  # camera stage: random roll about the optical axis, degrees either way (0 = off)
     camera_zoom: float = 0.0  # camera stage: random scale in [1/(1+zoom), 1+zoom] (0 = off)
+    camera_encoder: Dict[str, object] = field(default_factory=dict)  # camera trunk overrides (model.config.EncoderConfig
+    #                   fields, e.g. {stem_stride: 2}) for a new model, or with --init when the camera stage is retrained:
+    #                   the checkpoint's camera is then replaced by a fresh one of this shape ({} = the model's own)
     joint_camera_augment: bool = False  # joint stage: augment the camera's input as the camera stage does
     encoder_dropout: float = 0.1  # dropout before each encoder head (new models only)
     log_every: int = 20  # steps between log lines in log.jsonl
@@ -116,8 +119,35 @@ class TrainConfig:
             if k not in ("lidar", "audio", "imu") or v not in ("camera", "ego"):
                 raise ValueError(f"bind_targets.{k}={v!r}: keys are lidar, audio, imu; values camera or ego")
         self.camera_augment().validate()
+        if self.camera_encoder:
+            from mmfusion_ros.model.config import EncoderConfig
+
+            known = {f.name for f in fields(EncoderConfig)} - {"kind", "in_channels", "dropout"}
+            bad = sorted(set(self.camera_encoder) - known)
+            if bad:
+                raise ValueError(f"camera_encoder keys {bad}: expected some of {sorted(known)}")
+            self.camera_encoder_config()  # raises on a bad value
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def camera_encoder_config(self, base=None):
+        """The camera's EncoderConfig: `base` (default: the small model's) with camera_encoder's fields over it."""
+        from dataclasses import replace
+
+        from mmfusion_ros.model.config import EncoderConfig, ModelConfig
+
+        base = base or ModelConfig().encoders["camera"]
+        d = dict(self.camera_encoder)
+        if "widths" in d:
+            d["widths"] = tuple(int(w) for w in d["widths"])
+        c = replace(base, **d)
+        for k in ("stem_channels", "stem_stride", "blocks_per_stage"):
+            v = getattr(c, k)
+            if not isinstance(v, int) or v < (0 if k == "blocks_per_stage" else 1):
+                raise ValueError(f"camera_encoder.{k}={v!r}: expected a positive int")
+        if not c.widths or any(w < 1 for w in c.widths):
+            raise ValueError(f"camera_encoder.widths={list(c.widths)}: expected positive channel counts")
+        return c
 
     def camera_augment(self) -> "CameraAugment":
         from mmfusion_ros.train.augment import CameraAugment

@@ -309,6 +309,8 @@ class Trainer:
             self.vocab = Vocab.build(c for caps in self.train.captions for c in caps)
             mcfg = ModelConfig() if cfg.model == "small" else tiny_config()
             mcfg.caption.vocab_size = len(self.vocab)
+            if cfg.camera_encoder and self.tower is None:
+                mcfg.encoders["camera"] = cfg.camera_encoder_config(mcfg.encoders["camera"])
             for e in mcfg.encoders.values():
                 e.dropout = cfg.encoder_dropout
             mcfg.caption.max_len = cfg.caption_max_len
@@ -336,6 +338,8 @@ class Trainer:
             self.log(f"[{stage}] restarting from scratch")
         if "fusion" in restart_stages or not (resume and last.is_file()):
             self._new_fusion()
+        if cfg.camera_encoder and resume and last.is_file():
+            self._reshape_camera("camera" in restart_stages)
         self.model.to(self.dist.device)
         self.mcfg = self.model.cfg
         self.train.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
@@ -355,6 +359,28 @@ class Trainer:
         self.enc_idx = np.flatnonzero(~held) if held.any() else np.arange(len(scene))
         self.head_idx = np.flatnonzero(held) if held.any() else np.arange(len(scene))
         self._tokens_cache: Optional[torch.Tensor] = None
+
+    def _reshape_camera(self, restarted: bool) -> None:
+        """camera_encoder on a loaded checkpoint: a fresh camera of that shape when the camera stage is retrained;
+        otherwise the checkpoint's camera must already have it (a run cannot silently keep another shape)."""
+        have = self.model.cfg.encoders["camera"]
+        if have.kind == "tower":
+            raise ValueError("camera_encoder: this checkpoint's camera is a pretrained tower")
+        want = self.cfg.camera_encoder_config(have)
+        if want == have:
+            return
+        if not restarted:
+            raise ValueError(f"camera_encoder {self.cfg.camera_encoder} differs from the checkpoint's camera; retrain "
+                             "it (--init CKPT --stages camera ...) or drop camera_encoder")
+        from mmfusion_ros.model.encoders import ConvTrunk
+
+        self.model.cfg.encoders["camera"] = want
+        trunk = ConvTrunk(want)
+        self.model.modality_trunks["camera"] = trunk
+        self.model.modality_heads["camera"] = torch.nn.Linear(trunk.out_dim, self.model.cfg.embed_dim)
+        with torch.no_grad():
+            self.model.logit_scales["camera"].fill_(self.model.cfg.init_logit_scale)
+        self.log(f"[camera] a new camera encoder: {want}")
 
     def _new_fusion(self, prior: Optional[List[float]] = None) -> None:
         """A freshly initialised fusion module of the configured kind (residual or attention-only; `prior`: the
