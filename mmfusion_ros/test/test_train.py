@@ -96,6 +96,8 @@ def test_config_rejects_bad_values(tmp_path):
         TrainConfig.from_dict({"camera_roll": -3})
     with pytest.raises(ValueError, match="camera_zoom"):
         TrainConfig.from_dict({"camera_zoom": 2.5})
+    with pytest.raises(ValueError, match="camera_focus_fact"):
+        TrainConfig.from_dict({"camera_focus_fact": 1.5})
     with pytest.raises(ValueError, match="camera_encoder keys"):
         TrainConfig.from_dict({"camera_encoder": {"stride": 2}})
     with pytest.raises(ValueError, match="camera_encoder.stem_stride"):
@@ -231,6 +233,9 @@ def test_train_resume_and_export(tmp_path, synth):
     assert len(res["T3_robustness"]["subsets"]) == 15
     assert {r["query"] for r in res["T1_retrieval"]} >= {"camera", "lidar", "audio", "imu", "text"}
     assert [h["horizon_s"] for h in res["T5_events"]["per_horizon"]] == [0.5, 1.0, 2.0]
+    ceiling = res["T2_zero_shot"]["text_ceiling"]  # the captions' own texts against the class prompts
+    assert set(ceiling) == {"whole caption", "objects in view", "the object ahead (named first)"}
+    assert all(0.0 <= v["ci95"][0] <= v["accuracy"] <= v["ci95"][1] <= 1.0 for v in ceiling.values())
 
     # --init + --stages into a new run retrains just those stages from scratch (new residual fusion),
     # keeps the encoders, and calibrates thresholds no lower than the floor
@@ -314,6 +319,11 @@ def test_caption_table_fact_positives():
     ego = [table.texts[i[0]] for i in table.fact_ids["ego"]]
     assert ego == ["the robot stands still", "the robot drives", "the robot drives"]
     assert table.fact_ids["ego"][1] == table.fact_ids["ego"][2] and all(i[0] >= table.n_full for i in table.fact_ids["ego"])
+    # the object ahead (named first): the camera's focus text; a caption that sees nothing has none
+    assert [table.texts[f[0]] if f else None for f in table.fact_ids["focus"]] == ["a dog sits ahead", "a dog sits ahead", None]
+    foc = table.pick(np.array([1] * 50 + [2] * 50), rng, "camera", 0.0, p_focus=1.0)
+    assert set(foc[:50]) == {table.fact_ids["focus"][1][0]}
+    assert set(foc[50:]) <= set(table.sample_ids[2])  # no focus fact: a whole phrasing
 
 
 def test_scene_bootstrap_interval_is_over_scenes():

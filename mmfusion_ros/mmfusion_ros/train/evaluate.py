@@ -389,6 +389,7 @@ class Evaluator:
             ub = float((np.argmax(ubt[:, SENSOR_KEYS.index("imu")] @ ego_emb.T, axis=1) == ego_lab).mean())
             t2["imu_ego_motion"]["supervised_upper_bound"] = ub
             t2["imu_ego_motion"]["ratio"] = t2["imu_ego_motion"]["accuracy"] / ub if ub > 0 else float("nan")
+        t2["text_ceiling"] = self._text_ceiling(ctx, labels, scene)
         # per focus class: where the camera and the fused embedding go wrong (which class they say instead)
         t2["per_class"] = []
         pred = {k: np.argmax(emb[k] @ self.prompt_emb.T, axis=1) for k in ("camera", "fused")}  # (N,)
@@ -402,6 +403,22 @@ class Evaluator:
                                     "camera_top_confusion": names[int(wrong.argmax())] if wrong.any() else "",
                                     "camera_top_confusion_frames": int(wrong.max())})
         return t2
+
+    def _text_ceiling(self, ctx: EvalContext, labels: np.ndarray, scene: np.ndarray) -> dict:
+        """Zero-shot top-1 of the frames' own caption texts: what an encoder that reproduced its training text
+        exactly would score. The whole caption names distractors too, so it caps encoders taught on it."""
+        from mmfusion_ros.sim.captions import caption_facts
+
+        out = {}
+        for name, texts in (("whole caption", list(ctx.canon)),
+                            ("objects in view", [". ".join(caption_facts(c)["seen"]) or c for c in ctx.canon]),
+                            ("the object ahead (named first)", [(caption_facts(c)["seen"] or [c])[0] for c in ctx.canon])):
+            uniq = sorted(set(texts))
+            ix = {t: i for i, t in enumerate(uniq)}
+            emb = self.embedder.encode(uniq)[[ix[t] for t in texts]]  # (N, D)
+            hit = np.argmax(emb @ self.prompt_emb.T, axis=1) == labels  # (N,)
+            out[name] = {"accuracy": float(hit.mean()), "ci95": list(M.scene_bootstrap_ci(hit, scene))}
+        return out
 
     def _ego_prompts(self, ctx: EvalContext) -> Tuple[List[str], np.ndarray, np.ndarray]:
         """The split's distinct robot-motion phrases (sim/captions.caption_facts "ego"), their text embeddings
@@ -886,6 +903,10 @@ def _md_t2(res: dict) -> List[str]:
     if imu:
         L += ["", f"IMU alone predicts the object class above chance (lower 95 % bound {_f(imu['ci95_low'], 1)} vs "
                   f"majority {_f(imu['chance_majority'], 1)}): {'YES: the data ties motion to classes' if imu['above_chance'] else 'no'}"]
+    tc = t2.get("text_ceiling")
+    if tc:
+        L += ["", "The frames' own caption texts, zero-shot (what an encoder reproducing its training text would score): "
+              + "; ".join(f"{k} {_f(v['accuracy'], 1)} ({_f(v['ci95'][0], 1)} - {_f(v['ci95'][1], 1)})" for k, v in tc.items())]
     ego = t2.get("imu_ego_motion")
     if ego:
         ub = ego.get("supervised_upper_bound")

@@ -201,7 +201,7 @@ class CaptionTable:
                 ids.append(texts.setdefault(c, len(texts)))
             self.sample_ids.append(ids)
         self.n_full = len(texts)  # ids below this are whole phrasings (what the caption decoder learns)
-        self.fact_ids: Dict[str, List[List[int]]] = {"camera": [], "fused": [], "ego": []}
+        self.fact_ids: Dict[str, List[List[int]]] = {"camera": [], "fused": [], "ego": [], "focus": []}
         for caps in split.captions:  # the robot-motion fact (IMU binding target); "" when a caption has none
             ego = caption_facts(caps[0] if caps else "")["ego"]
             self.fact_ids["ego"].append([texts.setdefault(ego[0] if ego else "", len(texts))])
@@ -215,14 +215,23 @@ class CaptionTable:
                     memo[first] = (cam, cam + [texts.setdefault(t, len(texts)) for t in f["heard"] + f["ego"]])
                 self.fact_ids["camera"].append(memo[first][0])
                 self.fact_ids["fused"].append(memo[first][1])
+                # the object ahead: captions name it first ("a box sits ahead, a person ... on the right")
+                seen = caption_facts(first)["seen"]
+                self.fact_ids["focus"].append([texts.setdefault(seen[0], len(texts))] if seen else [])
         self.texts = list(texts)
         self.emb = embedder.encode(self.texts)  # (U, 384)
         self.group = np.array([ids[0] for ids in self.sample_ids], np.int64)  # (N,)
 
-    def pick(self, idx: np.ndarray, rng: np.random.Generator, facts: str = "", p_fact: float = 0.0) -> np.ndarray:
-        """One random text id per sample: a whole phrasing, or with probability p_fact one of its `facts`."""
+    def pick(self, idx: np.ndarray, rng: np.random.Generator, facts: str = "", p_fact: float = 0.0,
+             p_focus: float = 0.0) -> np.ndarray:
+        """One random text id per sample: with probability p_focus the fact of the object ahead, else with
+        probability p_fact one of its `facts`, else a whole phrasing."""
         out = []
         for i in idx:
+            foc = self.fact_ids["focus"][i] if p_focus > 0 and self.fact_ids["focus"] else []
+            if foc and rng.random() < p_focus:
+                out.append(foc[0])
+                continue
             f = self.fact_ids[facts][i] if facts and p_fact > 0 else []
             ids = f if f and rng.random() < p_fact else self.sample_ids[i]
             out.append(ids[rng.integers(len(ids))])
@@ -345,11 +354,11 @@ class Trainer:
         self.train.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
         # rank 0 embeds the captions (and fills the cache) first; the others then read the cache
         if self.dist.main:
-            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0)
+            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0 or cfg.camera_focus_fact > 0)
         self.dist.barrier()
         if not self.dist.main:
             self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
-            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0)
+            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0 or cfg.camera_focus_fact > 0)
         self.text = torch.from_numpy(self.captions.emb).to(self.dist.device)  # (U, 384)
         # scenes held out from the encoder stages train the fusion: on frames the encoders memorised,
         # the camera looks far more reliable than it is on new scenes, and fusion would learn that
@@ -527,7 +536,7 @@ class Trainer:
 
     def _text_positives(self, idx: np.ndarray, tid: np.ndarray, facts: str) -> torch.Tensor:
         """(B, B) matches for InfoNCE: same caption, or (with fact phrasings) any text true of the sample."""
-        if self.cfg.fact_phrasings > 0:
+        if self.cfg.fact_phrasings > 0 or self.cfg.camera_focus_fact > 0:
             return self._to(self.captions.positives(idx, tid, facts))
         return same(self._to(self.captions.group[idx]))
 
@@ -551,7 +560,7 @@ class Trainer:
         def make(idx):
             idx = sel[idx]
             x = aug(self._to(tr.camera_float(idx)), self.rng)  # (B, 3, S, S)
-            tid = self.captions.pick(idx, self.rng, "camera", self.cfg.fact_phrasings)
+            tid = self.captions.pick(idx, self.rng, "camera", self.cfg.fact_phrasings, self.cfg.camera_focus_fact)
             pos = self._text_positives(idx, tid, "camera")
             return x, self.text[self._to(tid)], pos
 
