@@ -133,6 +133,12 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
+    @property
+    def uses_facts(self) -> bool:
+        """Some steps learn single facts of a caption: the caption table needs them, and InfoNCE counts every
+        text true of a sample as its match."""
+        return self.fact_phrasings > 0 or self.camera_focus_fact > 0
+
     def camera_encoder_config(self, base=None):
         """The camera's EncoderConfig: `base` (default: the small model's) with camera_encoder's fields over it."""
         from dataclasses import replace

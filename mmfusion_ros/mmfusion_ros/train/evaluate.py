@@ -409,10 +409,11 @@ class Evaluator:
         exactly would score. The whole caption names distractors too, so it caps encoders taught on it."""
         from mmfusion_ros.sim.captions import caption_facts
 
+        seen = [caption_facts(c)["seen"] for c in ctx.canon]
         out = {}
         for name, texts in (("whole caption", list(ctx.canon)),
-                            ("objects in view", [". ".join(caption_facts(c)["seen"]) or c for c in ctx.canon]),
-                            ("the object ahead (named first)", [(caption_facts(c)["seen"] or [c])[0] for c in ctx.canon])):
+                            ("objects in view", [". ".join(f) or c for f, c in zip(seen, ctx.canon)]),
+                            ("the object ahead (named first)", [(f or [c])[0] for f, c in zip(seen, ctx.canon)])):
             uniq = sorted(set(texts))
             ix = {t: i for i, t in enumerate(uniq)}
             emb = self.embedder.encode(uniq)[[ix[t] for t in texts]]  # (N, D)

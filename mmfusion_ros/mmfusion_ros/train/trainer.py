@@ -212,12 +212,12 @@ class CaptionTable:
                 if first not in memo:
                     f = caption_facts(first)
                     cam = [texts.setdefault(t, len(texts)) for t in f["nouns"] + f["seen"]]
-                    memo[first] = (cam, cam + [texts.setdefault(t, len(texts)) for t in f["heard"] + f["ego"]])
+                    # the object ahead: captions name it first ("a box sits ahead, a person ... on the right")
+                    focus = [texts.setdefault(f["seen"][0], len(texts))] if f["seen"] else []
+                    memo[first] = (cam, cam + [texts.setdefault(t, len(texts)) for t in f["heard"] + f["ego"]], focus)
                 self.fact_ids["camera"].append(memo[first][0])
                 self.fact_ids["fused"].append(memo[first][1])
-                # the object ahead: captions name it first ("a box sits ahead, a person ... on the right")
-                seen = caption_facts(first)["seen"]
-                self.fact_ids["focus"].append([texts.setdefault(seen[0], len(texts))] if seen else [])
+                self.fact_ids["focus"].append(memo[first][2])
         self.texts = list(texts)
         self.emb = embedder.encode(self.texts)  # (U, 384)
         self.group = np.array([ids[0] for ids in self.sample_ids], np.int64)  # (N,)
@@ -354,11 +354,11 @@ class Trainer:
         self.train.build_histories(self.mcfg.events.history_len, self.mcfg.events.history_step)
         # rank 0 embeds the captions (and fills the cache) first; the others then read the cache
         if self.dist.main:
-            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0 or cfg.camera_focus_fact > 0)
+            self.captions = CaptionTable(self.train, self.embedder, cfg.uses_facts)
         self.dist.barrier()
         if not self.dist.main:
             self.embedder = TextEmbedder(cfg.text_cache or self.out / "text_cache")
-            self.captions = CaptionTable(self.train, self.embedder, cfg.fact_phrasings > 0 or cfg.camera_focus_fact > 0)
+            self.captions = CaptionTable(self.train, self.embedder, cfg.uses_facts)
         self.text = torch.from_numpy(self.captions.emb).to(self.dist.device)  # (U, 384)
         # scenes held out from the encoder stages train the fusion: on frames the encoders memorised,
         # the camera looks far more reliable than it is on new scenes, and fusion would learn that
@@ -536,7 +536,7 @@ class Trainer:
 
     def _text_positives(self, idx: np.ndarray, tid: np.ndarray, facts: str) -> torch.Tensor:
         """(B, B) matches for InfoNCE: same caption, or (with fact phrasings) any text true of the sample."""
-        if self.cfg.fact_phrasings > 0 or self.cfg.camera_focus_fact > 0:
+        if self.cfg.uses_facts:
             return self._to(self.captions.positives(idx, tid, facts))
         return same(self._to(self.captions.group[idx]))
 
