@@ -100,6 +100,11 @@ def test_class_balance_is_even():
     assert counts.max() - counts.min() <= 1
 
 
+def test_view_variety_must_be_a_share():
+    with pytest.raises(ValueError, match="view_variety"):
+        plan_scenes(DatasetConfig(n=400, view_variety=1.5))
+
+
 def test_same_seed_same_bytes_and_different_seed_differs(dataset, tmp_path):
     out, _ = dataset
     again = tmp_path / "again"

@@ -279,9 +279,21 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, max(lo, hi)))
 
 
+#: "anywhere in view" placements (focus_scene view_variety): distance from the robot, m, and bearing, degrees
+#: (the camera sees about +-32 deg)
+VIEW_RANGE, VIEW_BEARING = (2.0, 9.0), 28.0
+
+
 def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: SimConfig,
-                ego_follows_class: bool = False) -> Scene:
+                ego_follows_class: bool = False, view_variety: float = 0.0) -> Scene:
     """A scene built around one focus object in front of the robot (3-12 m, within +-20 deg).
+
+    With probability `view_variety` the focus object instead stands anywhere in the camera's view (VIEW_RANGE,
+    VIEW_BEARING, any heading). Without it, how near and how far to the side a class is seen follows from the
+    events it takes part in, and the held-out event pairs are what bring some classes there: in DS21's training
+    frames a bicycle is within 5 m in 6 % (a collision course is held out; other classes 15-26 %), and on DS21
+    heldout revision 6's camera names 21 % of bicycles within 5 m and 91 % beyond. At 0.3 it raised those
+    bicycles but cost people and dogs more (DatasetConfig.view_variety, off by default).
 
     The robot's behaviour (stopping, stop-and-go, waiting, swerving, weaving over rough ground, bumps, turning
     on the spot) is drawn from the same menu for every class: the IMU cannot observe what is ahead, so data
@@ -299,7 +311,9 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
     rough: List[Tuple[float, float]] = []
     impacts: List[Tuple[float, float]] = []
     mode = "static"
-    if not ego_follows_class and rng.random() < 0.35:
+    if view_variety > 0.0 and rng.random() < view_variety:  # no draw at 0: those datasets stay as they were
+        mode = "anywhere"
+    elif not ego_follows_class and rng.random() < 0.35:
         mode = "in_path"  # anything may stand in the robot's path: the stop or bump that follows is not the class's
     elif focus_cls in MOVING:
         mode = str(rng.choice(["static", "crossing", "approach", "leading"], p=[0.2, 0.35, 0.3, 0.15]))
@@ -318,6 +332,8 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
         d = rng.uniform(3.0 + v * T, 10.0)
         bearing = np.deg2rad(rng.uniform(-18, 18))
         b.static(focus_cls, d * np.cos(bearing), d * np.sin(bearing), sound=sound)
+    elif mode == "anywhere":  # placed below, once the robot's motion is known
+        b.static(focus_cls, 0.0, 0.0, sound=sound)
     elif mode == "in_path":
         d = rng.uniform(6.0, 10.0)
         b.static(focus_cls, d, rng.uniform(-0.3, 0.3), sound=sound)
@@ -391,6 +407,18 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
         d = rng.uniform(3.0 + travel, max(10.0, 3.5 + travel))
         bearing = np.arctan2(o.xy[0, 1], o.xy[0, 0])
         o.xy = np.array([[d * np.cos(bearing), d * np.sin(bearing)]])
+    elif mode == "anywhere":
+        # seen from the drawn spot at some moment of the scene; one in the robot's path stays >= 1 m ahead of it
+        ks = np.array(speed, float)
+        tt = np.linspace(0.0, T, 200)
+        travel = float(np.trapezoid(np.interp(tt, ks[:, 0], ks[:, 1]), tt))
+        half = HALF_LENGTH.get(focus_cls, 0.5)
+        d = rng.uniform(*VIEW_RANGE) + half
+        bearing = np.deg2rad(rng.uniform(-VIEW_BEARING, VIEW_BEARING))
+        x, y = d * np.cos(bearing) + travel * rng.random(), d * np.sin(bearing)
+        if abs(y) < 1.5:
+            x = max(x, travel + 1.0 + half + 0.4)  # 0.4: the robot's front
+        b.objects[0].xy = np.array([[x, y]])
     if not rough and rng.random() < 0.15:
         a = rng.uniform(-1.0, T * 0.7)
         rough.append((a, a + rng.uniform(2.0, 5.0)))
