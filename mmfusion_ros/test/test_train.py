@@ -135,8 +135,10 @@ def test_camera_augment_warps_within_its_bounds():
 
 def test_shipped_configs_parse(repo_root):
     for name in ("train_tiny.yaml", "train_small.yaml", "train_joint.yaml", "train_small_refine.yaml",
-                 "train_small_prior.yaml"):
-        TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / name)
+                 "train_small_prior.yaml", "train_small_focus.yaml", "train_upper_bound.yaml"):
+        TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / name).validate()
+    ub = TrainConfig.from_yaml(repo_root / "mmfusion_ros" / "config" / "train_upper_bound.yaml")
+    assert ub.supervised_upper_bound and ub.stages == ["bind"] and set(ub.bind_modalities) == {"lidar", "audio", "imu"}
 
 
 # ----------------------------------------------------------------------------- training
