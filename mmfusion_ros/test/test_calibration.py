@@ -132,13 +132,41 @@ def test_event_thresholds_meet_the_false_alarm_budget_with_the_tracker():
     t = thr["person_approaching"]
     assert info["person_approaching"]["false_alarms_per_min"] <= 1.0
     assert info["person_approaching"]["warned"] > 0  # the budget is not met by never flagging
-    # the lowest such threshold: one grid step lower breaks the budget (noise reaches 0.5, smoothed a bit lower)
-    st, sh, ac = C.run_tracker(o.event_probs, o.scene, o.event_types, o.horizons, {"person_approaching": t - 0.01})
-    m = C.tracker_metrics(st, sh, ac, o.events_now, o.events_future, o.scene, o.t, o.frame_step)[0]
-    assert m["false_alarms_per_min"] > 1.0 or t == pytest.approx(0.10)
+    # rule "lowest": one grid step lower breaks the budget (noise reaches 0.5, smoothed a bit lower)
+    def at(x):
+        st, sh, ac = C.run_tracker(o.event_probs, o.scene, o.event_types, o.horizons, {"person_approaching": x})
+        return C.tracker_metrics(st, sh, ac, o.events_now, o.events_future, o.scene, o.t, o.frame_step)[0]
+
+    assert at(t - 0.01)["false_alarms_per_min"] > 1.0 or t == pytest.approx(0.10)
+    # rule "fewest_false_alarms": no higher threshold (all in budget) warns more onsets, or as many with fewer
+    # false alarms
+    thr_f, _ = C.choose_thresholds(o.event_probs, o, budget_per_min=1.0, rule="fewest_false_alarms")
+    tf = thr_f["person_approaching"]
+    here = at(tf)
+    assert tf >= t and here["false_alarms_per_min"] <= 1.0
+    for x in np.arange(tf + 0.01, 1.0, 0.05):
+        m = at(float(x))
+        assert m["warned"] < here["warned"] or (m["warned"] == here["warned"]
+                                                and m["false_alarms_per_min"] >= here["false_alarms_per_min"])
+    with pytest.raises(ValueError, match="rule"):
+        C.choose_thresholds(o.event_probs, o, rule="best")
     # a stricter budget gives a threshold at least as high
     thr2, _ = C.choose_thresholds(o.event_probs, o, budget_per_min=0.1)
     assert thr2["person_approaching"] >= t
+
+
+def test_flags_that_warn_nothing_do_not_spend_the_budget():
+    """Scores that rise only where nothing follows: every threshold in budget warns no onset, so rule
+    "fewest_false_alarms" takes the one with none, where "lowest" spends the budget."""
+    o = _event_outputs()
+    o.event_probs = np.roll(o.event_probs, 20, axis=0)  # one scene on: the rising scores sit in scenes without onsets
+    thr, info = C.choose_thresholds(o.event_probs, o, budget_per_min=3.0, rule="fewest_false_alarms")
+    r = info["person_approaching"]
+    assert r["warned"] == 0 and r["false_alarms"] == 0
+    assert thr["person_approaching"] > 0.6  # above the rising scores (0.6-0.9, smoothed)
+    low_thr, low = C.choose_thresholds(o.event_probs, o, budget_per_min=3.0)
+    assert low["person_approaching"]["warned"] == 0 and low["person_approaching"]["false_alarms"] > 0
+    assert low_thr["person_approaching"] < thr["person_approaching"]
 
 
 def test_event_type_without_positives_gets_the_no_evidence_threshold():

@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=1.0, help="false alarms per minute allowed per event type (default 1)")
     p.add_argument("--margin", type=float, default=None,
                    help="fit the thresholds against budget x margin (default train/calibrate.py FIT_MARGIN, 0.8)")
+    p.add_argument("--threshold-rule", default="lowest", choices=["lowest", "fewest_false_alarms"],
+                   help="among the event on-thresholds within the budget: the lowest (default), or those warning the "
+                        "most onsets with the fewest false alarms")
     p.add_argument("--max-samples", type=int, default=0, help="use only the first shards up to this many frames per split")
     p.add_argument("--dry-run", action="store_true", help="fit and print, leave manifest.json as it is")
     p.add_argument("--json", help="also write the fitted entry and the method comparison here")
@@ -73,7 +76,8 @@ def run(args) -> int:
         return 2
     comparison = C.compare_methods(o)
     margin = C.FIT_MARGIN if args.margin is None else args.margin
-    spec = C.add_label_weights(C.fit(o, budget_per_min=args.budget, margin=margin), lw)
+    spec = C.add_label_weights(C.fit(o, budget_per_min=args.budget, margin=margin,
+                                     threshold_rule=args.threshold_rule), lw)
     if shape is not None:
         spec["track_person_shape_prob"] = shape["prob"]
         spec["track_person_shape_fit"] = {"people": shape["people"], "tracks": shape["tracks"]}

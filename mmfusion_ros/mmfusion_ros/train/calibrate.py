@@ -552,29 +552,48 @@ def tracker_metrics(start, start_h, active, events_now, events_future, scene, t,
     return out
 
 
+#: how choose_thresholds picks among the on-thresholds within the false-alarm budget
+THRESHOLD_RULES = ("lowest", "fewest_false_alarms")
+
+
 def choose_thresholds(probs: np.ndarray, o: SplitOutputs, budget_per_min: float = 1.0,
                       cfg: Optional[EventTrackerConfig] = None, grid: Optional[np.ndarray] = None,
-                      min_positive_frames: int = 5, no_evidence_threshold: float = 0.5) -> Tuple[Dict[str, float], Dict[str, dict]]:
-    """Per type, the lowest on-threshold (on `grid`) such that it and every higher grid value keep the
-    tracker's false alarms within `budget_per_min` on these outputs. probs (N,E,H) are on the scale the
+                      min_positive_frames: int = 5, no_evidence_threshold: float = 0.5,
+                      rule: str = "lowest") -> Tuple[Dict[str, float], Dict[str, dict]]:
+    """Per type, of the on-thresholds (on `grid`) that keep the tracker's false alarms within `budget_per_min`
+    on these outputs, together with every higher grid value: with rule "lowest", the lowest (the most frames
+    flagged); with rule "fewest_false_alarms", those that warn the most onsets, of those the ones with the
+    fewest false alarms, of those the lowest. The second does not spend the budget on flags that warn nothing
+    (the tracks' robot_impact forecasts warned 0 of CAL23's 41 onsets at every threshold in budget), but it
+    also raises thresholds where the fitting data has few onsets (MODEL_CARD.md "Revision 6"). probs (N,E,H) are on the scale the
     node will threshold (calibrated). A type with fewer than `min_positive_frames` positive frames gives
     no evidence either way (no false alarm can be seen where the model never fires): it gets
     `no_evidence_threshold` (on the calibrated scale: more likely than not)."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule: one of {THRESHOLD_RULES}, got {rule!r}")
     grid = np.round(np.arange(0.10, 1.0001, 0.01), 3) if grid is None else np.asarray(grid)
     E = probs.shape[1]
     fa = np.zeros((len(grid), E))
+    warned = np.zeros((len(grid), E), np.int64)
     rows = []
     for g, thr in enumerate(grid):
         st, sh, ac = run_tracker(probs, o.scene, o.event_types, o.horizons, {e: float(thr) for e in o.event_types}, cfg)
         m = tracker_metrics(st, sh, ac, o.events_now, o.events_future, o.scene, o.t, o.frame_step)
         fa[g] = [r["false_alarms_per_min"] for r in m]
+        warned[g] = [r["warned"] for r in m]
         rows.append(m)
     chosen, info = {}, {}
     for e, name in enumerate(o.event_types):
         positives = int(o.events_future[:, e, :].any(axis=1).sum())
         ok = fa[:, e] <= budget_per_min + 1e-9
         tail_ok = np.flip(np.logical_and.accumulate(np.flip(ok)))  # ok here and at every higher threshold
-        g = int(np.flatnonzero(tail_ok)[0]) if tail_ok.any() else len(grid) - 1
+        g = len(grid) - 1
+        cand = np.flatnonzero(tail_ok)  # (K,) grid indices in budget, increasing
+        if cand.size and rule == "lowest":
+            g = int(cand[0])
+        elif cand.size:
+            cand = cand[warned[cand, e] == warned[cand, e].max()]  # the most onsets warned
+            g = int(cand[np.argmin(fa[cand, e])])  # then the fewest false alarms (argmin: the lowest of ties)
         if positives < min_positive_frames:
             g = int(np.argmin(np.abs(grid - no_evidence_threshold)))
         chosen[name] = float(grid[g])
@@ -584,7 +603,8 @@ def choose_thresholds(probs: np.ndarray, o: SplitOutputs, budget_per_min: float 
 
 
 def fit_track_thresholds(cal_probs: np.ndarray, o: SplitOutputs, budget_per_min: float,
-                         tracker: Optional[EventTrackerConfig] = None) -> Optional[Tuple[Dict[str, float], dict]]:
+                         tracker: Optional[EventTrackerConfig] = None,
+                         rule: str = "lowest") -> Optional[Tuple[Dict[str, float], dict]]:
     """On-thresholds for the types the LiDAR tracks forecast, fitted like the head's (choose_thresholds) on
     what the node thresholds for them: the calibrated head noisy-OR'd with the tracks (core/kinematic_events.py
     merge_forecast), on the frames of datasets that keep sweeps only. None without such frames."""
@@ -600,7 +620,7 @@ def fit_track_thresholds(cal_probs: np.ndarray, o: SplitOutputs, budget_per_min:
     sub.events_future, sub.events_now = o.events_future[rows], o.events_now[rows]
     sub.event_types, sub.horizons = o.event_types, o.horizons
     merged = merge_forecast(cal_probs[rows], o.track_probs[rows])  # (n, E, H)
-    thr, info = choose_thresholds(merged, sub, budget_per_min, tracker)
+    thr, info = choose_thresholds(merged, sub, budget_per_min, tracker, rule=rule)
     names = [e for e, k in zip(o.event_types, types) if k]
     figures = {e: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in info[e].items()} for e in names}
     return {e: thr[e] for e in names}, dict(figures, frames=int(rows.sum()))
@@ -636,7 +656,7 @@ FIT_MARGIN = 0.8
 
 
 def fit(o: SplitOutputs, budget_per_min: float = 1.0, tracker: Optional[EventTrackerConfig] = None,
-        min_per_bin: int = 40, max_bins: int = 24, margin: float = FIT_MARGIN) -> dict:
+        min_per_bin: int = 40, max_bins: int = 24, margin: float = FIT_MARGIN, threshold_rule: str = "lowest") -> dict:
     """Fitted maps and thresholds -> the manifest's "calibration" entry (JSON-ready)."""
     tracker = tracker or EventTrackerConfig()
     lab_sub, pool_s, pool_y = {}, [], []
@@ -679,13 +699,14 @@ def fit(o: SplitOutputs, budget_per_min: float = 1.0, tracker: Optional[EventTra
         spec["caption"] = caption
     cal = Calibration(spec, o.event_types, o.horizons)
     cal_probs = cal.events(o.event_probs)
-    thr, info = choose_thresholds(cal_probs, o, budget_per_min * margin, tracker)
+    thr, info = choose_thresholds(cal_probs, o, budget_per_min * margin, tracker, rule=threshold_rule)
     spec["event_thresholds"] = thr
-    track = fit_track_thresholds(cal_probs, o, budget_per_min * margin, tracker)
+    track = fit_track_thresholds(cal_probs, o, budget_per_min * margin, tracker, rule=threshold_rule)
     if track:
         spec["track_event_thresholds"], spec["track_fit_figures"] = track
     spec["event_budget_per_min"] = float(budget_per_min)
     spec["event_fit_margin"] = float(margin)
+    spec["event_threshold_rule"] = threshold_rule
     spec["event_tracker"] = {"alpha": tracker.alpha, "off_ratio": tracker.off_ratio, "frame_step_s": o.frame_step}
     spec["fit_figures"] = {name: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                            for name, r in info.items()}
