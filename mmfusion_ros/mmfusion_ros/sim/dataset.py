@@ -64,7 +64,7 @@ class DatasetConfig:
     #                                  it lets the IMU learn the class, a shortcut). False: one menu for all classes
     view_variety: float = 0.0  # train split only: share of scenes whose focus object stands anywhere in view (2-9 m,
     #                          +-28 deg, any heading; sim/scenarios.py focus_scene), where otherwise only held-out event
-    #                          pairs bring some classes. Off by default: at 0.3 it cost the camera 7-10 points on DS21
+    #                          pairs bring some classes. Off by default: at 0.3 it cost the camera 5-10 points on DS21
     #                          heldout over two seeds (bicycles up, people and dogs down; MODEL_CARD.md "Revision 6")
     sim: SimConfig = field(default_factory=SimConfig)
 
