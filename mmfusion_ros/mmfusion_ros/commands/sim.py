@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
 
         if args.n < 1 or args.workers < 1 or args.frames_per_scene < 1:
             return _error("--n, --workers and --frames-per-scene must be >= 1")
-        if not 0.0 <= args.view_variety <= 1.0:
-            return _error(f"--view-variety must be in [0, 1], got {args.view_variety}")
         dc = DatasetConfig(n=args.n, seed=args.seed, workers=args.workers, frames_per_scene=args.frames_per_scene,
                            ego_follows_class=args.ego_follows_class, lidar_sweeps=not args.no_lidar_sweeps,
                            view_variety=args.view_variety, sim=cfg)

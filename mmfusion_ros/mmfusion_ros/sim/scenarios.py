@@ -409,9 +409,7 @@ def focus_scene(rng: np.random.Generator, focus_cls: str, seconds: float, cfg: S
         o.xy = np.array([[d * np.cos(bearing), d * np.sin(bearing)]])
     elif mode == "anywhere":
         # seen from the drawn spot at some moment of the scene; one in the robot's path stays >= 1 m ahead of it
-        ks = np.array(speed, float)
-        tt = np.linspace(0.0, T, 200)
-        travel = float(np.trapezoid(np.interp(tt, ks[:, 0], ks[:, 1]), tt))
+        travel = _ego_x(speed, T)
         half = HALF_LENGTH.get(focus_cls, 0.5)
         d = rng.uniform(*VIEW_RANGE) + half
         bearing = np.deg2rad(rng.uniform(-VIEW_BEARING, VIEW_BEARING))

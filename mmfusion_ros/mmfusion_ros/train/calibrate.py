@@ -566,8 +566,8 @@ def choose_thresholds(probs: np.ndarray, o: SplitOutputs, budget_per_min: float 
     fewest false alarms, of those the lowest. The second does not spend the budget on flags that warn nothing
     (the tracks' robot_impact forecasts warned 0 of CAL23's 41 onsets at every threshold in budget), but it
     also raises thresholds where the fitting data has few onsets (MODEL_CARD.md "Revision 6"). probs (N,E,H)
-    are on the scale the node will threshold (calibrated). A type with fewer than `min_positive_frames` positive frames gives
-    no evidence either way (no false alarm can be seen where the model never fires): it gets
+    are on the scale the node will threshold (calibrated). A type with fewer than `min_positive_frames`
+    positive frames gives no evidence either way (no false alarm can be seen where the model never fires): it gets
     `no_evidence_threshold` (on the calibrated scale: more likely than not)."""
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"threshold rule: one of {THRESHOLD_RULES}, got {rule!r}")
