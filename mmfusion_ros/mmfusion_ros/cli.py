@@ -17,6 +17,8 @@ COMMANDS = {
     "train": ("mmfusion_ros.commands.train", "train the model from simulator data or from robot bags"),
     "eval": ("mmfusion_ros.commands.evaluate", "evaluate a checkpoint on a dataset split (tables T1-T8)"),
     "calibrate": ("mmfusion_ros.commands.calibrate", "fit a bundle's calibrated confidences and event thresholds"),
+    "caption-presence": ("mmfusion_ros.commands.caption_presence",
+                         "fit the probe that picks which caption-memory entry a frame is captioned with"),
     "eval-kitti": ("mmfusion_ros.commands.eval_kitti", "check 3D perception on KITTI-layout frames"),
     "export": ("mmfusion_ros.commands.export", "export a checkpoint to ONNX model parts + manifest"),
     "towers": ("mmfusion_ros.commands.towers", "import pretrained OpenCLIP image and text towers as a bundle"),

@@ -57,8 +57,10 @@ class FakeBackend:
             return np.zeros((len(history), 2, 3), np.float32)
         return np.asarray(self.event_probs, np.float32)[None]
 
-    def caption(self, embedding, kinds=None):
+    def caption(self, embedding, kinds=None, tokens=None, used=None):
         assert embedding.shape == (D,)
+        assert tokens is None or tokens.shape == (4, D) and used.shape == (4,)
+        self.caption_inputs = (None if tokens is None else tokens.copy(), None if used is None else used.copy())
         self.captions += 1
         return f"caption {self.captions}", 0.75
 
@@ -105,6 +107,9 @@ def test_absent_modalities_get_zero_tokens_and_zero_weight():
     assert not tokens[0, 0].any() and not tokens[0, 2].any() and tokens[0, 1].any()
     assert r.present == [Modality.LIDAR, Modality.IMU]
     assert r.modality_weights[0] == 0 and r.modality_weights[2] == 0 and r.modality_weights[1] > 0
+    # the caption's presence probe sees the same tokens and only the sensors the claims rest on
+    cap_tokens, cap_used = b.caption_inputs
+    assert np.array_equal(cap_tokens, tokens[0]) and cap_used.tolist() == [0, 1, 0, 1]
 
 
 def test_single_modality_frame_is_labelled_by_that_modality():

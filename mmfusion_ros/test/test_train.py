@@ -340,6 +340,18 @@ def test_scene_bootstrap_interval_is_over_scenes():
     assert all(np.isnan(M.scene_bootstrap_ci(v, np.zeros(100))))  # one scene: no interval
 
 
+def test_scene_bootstrap_f1_brackets_the_micro_f1():
+    # 10 scenes: half name their one class right, half name a wrong one
+    pred = [{"dog"}] * 50 + [{"car"}] * 50
+    truth = [{"dog"}] * 100
+    sc = np.repeat(np.arange(10), 10)
+    f1 = M.precision_recall(pred, truth)["f1"]
+    lo, hi = M.scene_bootstrap_f1(pred, truth, sc, n_boot=2000)
+    assert lo < f1 < hi and hi - lo > 0.3
+    assert M.scene_bootstrap_f1([{"dog"}] * 100, truth, sc) == (1.0, 1.0)
+    assert all(np.isnan(M.scene_bootstrap_f1(pred, truth, np.zeros(100))))
+
+
 def test_ogm_scales_down_only_the_dominant_modality():
     """OGM (JointStep, GE off): a modality whose own embedding matches the text far better than the others' gets its
     encoder gradient scaled by 1 - tanh(alpha (rho - 1)); the others' gradients are untouched."""

@@ -258,7 +258,7 @@ class Pipeline:
                                               weights=self.calibration.label_weights), used)
         t = timer.add("labels", t)
 
-        caption, conf, cap_mods = self._grounded_caption(fused, used, timer)
+        caption, conf, cap_mods = self._grounded_caption(fused, used, timer, tokens[0], used_mask)
         t = time.perf_counter()
 
         objects: List[DetectedObject] = []
@@ -327,9 +327,11 @@ class Pipeline:
             unbound=unbound,
         )
 
-    def _grounded_caption(self, fused: np.ndarray, used: List[str], timer: "_Timer") -> tuple:
+    def _grounded_caption(self, fused: np.ndarray, used: List[str], timer: "_Timer",
+                          tokens: Optional[np.ndarray] = None, used_mask: Optional[np.ndarray] = None) -> tuple:
         """(caption or None, confidence, modalities its clauses rest on): the decoded caption keeps only
-        the clauses `used` can observe; nothing observable gives an empty caption at confidence 0."""
+        the clauses `used` can observe; nothing observable gives an empty caption at confidence 0.
+        tokens (4,D) and used_mask (4,) feed the bundle's caption presence probe, when it has one."""
         timer.ms["caption_reused"] = 0.0
         n = self.cfg.caption_every_n
         if n <= 0 or not self.has_caption:
@@ -339,7 +341,7 @@ class Pipeline:
             t0 = time.perf_counter()
             text, kinds, mods, conf = "", [], [], 0.0
             if used:
-                raw, raw_conf = self.backend.caption(fused, kinds=observable_kinds(used))
+                raw, raw_conf = self.backend.caption(fused, kinds=observable_kinds(used), tokens=tokens, used=used_mask)
                 text, kinds, mods = grounded_caption(str(raw), used)
                 if text:
                     conf = float(raw_conf)

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mmfusion_ros.core.caption_choice import load_optional as load_presence
+
 from .manifest import BOS, EOS, ENCODER_PARTS, PAD, Manifest
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Backend(abc.ABC):
         self._memory_kinds: Optional[List[str]] = None  # (M,) clause kinds of each memory entry, when recorded
         self._memory_cut: Optional[List[str]] = None  # (M,) the kinds each entry was cut for (grounded memory)
         self._memory_loaded = False
+        self._presence = None  # core/caption_choice.CaptionPresence, when the bundle ships one (loaded with the memory)
 
     # --- what an engine implements -------------------------------------------------------------
     @abc.abstractmethod
@@ -91,7 +94,8 @@ class Backend(abc.ABC):
         return self.run("event_head", {"history": history})["probs"]
 
     def caption(self, embedding: np.ndarray, max_len: Optional[int] = None,
-                kinds: Optional[Sequence[str]] = None) -> Tuple[str, float]:
+                kinds: Optional[Sequence[str]] = None, tokens: Optional[np.ndarray] = None,
+                used: Optional[np.ndarray] = None) -> Tuple[str, float]:
         """Greedy decode of one (D,) embedding -> (text, confidence in [0, 1]).
 
         When the bundle ships a caption memory, the embedding is first replaced by its nearest entry
@@ -99,6 +103,10 @@ class Backend(abc.ABC):
 
         kinds: the caption clause kinds (core/observability.py) the frame's modalities can observe; a memory
         that records each entry's kinds (grounded training) is searched only among entries within them.
+
+        tokens (4,D) / used (4,): the frame's sensor embeddings and which of them its claims rest on; with a
+        bundle's caption presence probe, the entry is the probe's pick among the nearest allowed ones
+        (core/caption_choice.py), else the nearest.
 
         Confidence is the cosine between the caption's text embedding and the input embedding (clipped
         to [0, 1]) when a TextEncoder was given: both live in the text space, so it says whether the
@@ -119,7 +127,11 @@ class Backend(abc.ABC):
                 if not allowed.any():
                     return "", 0.0
                 sims = np.where(allowed, sims, -np.inf)
-            idx = int(np.argmax(sims))
+            if self._presence is not None and tokens is not None and used is not None:
+                probs = self._presence.probs(np.asarray(tokens, np.float32)[None], np.asarray(used, np.float32))
+                idx = int(self._presence.choose(sims[None], probs)[0])
+            else:
+                idx = int(np.argmax(sims))
             query = mem[idx][None]  # (1, D)
             # greedy decoding of a memory entry is deterministic: decode each entry once (a greedy decode
             # is up to caption_max_len decoder runs, ~10-25 ms on a CPU core; a scene repeats its captions)
@@ -204,6 +216,8 @@ class Backend(abc.ABC):
                 if mem.ndim != 2 or mem.shape[1] != self.manifest.embed_dim or len(mem) == 0:
                     raise ValueError(f"{path}: caption memory must be (M, {self.manifest.embed_dim}), got {mem.shape}")
                 self._memory = mem / np.maximum(np.linalg.norm(mem, axis=1, keepdims=True), 1e-12)
+                self._presence = load_presence(self.manifest.model_dir, self.manifest.get("caption_presence"),
+                                               len(mem), self.manifest.embed_dim)
         return self._memory
 
     # --- shared plumbing -----------------------------------------------------------------------

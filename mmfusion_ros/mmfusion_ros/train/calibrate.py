@@ -433,7 +433,7 @@ def collect(evaluator, split, subsets: Optional[Sequence[Tuple[str, ...]]] = Non
         out.label_probs[key] = probs
         out.label_right[key] = right
     if captions:
-        captions_by = evaluator.runtime_captions({k: v for k, v in fused_by.items()})
+        captions_by = evaluator.runtime_captions({k: v for k, v in fused_by.items()}, tokens)
         for used in subsets:
             key = subset_key(used)
             texts, conf = captions_by[key]

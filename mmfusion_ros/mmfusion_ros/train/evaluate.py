@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mmfusion_ros.core.calibration import Calibration
+from mmfusion_ros.core.caption_choice import load_optional as load_presence
 from mmfusion_ros.model.checkpoint import load_checkpoint
 from mmfusion_ros.model.mmfusion import SENSOR_KEYS, MMFusionModel
 from mmfusion_ros.core.observability import observable_kinds
@@ -109,14 +110,22 @@ class Evaluator:
         self.prompt_emb = self._bundle_prompt_embeddings()
         if self.prompt_emb is None:
             self.prompt_emb = self.embedder.encode([p["text"] for p in self.prompts])  # (C, 384)
-        mem = self.root / str(self.info.get("metadata", {}).get("caption_memory_file", "caption_memory.npz"))
+        # the memory the runtime reads (manifest "caption_memory"), else the one the checkpoint was trained with
+        mem = self.root / str(self.manifest.get("caption_memory")
+                              or self.info.get("metadata", {}).get("caption_memory_file", "caption_memory.npz"))
         self.memory = None
-        self.memory_cut = self.memory_kinds = None
+        self.memory_cut = self.memory_kinds = self.memory_texts = None
         if mem.is_file():
             z = np.load(mem)
             self.memory = z["embeddings"].astype(np.float32)  # (M, 384)
             self.memory_cut = [str(c) for c in z["cut"]] if "cut" in z else None  # grounded memory (trainer)
             self.memory_kinds = [str(c) for c in z["kinds"]] if "kinds" in z else None
+            self.memory_texts = [str(c) for c in z["texts"]] if "texts" in z else None
+        # the bundle's caption presence probe (core/caption_choice.py): re-ranks the nearest memory entries
+        self.presence = None
+        if self.memory is not None and self.manifest.get("caption_presence"):
+            self.presence = load_presence(self.root, self.manifest["caption_presence"], len(self.memory),
+                                          self.model.cfg.embed_dim)
         meta = self.info.get("metadata", {})
         thr = dict(meta.get("event_thresholds", {}))
         # a bundle: score with the thresholds the runtime uses (export may have overridden them)
@@ -172,14 +181,25 @@ class Evaluator:
             return np.array([bool(k) and set(k.split("+")) <= kinds for k in self.memory_kinds], bool)
         return np.ones(len(self.memory), bool)
 
-    def caption(self, emb: np.ndarray, project: bool, modalities: Sequence[str] = SENSOR_KEYS) -> List[str]:
-        """Greedy captions; with project, each embedding is first replaced by its nearest caption
-        memory entry among those the `modalities` may be projected onto (the decoder was trained on text
-        embeddings, which that memory holds)."""
+    def memory_choice(self, fused: np.ndarray, modalities: Sequence[str], tokens: Optional[np.ndarray] = None
+                      ) -> np.ndarray:
+        """(N,) the memory entry each fused embedding is captioned with, as the runtime backend chooses it:
+        the nearest allowed entry (rows normalised), or with the bundle's presence probe and the frames'
+        tokens (N,4,D) the probe's pick among the nearest (core/caption_choice.py)."""
+        mem = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
+        sims = np.where(self.memory_rows(modalities)[None], fused @ mem.T, -np.inf)  # (N, M)
+        if self.presence is None or tokens is None:
+            return np.argmax(sims, axis=1)
+        used = np.array([1.0 if k in modalities else 0.0 for k in SENSOR_KEYS], np.float32)
+        return self.presence.choose(sims, self.presence.probs(tokens, used))
+
+    def caption(self, emb: np.ndarray, project: bool, modalities: Sequence[str] = SENSOR_KEYS,
+                tokens: Optional[np.ndarray] = None) -> List[str]:
+        """Greedy captions; with project, each embedding is first replaced by its memory entry
+        (memory_choice: the decoder was trained on text embeddings, which that memory holds)."""
         e = emb
         if project and self.memory is not None:
-            sims = np.where(self.memory_rows(modalities)[None], emb @ self.memory.T, -np.inf)  # (N, M)
-            e = self.memory[np.argmax(sims, axis=1)]  # (N, 384)
+            e = self.memory[self.memory_choice(emb, modalities, tokens)]  # (N, 384)
         out = []
         for s in range(0, len(e), 256):
             ids = self.model.caption_decoder.greedy(torch.from_numpy(np.ascontiguousarray(e[s:s + 256])))
@@ -214,18 +234,18 @@ class Evaluator:
             confs.append((psum / pcnt.clamp(min=1)).numpy())
         return texts, np.concatenate(confs) if confs else np.zeros(0)
 
-    def runtime_captions(self, fused_by: Dict[str, np.ndarray]) -> Dict[str, Tuple[List[str], np.ndarray]]:
+    def runtime_captions(self, fused_by: Dict[str, np.ndarray], tokens: Optional[np.ndarray] = None
+                         ) -> Dict[str, Tuple[List[str], np.ndarray]]:
         """{subset: (N,D) fused} -> {subset: (captions, raw confidences)} as the robot's backend makes them:
-        nearest caption-memory entry (rows normalised), greedy decode, mean chosen-token probability.
-        Each memory entry is decoded once."""
+        the memory entry of memory_choice (tokens (N,4,D): the frames' sensor embeddings, for the presence
+        probe), greedy decode, mean chosen-token probability. Each memory entry is decoded once."""
         if self.memory is None:
             out = {}
             for k, f in fused_by.items():
                 out[k] = self._greedy_with_confidence(f)
             return out
         mem = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
-        near = {k: np.argmax(np.where(self.memory_rows(k.split("+"))[None], f @ mem.T, -np.inf), axis=1)
-                for k, f in fused_by.items()}
+        near = {k: self.memory_choice(f, k.split("+"), tokens) for k, f in fused_by.items()}
         uniq = np.unique(np.concatenate(list(near.values())))
         texts, conf = self._greedy_with_confidence(mem[uniq])
         pos = {int(u): i for i, u in enumerate(uniq)}
@@ -469,11 +489,13 @@ class Evaluator:
         for name, e, proj in variants:
             if proj and self.memory is None:
                 continue
-            hyp = self.caption(e, proj, ["camera"] if name.startswith("camera") else SENSOR_KEYS)
+            mods = ["camera"] if name.startswith("camera") else SENSOR_KEYS
+            hyp = self.caption(e, proj, mods, ctx.tokens[gal])
             objs = [M.mentions(h, OBJECT_WORDS) for h in hyp]
             snds = [M.mentions(h, SOUND_WORDS) for h in hyp]
             t4.append({"source": name, "BLEU-4": M.bleu4(hyp, refs), "CIDEr": M.cider(hyp, refs),
-                       "objects_vs_truth": M.precision_recall(objs, truth_obj),
+                       "objects_vs_truth": {**M.precision_recall(objs, truth_obj),  # F1 interval: 95 % over scenes
+                                            "f1_ci95": list(M.scene_bootstrap_f1(objs, truth_obj, a["scene_id"][gal]))},
                        "objects_vs_reference_caption": M.precision_recall(objs, ref_obj),
                        "sounds_vs_truth": M.precision_recall(snds, truth_snd),
                        "examples": [{"generated": h, "reference": r[0]} for h, r in list(zip(hyp, refs))[:3]]})
@@ -939,11 +961,12 @@ def _md_t3(res: dict) -> List[str]:
 
 
 def _md_t4(res: dict) -> List[str]:
-    L = ["### T4 captions", "", "| source | BLEU-4 | CIDEr | object P / R / F1 vs truth | object F1 vs reference caption | sound P / R |",
+    L = ["### T4 captions", "", "| source | BLEU-4 | CIDEr | object P / R / F1 (95 % over scenes) vs truth | object F1 vs reference caption | sound P / R |",
          "|---|---|---|---|---|---|"]
     for r in res["T4_captions"]:
         o, oc, s = r["objects_vs_truth"], r["objects_vs_reference_caption"], r["sounds_vs_truth"]
-        L.append(f"| {r['source']} | {_f(r['BLEU-4'])} | {_f(r['CIDEr'])} | {_f(o['precision'])} / {_f(o['recall'])} / {_f(o['f1'])} "
+        ci = f" ({_f(o['f1_ci95'][0])}-{_f(o['f1_ci95'][1])})" if "f1_ci95" in o else ""
+        L.append(f"| {r['source']} | {_f(r['BLEU-4'])} | {_f(r['CIDEr'])} | {_f(o['precision'])} / {_f(o['recall'])} / {_f(o['f1'])}{ci} "
                  f"| {_f(oc['f1'])} | {_f(s['precision'])} / {_f(s['recall'])} |")
     for r in res["T4_captions"][:1]:
         for ex in r.get("examples", []):

@@ -135,6 +135,24 @@ def precision_recall(pred: Sequence[set], truth: Sequence[set]) -> Dict[str, flo
     return {"precision": prec, "recall": rec, "f1": f1}
 
 
+def scene_bootstrap_f1(pred: Sequence[set], truth: Sequence[set], scene: np.ndarray, n_boot: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple:
+    """(low, high) interval of precision_recall's micro F1, resampling whole scenes with replacement."""
+    tp = np.array([len(p & t) for p, t in zip(pred, truth)], np.float64)
+    npred = np.array([len(p) for p in pred], np.float64)
+    ntrue = np.array([len(t) for t in truth], np.float64)
+    _, inv = np.unique(np.asarray(scene), return_inverse=True)
+    k = int(inv.max()) + 1 if len(inv) else 0
+    if k < 2:
+        return float("nan"), float("nan")
+    per = [np.bincount(inv, weights=v, minlength=k) for v in (tp, npred, ntrue)]  # 3 x (S,)
+    pick = np.random.default_rng(seed).integers(0, k, (n_boot, k))  # (B, S)
+    t, p_, n_ = (v[pick].sum(1) for v in per)  # (B,) each
+    f1 = np.where(p_ + n_ > 0, 2 * t / np.maximum(p_ + n_, 1e-12), 0.0)  # micro F1 = 2 tp / (|pred| + |truth|)
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(f1, a)), float(np.quantile(f1, 1.0 - a))
+
+
 # --------------------------------------------------------------------------- events
 def average_precision(y: np.ndarray, score: np.ndarray) -> float:
     """Area under the precision-recall curve as the mean precision at each positive (sklearn's
