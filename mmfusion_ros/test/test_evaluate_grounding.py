@@ -93,3 +93,23 @@ def test_eval_of_an_uncalibrated_bundle_reports_raw_only(random_model_dir, synth
                  "--tables", "T6"]) == 0
     t6 = json.loads(js.read_text())["T6_calibration"]
     assert not t6["calibration_available"] and "raw" in t6 and "calibrated" not in t6
+
+
+def test_calibrate_caption_only_keeps_every_other_entry(calibrated, synth, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(calibrated, bundle)
+    old = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    assert "caption" in old  # the fixture's captions are calibrated
+    fitted = old["caption"]
+    old["events"] = {"tampered": True}  # a marker: --caption-only must keep it as it is
+    old["caption"] = {"tampered": True}  # and this one it must refit
+    man = json.loads((bundle / "manifest.json").read_text())
+    man["calibration"] = old
+    (bundle / "manifest.json").write_text(json.dumps(man))
+    assert main(["calibrate", "--model", str(bundle), "--data", str(synth), "--split", "val,test", "--caption-only"]) == 0
+    new = json.loads((bundle / "manifest.json").read_text())["calibration"]
+    assert new["events"] == {"tampered": True}
+    assert {k: v for k, v in new.items() if k not in ("caption", "caption_fitted_on")} == \
+        {k: v for k, v in old.items() if k != "caption"}
+    assert new["caption"] == fitted  # the same data give the same maps
+    assert [x["split"] for x in new["caption_fitted_on"]["sets"]] == ["val", "test"]

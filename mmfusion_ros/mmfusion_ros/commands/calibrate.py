@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "most onsets with the fewest false alarms")
     p.add_argument("--max-samples", type=int, default=0, help="use only the first shards up to this many frames per split")
     p.add_argument("--dry-run", action="store_true", help="fit and print, leave manifest.json as it is")
+    p.add_argument("--caption-only", action="store_true",
+                   help="refit only the caption confidence maps and keep every other entry of the bundle's calibration "
+                        "(after `mmfusion caption-presence` changed which captions are published)")
     p.add_argument("--json", help="also write the fitted entry and the method comparison here")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--equal-label-weights", action="store_true",
@@ -105,6 +108,17 @@ def run(args) -> int:
                   f"{r['warned']}/{r['onsets']} onsets warned)")
     else:
         print("\nno dataset keeps LiDAR sweeps: the track forecasts keep the pipeline's on-threshold floor")
+    if args.caption_only:
+        old = json.loads((bundle / "manifest.json").read_text()).get("calibration")
+        if not old:
+            print("error: --caption-only needs a calibrated bundle (manifest.json has no calibration)", file=sys.stderr)
+            return 2
+        if "caption" not in spec:
+            print("error: too few published captions to fit the caption maps; the calibration is kept", file=sys.stderr)
+            return 2
+        spec = {**old, "caption": spec["caption"],
+                "caption_fitted_on": {**spec["fitted_on"], "caption_presence": bool(ev.presence is not None)}}
+        print("\n--caption-only: the caption maps are refitted, every other calibration entry is kept")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(spec, indent=1, default=float))
