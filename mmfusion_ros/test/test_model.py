@@ -249,6 +249,58 @@ def test_skill_prior_fusion_is_the_labels_weighted_mean_turned_by_a_bounded_atte
     torch.testing.assert_close(back.fusion.prior, torch.tensor(prior))
 
 
+def test_label_orthogonal_fusion_labels_as_the_skill_weighted_mean_does(tmp_path):
+    """With the attention output orthogonal to the prompts' span, every prompt's cosine to the fused vector is
+    its cosine to the prior-weighted mean times one factor: the zero-shot label is the mean's, however large the
+    attention is; the rest of the attention output stays, and the basis survives a checkpoint round trip."""
+    import dataclasses
+
+    from mmfusion_ros.model.config import FusionConfig
+    from mmfusion_ros.model.export import label_orthogonal_checkpoint
+    from mmfusion_ros.model.fusion import AttentionFusion
+
+    torch.manual_seed(0)
+    prior = [0.8, 0.05, 0.85, 0.0]
+    prompts = torch.nn.functional.normalize(torch.randn(9, 384), dim=-1)  # (C, D)
+    tok = torch.nn.functional.normalize(torch.randn(64, 4, 384), dim=-1)  # (B, 4, D)
+    present = torch.ones(64, 4)
+    fused = {}
+    for k in (0, 9):
+        torch.manual_seed(1)
+        fus = AttentionFusion(FusionConfig(hidden=32, heads=2, residual=True, prior=prior, attention_gain=3.0,
+                                           label_orthogonal=k), 384).eval()
+        with torch.no_grad():
+            fus.delta.weight.normal_(0.0, 5.0)
+        if k:
+            fus.set_label_basis(prompts)
+        with torch.no_grad():
+            fused[k] = fus(tok, present)[0]
+    p = torch.tensor(prior)
+    mean = (tok * p[None, :, None]).sum(1) / p.sum()  # (B, D)
+    want = (mean @ prompts.T).argmax(1)
+    assert torch.equal((fused[9] @ prompts.T).argmax(1), want)
+    assert not torch.equal((fused[0] @ prompts.T).argmax(1), want)  # a gain of 3 moves labels without it
+    assert float(torch.nn.functional.cosine_similarity(fused[9], fused[0]).mean()) > 0.5  # attention still counts
+    with pytest.raises(ValueError, match="fixed prior"):
+        AttentionFusion(FusionConfig(residual=True, label_orthogonal=9), 384)
+    with pytest.raises(ValueError, match="linearly dependent"):
+        fus.set_label_basis(torch.cat([prompts[:8], prompts[:1]]))
+
+    cfg = tiny_config(vocab_size=20)
+    cfg.fusion = dataclasses.replace(cfg.fusion, residual=True, prior=prior)
+    m = build_model(cfg).eval()
+    src = tmp_path / "src" / "checkpoint.pt"
+    save_checkpoint(src, m, Vocab.build(["a dog sits ahead ."]), {})
+    dst = label_orthogonal_checkpoint(src, tmp_path / "out", prompt_embeddings=prompts.numpy())
+    back, _, info = load_checkpoint(dst)
+    assert back.cfg.fusion.label_orthogonal == 9 and info["metadata"]["label_orthogonal"]["prompts"][0] == "person"
+    basis = back.fusion.label_basis
+    torch.testing.assert_close(basis @ basis.T, torch.eye(9), atol=1e-5, rtol=0)
+    resid = prompts - (prompts @ basis.T) @ basis  # the prompts lie in the stored span
+    assert float(resid.abs().max()) < 1e-5
+    torch.testing.assert_close(back.fusion.delta.weight, m.fusion.delta.weight)  # weights carried over
+
+
 def test_train_config_rejects_a_skill_prior_without_the_residual_fusion():
     from mmfusion_ros.train.config import TrainConfig
 

@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="export all-MiniLM-L6-v2 to ONNX for the torch-free TextEncoder instead "
                         "(--out default ~/.cache/mmfusion_ros/text_encoder)")
     p.add_argument("--force", action="store_true", help="with --text-encoder: re-export even when present")
+    p.add_argument("--label-orthogonal", action="store_true",
+                   help="first rewrite the checkpoint (into OUT) so that its fusion's attention output is orthogonal to "
+                        "the default class prompts' span: the fused embedding's zero-shot labels become the skill-weighted "
+                        "mean's (model/fusion.py; needs a fixed-prior residual fusion)")
     p.add_argument("--familiarity-data", default=None, metavar="DATASET",
                    help="simulator dataset whose train split (bank) and val split (threshold) the familiarity "
                         "statistics are fitted on (default: the statistics the checkpoint's training fitted)")
@@ -42,7 +46,13 @@ def run(args) -> int:
             print(f"error: cannot read --thresholds {args.thresholds}: {e}", file=sys.stderr)
             return 2
     try:
-        man = export_bundle(args.model, args.out, event_thresholds=thr, text_cache_dir=args.text_cache)
+        src = args.model
+        if args.label_orthogonal:
+            from mmfusion_ros.model.export import label_orthogonal_checkpoint
+
+            src = label_orthogonal_checkpoint(args.model, args.out, text_cache_dir=args.text_cache)
+            print(f"wrote {src}: attention output orthogonal to the default prompts' span")
+        man = export_bundle(src, args.out, event_thresholds=thr, text_cache_dir=args.text_cache)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

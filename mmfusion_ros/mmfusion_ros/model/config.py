@@ -32,6 +32,7 @@ class FusionConfig:
     residual: bool = True  # fused = L2norm(gain-weighted mean of present tokens + attention output); False: attention pooling only (checkpoints before this field)
     prior: Optional[List[float]] = None  # residual only: fixed weights of the mean, one per sensor (camera, lidar, audio, imu), e.g. each sensor's zero-shot skill; None = learned gains
     attention_gain: float = 1.0  # residual only: the attention output's gain at initialisation (learned from there)
+    label_orthogonal: int = 0  # residual + prior only: rows of the label basis (the class prompts' span) the attention output is made orthogonal to; 0 = off
 
 
 @dataclass

@@ -213,6 +213,50 @@ def _copy_towers(tower_man: dict, src: Path, out: Path) -> Dict[str, dict]:
     return parts
 
 
+def label_orthogonal_checkpoint(checkpoint, out_dir, prompt_embeddings: Optional[np.ndarray] = None,
+                                text_cache_dir=None) -> Path:
+    """checkpoint -> OUT/checkpoint.pt with fusion.label_orthogonal set to the default prompts' count and the
+    fusion's label basis spanning their embeddings (weights unchanged). The caption memory and familiarity
+    files its metadata names are copied beside it, so export_bundle finds them. Returns the new path."""
+    import dataclasses
+    import shutil
+
+    import torch
+
+    from mmfusion_ros.model.checkpoint import load_checkpoint, save_checkpoint
+    from mmfusion_ros.model.mmfusion import build_model
+    from mmfusion_ros.model.prompts import default_prompts
+    from mmfusion_ros.model.text import encode_texts
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint.pt"
+    model, vocab, info = load_checkpoint(checkpoint)
+    prompts = default_prompts()
+    if prompt_embeddings is None:
+        prompt_embeddings = encode_texts([p["text"] for p in prompts], text_cache_dir)
+    pe = torch.from_numpy(np.asarray(prompt_embeddings, np.float32))  # (C, D)
+    cfg = dataclasses.replace(model.cfg, fusion=dataclasses.replace(model.cfg.fusion, label_orthogonal=int(pe.shape[0])))
+    new = build_model(cfg)
+    state = model.state_dict()
+    state.pop("fusion.label_basis", None)
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if set(missing) != {"fusion.label_basis"} or unexpected:
+        raise ValueError(f"{checkpoint}: cannot carry the weights over (missing {missing}, unexpected {unexpected})")
+    new.fusion.set_label_basis(pe)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(info.get("metadata", {}))
+    names = [meta.get("caption_memory_file")] + [(meta.get("familiarity") or {}).get("file")]
+    for name in [n for n in names if n]:
+        if (checkpoint.parent / name).is_file() and (out / name).resolve() != (checkpoint.parent / name).resolve():
+            shutil.copyfile(checkpoint.parent / name, out / name)
+    meta["label_orthogonal"] = {"from_checkpoint_sha256": info.get("sha256"), "prompts": [p["label"] for p in prompts]}
+    dst = out / "checkpoint.pt"
+    save_checkpoint(dst, new, vocab, meta)
+    return dst
+
+
 def export_bundle(
     checkpoint,
     out_dir,

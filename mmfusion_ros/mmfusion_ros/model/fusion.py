@@ -87,6 +87,27 @@ class AttentionFusion(nn.Module):
             if not gain > 0:
                 raise ValueError(f"fusion attention_gain must be > 0, got {gain}")
             self.log_att = nn.Parameter(torch.full((), math.log(gain)))  # exp() = gain of the attention output
+        k = int(getattr(cfg, "label_orthogonal", 0) or 0)
+        if k and not self.fixed_prior:
+            raise ValueError("fusion label_orthogonal needs residual fusion with a fixed prior")
+        if k < 0 or k >= dim:
+            raise ValueError(f"fusion label_orthogonal must be in [0, {dim}), got {k}")
+        # (k, D) orthonormal rows spanning the class prompts (set_label_basis); in the state dict, so a
+        # checkpoint carries the span its labels were protected in
+        if k:
+            self.register_buffer("label_basis", torch.zeros(k, dim))  # (k, D)
+
+    @torch.no_grad()
+    def set_label_basis(self, prompts: torch.Tensor) -> None:
+        """prompts (C,D), C = cfg.label_orthogonal: store an orthonormal basis of their span."""
+        if not hasattr(self, "label_basis"):
+            raise ValueError("this fusion was built without label_orthogonal")
+        if prompts.shape != self.label_basis.shape:
+            raise ValueError(f"label basis needs {tuple(self.label_basis.shape)} prompt embeddings, got {tuple(prompts.shape)}")
+        q, r = torch.linalg.qr(prompts.T.to(torch.float64))  # q (D, C)
+        if torch.abs(torch.diagonal(r)).min() < 1e-6:
+            raise ValueError("label basis: the prompt embeddings are linearly dependent")
+        self.label_basis.copy_(q.T.to(self.label_basis.dtype))
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         p = present.unsqueeze(-1)  # (B, 4, 1)
@@ -106,6 +127,10 @@ class AttentionFusion(nn.Module):
                 coef = wp / wp.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, 4) weighted mean, all 0 when no prior is present
                 # unit length: the gain then bounds how far attention can turn the fixed mean
                 fused = fused / fused.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, D)
+                if hasattr(self, "label_basis"):
+                    # drop its part in the prompts' span: every prompt's cosine to the sum then scales alike,
+                    # so the zero-shot labels are the mean's, and attention still adds motion and layout
+                    fused = fused - (fused @ self.label_basis.T) @ self.label_basis  # (B, D)
             else:
                 n = present.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1) present modalities
                 coef = self.log_gain.exp().unsqueeze(0) * present / n  # (B, 4) gain-weighted mean, 0 for absent
