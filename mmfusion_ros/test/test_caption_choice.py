@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from mmfusion_ros.core.caption_choice import CaptionPresence, memory_objects, probe_features
+from mmfusion_ros.core.caption_choice import CaptionPresence, probe_features
+from mmfusion_ros.train.caption_presence import memory_objects
 
 CLASSES = ["person", "dog", "car"]
 D = 8

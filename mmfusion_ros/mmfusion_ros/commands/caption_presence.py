@@ -40,7 +40,6 @@ def run(args) -> int:
         return 2
     try:
         ev = Evaluator(bundle, threads=args.threads)
-        ev.presence = None  # the nearest entry is the baseline the probe is tuned against
         train = load_split(args.data, args.train_split, args.max_samples)
         tune_sets = [(str(args.data), args.tune_split)]
         for spec in args.tune_data:

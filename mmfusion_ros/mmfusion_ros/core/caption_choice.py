@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 
@@ -42,10 +42,6 @@ class CaptionPresence:
                              f"{self.top_k}, {self.threshold}, {self.sim_weight}")
         if not (np.isfinite(self.weight).all() and np.isfinite(self.bias).all()):
             raise ValueError("caption presence: probe weights are not finite")
-
-    @property
-    def embed_dim(self) -> int:
-        return (self.weight.shape[0] - 4) // 4
 
     @classmethod
     def load(cls, path, memory_size: int, embed_dim: int) -> "CaptionPresence":
@@ -99,8 +95,6 @@ class CaptionPresence:
 def probe_features(tokens: np.ndarray, used: np.ndarray) -> np.ndarray:
     """tokens (N,4,D), used (N,4) or (4,) -> (N, 4*D+4): each sensor's embedding where used (zeros else), then the mask."""
     tokens = np.asarray(tokens, np.float32)
-    if tokens.ndim == 2:
-        tokens = tokens[None]
     u = np.broadcast_to(np.asarray(used, np.float32), tokens.shape[:2])  # (N, 4)
     return np.concatenate([(tokens * u[..., None]).reshape(len(tokens), -1), u], axis=1)
 
@@ -109,19 +103,6 @@ def probe_probs(weight: np.ndarray, bias: np.ndarray, tokens: np.ndarray, used: 
     """(N,C) sigmoid of the linear probe over probe_features."""
     z = probe_features(tokens, used) @ weight + bias  # (N, C)
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
-
-
-def memory_objects(texts: Sequence[str], classes: Sequence[str], words: dict) -> np.ndarray:
-    """(M,C) bool: which classes each memory text names; words maps class -> its phrases (whole words)."""
-    import re
-
-    out = np.zeros((len(texts), len(classes)), bool)
-    for m, t in enumerate(texts):
-        s = " " + re.sub(r"[^a-z ]+", " ", str(t).lower()) + " "
-        s = " " + " ".join(s.split()) + " "
-        for j, c in enumerate(classes):
-            out[m, j] = any(f" {p} " in s for p in words.get(c, ()))
-    return out
 
 
 def load_optional(model_dir, name: Optional[str], memory_size: int, embed_dim: int) -> Optional[CaptionPresence]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from mmfusion_ros.core.caption_choice import CaptionPresence, memory_objects, probe_features
+from mmfusion_ros.core.caption_choice import CaptionPresence, probe_features
 from mmfusion_ros.train import metrics as M
 from mmfusion_ros.train.calibrate import SENSORS, frame_truth, observable_truth
 
@@ -29,9 +29,10 @@ ALL_PRESENT_SHARE = 0.5  # of the training rows per epoch keep all four sensors;
 TUNE_TOLERANCE = 0.005  # F1 within this of the grid's best counts as a tie: the setting nearest the plain choice wins
 
 
-def _subsets() -> np.ndarray:
-    """(15, 4) every non-empty presence mask."""
-    return np.array([m for m in itertools.product([0.0, 1.0], repeat=4) if any(m)], np.float32)
+def memory_objects(texts: Sequence[str], classes: Sequence[str], words: Dict[str, Sequence[str]]) -> np.ndarray:
+    """(M,C) bool: which classes each memory text names, as `mmfusion eval` T4 reads them (metrics.mentions)."""
+    named = [M.mentions(t, words) for t in texts]
+    return np.array([[c in got for c in classes] for got in named], bool).reshape(len(texts), len(classes))
 
 
 def fit_probe(tokens: np.ndarray, seen: np.ndarray, heard: np.ndarray, seed: int = 0, epochs: int = 300,
@@ -42,17 +43,15 @@ def fit_probe(tokens: np.ndarray, seen: np.ndarray, heard: np.ndarray, seed: int
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     n, C = seen.shape
-    subsets = _subsets()
+    subsets = np.array([m for m in itertools.product([0.0, 1.0], repeat=4) if any(m)], np.float32)  # (15, 4), all four last
     truth_by = np.stack([observable_truth(seen, heard, [SENSORS[j] for j in range(4) if m[j]]) for m in subsets])  # (15, N, C)
-    full = int(np.flatnonzero(subsets.sum(1) == 4)[0])
+    full = len(subsets) - 1
     lin = torch.nn.Linear(4 * tokens.shape[2] + 4, C)
     opt = torch.optim.Adam(lin.parameters(), lr=lr, weight_decay=weight_decay)
-    tok = torch.from_numpy(np.ascontiguousarray(tokens, np.float32))  # (N, 4, D)
     loss = torch.zeros(())
     for ep in range(epochs):
         pick = np.where(rng.random(n) < ALL_PRESENT_SHARE, full, rng.integers(0, len(subsets), n))  # (N,)
-        mask = torch.from_numpy(subsets[pick])  # (N, 4)
-        x = torch.cat([(tok * mask[..., None]).reshape(n, -1), mask], dim=1)  # (N, 4D+4)
+        x = torch.from_numpy(probe_features(tokens, subsets[pick]))  # (N, 4D+4), the runtime's layout
         y = torch.from_numpy(truth_by[pick, np.arange(n)].astype(np.float32))  # (N, C)
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(lin(x), y)
@@ -107,15 +106,13 @@ def fit_for_bundle(evaluator, train_split, tune_splits: Sequence, seed: int = 0,
     log(f"presence probe: {len(tokens)} training frames, {len(classes)} classes, {len(objects)} memory entries")
     w, b = fit_probe(tokens, seen, heard, seed=seed, log=log)
     probe = CaptionPresence(w, b, objects, classes, 1, 0.5, 1.0)
-    mem = evaluator.memory / np.maximum(np.linalg.norm(evaluator.memory, axis=1, keepdims=True), 1e-12)
-    allowed = evaluator.memory_rows(SENSOR_KEYS)  # (M,)
     sims, probs, truth = [], [], []
     for sp in tune_splits:
         if list(sp.classes) != classes:
             raise ValueError(f"tuning split classes {list(sp.classes)} differ from the training split's {classes}")
         t_tok = evaluator.embed(sp)  # (N, 4, D)
         fused = evaluator.fuse(t_tok, [1, 1, 1, 1])  # (N, D)
-        sims.append(np.where(allowed[None], fused @ mem.T, -np.inf))  # (N, M)
+        sims.append(evaluator.memory_sims(fused, SENSOR_KEYS))  # (N, M)
         probs.append(probe.probs(t_tok, np.ones(4, np.float32)))  # (N, C)
         truth.append(sp.arrays["classes_present"].astype(bool))  # (N, C)
     sims, probs, truth = np.concatenate(sims), np.concatenate(probs), np.concatenate(truth)

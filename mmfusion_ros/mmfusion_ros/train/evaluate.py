@@ -113,11 +113,13 @@ class Evaluator:
         # the memory the runtime reads (manifest "caption_memory"), else the one the checkpoint was trained with
         mem = self.root / str(self.manifest.get("caption_memory")
                               or self.info.get("metadata", {}).get("caption_memory_file", "caption_memory.npz"))
-        self.memory = None
+        self.memory = self.memory_unit = None
         self.memory_cut = self.memory_kinds = self.memory_texts = None
         if mem.is_file():
             z = np.load(mem)
             self.memory = z["embeddings"].astype(np.float32)  # (M, 384)
+            # rows normalised, as the runtime backend searches them
+            self.memory_unit = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
             self.memory_cut = [str(c) for c in z["cut"]] if "cut" in z else None  # grounded memory (trainer)
             self.memory_kinds = [str(c) for c in z["kinds"]] if "kinds" in z else None
             self.memory_texts = [str(c) for c in z["texts"]] if "texts" in z else None
@@ -181,13 +183,16 @@ class Evaluator:
             return np.array([bool(k) and set(k.split("+")) <= kinds for k in self.memory_kinds], bool)
         return np.ones(len(self.memory), bool)
 
+    def memory_sims(self, fused: np.ndarray, modalities: Sequence[str]) -> np.ndarray:
+        """(N, M) cosines of each fused embedding to the memory rows, -inf where `modalities` may not be projected."""
+        return np.where(self.memory_rows(modalities)[None], fused @ self.memory_unit.T, -np.inf)
+
     def memory_choice(self, fused: np.ndarray, modalities: Sequence[str], tokens: Optional[np.ndarray] = None
                       ) -> np.ndarray:
         """(N,) the memory entry each fused embedding is captioned with, as the runtime backend chooses it:
-        the nearest allowed entry (rows normalised), or with the bundle's presence probe and the frames'
-        tokens (N,4,D) the probe's pick among the nearest (core/caption_choice.py)."""
-        mem = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
-        sims = np.where(self.memory_rows(modalities)[None], fused @ mem.T, -np.inf)  # (N, M)
+        the nearest allowed entry, or with the bundle's presence probe and the frames' tokens (N,4,D) the
+        probe's pick among the nearest (core/caption_choice.py)."""
+        sims = self.memory_sims(fused, modalities)  # (N, M)
         if self.presence is None or tokens is None:
             return np.argmax(sims, axis=1)
         used = np.array([1.0 if k in modalities else 0.0 for k in SENSOR_KEYS], np.float32)
@@ -244,10 +249,9 @@ class Evaluator:
             for k, f in fused_by.items():
                 out[k] = self._greedy_with_confidence(f)
             return out
-        mem = self.memory / np.maximum(np.linalg.norm(self.memory, axis=1, keepdims=True), 1e-12)
         near = {k: self.memory_choice(f, k.split("+"), tokens) for k, f in fused_by.items()}
         uniq = np.unique(np.concatenate(list(near.values())))
-        texts, conf = self._greedy_with_confidence(mem[uniq])
+        texts, conf = self._greedy_with_confidence(self.memory_unit[uniq])
         pos = {int(u): i for i, u in enumerate(uniq)}
         return {k: ([texts[pos[int(j)]] for j in idx], np.array([conf[pos[int(j)]] for j in idx]))
                 for k, idx in near.items()}

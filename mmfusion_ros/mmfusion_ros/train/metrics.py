@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -33,21 +33,30 @@ def zero_shot_accuracy(emb: np.ndarray, prompt_emb: np.ndarray, labels: np.ndarr
     return float((pred == labels).mean())
 
 
+def _scene_resampled_sums(columns: Sequence[np.ndarray], scene: np.ndarray, n_boot: int, seed: int) -> Optional[list]:
+    """Per column (N,), its sum over `n_boot` draws of whole scenes with replacement -> [(B,) ...]; None with
+    fewer than two scenes. Frames of one scene are not independent, so intervals resample scenes."""
+    _, inv = np.unique(np.asarray(scene), return_inverse=True)
+    k = int(inv.max()) + 1 if len(inv) else 0
+    if k < 2:
+        return None
+    pick = np.random.default_rng(seed).integers(0, k, (n_boot, k))  # (B, S) scenes drawn per replicate
+    return [np.bincount(inv, weights=np.asarray(c, np.float64), minlength=k)[pick].sum(1) for c in columns]
+
+
+def _interval(stat: np.ndarray, level: float) -> tuple:
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(stat, a)), float(np.quantile(stat, 1.0 - a))
+
+
 def scene_bootstrap_ci(values: np.ndarray, scene: np.ndarray, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple:
     """(low, high) percentile interval of the mean of per-frame `values` (N,), resampling whole scenes
     with replacement: frames of one scene are not independent, so the interval is over scenes."""
-    values = np.asarray(values, np.float64)
-    _, inv = np.unique(np.asarray(scene), return_inverse=True)
-    k = int(inv.max()) + 1 if len(inv) else 0
-    if k < 2:
+    sums = _scene_resampled_sums([values, np.ones(len(values))], scene, n_boot, seed)
+    if sums is None:
         return float("nan"), float("nan")
-    sums = np.bincount(inv, weights=values, minlength=k)  # (S,)
-    counts = np.bincount(inv, minlength=k).astype(np.float64)  # (S,)
-    pick = np.random.default_rng(seed).integers(0, k, (n_boot, k))  # (B, S) scenes drawn per replicate
-    means = sums[pick].sum(1) / counts[pick].sum(1)  # (B,)
-    a = (1.0 - level) / 2.0
-    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+    return _interval(sums[0] / sums[1], level)  # (B,) means
 
 
 # --------------------------------------------------------------------------- captions
@@ -138,19 +147,13 @@ def precision_recall(pred: Sequence[set], truth: Sequence[set]) -> Dict[str, flo
 def scene_bootstrap_f1(pred: Sequence[set], truth: Sequence[set], scene: np.ndarray, n_boot: int = 1000,
                        seed: int = 0, level: float = 0.95) -> tuple:
     """(low, high) interval of precision_recall's micro F1, resampling whole scenes with replacement."""
-    tp = np.array([len(p & t) for p, t in zip(pred, truth)], np.float64)
-    npred = np.array([len(p) for p in pred], np.float64)
-    ntrue = np.array([len(t) for t in truth], np.float64)
-    _, inv = np.unique(np.asarray(scene), return_inverse=True)
-    k = int(inv.max()) + 1 if len(inv) else 0
-    if k < 2:
+    tp = [len(p & t) for p, t in zip(pred, truth)]
+    sums = _scene_resampled_sums([tp, [len(p) for p in pred], [len(t) for t in truth]], scene, n_boot, seed)
+    if sums is None:
         return float("nan"), float("nan")
-    per = [np.bincount(inv, weights=v, minlength=k) for v in (tp, npred, ntrue)]  # 3 x (S,)
-    pick = np.random.default_rng(seed).integers(0, k, (n_boot, k))  # (B, S)
-    t, p_, n_ = (v[pick].sum(1) for v in per)  # (B,) each
+    t, p_, n_ = sums  # (B,) each
     f1 = np.where(p_ + n_ > 0, 2 * t / np.maximum(p_ + n_, 1e-12), 0.0)  # micro F1 = 2 tp / (|pred| + |truth|)
-    a = (1.0 - level) / 2.0
-    return float(np.quantile(f1, a)), float(np.quantile(f1, 1.0 - a))
+    return _interval(f1, level)
 
 
 # --------------------------------------------------------------------------- events
